@@ -1,0 +1,289 @@
+"""Chest CT lung fields by HU threshold and morphology (no learned weights).
+
+Steps: body mask (soft tissue, largest component per slice, holes filled) -> air inside the body ->
+3-D components that look like lung (size, parenchymal mean HU; pure-air gas pockets such as the stomach
+bubble are rejected) -> large airways removed (small pure-air 2-D blobs) -> left/right split (by
+components, eroding until two appear if the lungs touch) -> vessel holes filled per slice, and a small
+closing so juxtapleural nodules stay inside the field.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+from scipy import ndimage as ndi
+
+from dicom_node.findings import Category, Finding, Findings, Laterality, Measurement, Quantity
+from dicom_node.imaging.ct import is_localizer, load_ct_series
+from dicom_node.imaging.volume import Volume
+from dicom_node.pipelines.base import register
+
+logger = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+MIN_SLICES = 3
+AIR_HU = -400.0
+BODY_HU = -500.0
+# A lung component must be at least this big (mL), and its mean HU must look like parenchyma.
+MIN_LUNG_ML = 15.0
+LUNG_MEAN_HU_RANGE = (-980.0, -500.0)
+# Gas pockets (stomach bubble, bowel) are mostly pure air: their median HU is below this, lung's is not.
+GAS_MEDIAN_HU = -935.0
+AIRWAY_MAX_AREA_MM2 = 700.0
+AIRWAY_MEAN_HU = -950.0
+
+
+@dataclass
+class LungFields:
+    """Lung masks of one volume: ``left`` and ``right`` are boolean arrays shaped like the volume."""
+
+    left: np.ndarray
+    right: np.ndarray
+
+    @property
+    def both(self) -> np.ndarray:
+        return np.asarray(self.left | self.right)
+
+
+def _disk(radius: int) -> np.ndarray:
+    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+    return np.asarray(x * x + y * y <= radius * radius)
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """Per-slice body: largest soft-tissue component, holes filled (table and arms outside excluded)."""
+    body = np.zeros(hu.shape, dtype=bool)
+    for k in range(hu.shape[0]):
+        tissue = hu[k] > BODY_HU
+        tissue = ndi.binary_opening(tissue, structure=_disk(2))
+        labels, n = ndi.label(tissue)
+        if n == 0:
+            continue
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        body[k] = ndi.binary_fill_holes(labels == int(np.argmax(sizes)))
+    return body
+
+
+def _patient_x_of_columns(volume: Volume) -> tuple[float, float]:
+    """(x at column 0, dx per column) in patient LPS; +x is the patient's left."""
+    src = volume.sources[0]
+    try:
+        if volume.frame_numbers is not None:
+            return 0.0, 1.0
+        ori = [float(v) for v in src.ImageOrientationPatient]
+        pos = [float(v) for v in src.ImagePositionPatient]
+    except (AttributeError, ValueError, TypeError):
+        return 0.0, 1.0
+    return pos[0], ori[0] * volume.spacing[2]
+
+
+def segment_lungs(volume: Volume) -> LungFields:
+    """Left and right lung masks of a CT volume in HU (empty masks when there is no lung)."""
+    hu = volume.pixels
+    dz, dy, dx = volume.spacing
+    voxel_ml = dz * dy * dx / 1000.0
+    pixel_mm2 = dy * dx
+    body = body_mask(hu)
+    air = (hu < AIR_HU) & body
+    # Components touching the image border are outside air that leaked in (open body outline).
+    labels, n = ndi.label(air)
+    empty = LungFields(np.zeros(hu.shape, bool), np.zeros(hu.shape, bool))
+    if n == 0:
+        return empty
+    sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(float)
+    means = ndi.mean(hu, labels, index=np.arange(n + 1))
+    border = np.zeros(n + 1, dtype=bool)
+    for face in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        border[np.unique(face)] = True
+    min_voxels = min(MIN_LUNG_ML / voxel_ml, 0.002 * hu[0].size * hu.shape[0])
+    keep = np.zeros(n + 1, dtype=bool)
+    for i in range(1, n + 1):
+        if border[i] or sizes[i] < min_voxels:
+            continue
+        if not LUNG_MEAN_HU_RANGE[0] <= means[i] <= LUNG_MEAN_HU_RANGE[1]:
+            continue
+        keep[i] = True
+    candidates = np.nonzero(keep)[0]
+    if candidates.size:
+        medians = np.atleast_1d(ndi.median(hu, labels, index=candidates))
+        keep[candidates[medians < GAS_MEDIAN_HU]] = False
+    lungs = keep[labels]
+    if not lungs.any():
+        return empty
+    # Remove large airways: small, pure-air 2-D blobs (trachea, main bronchi) in each slice.
+    for k in range(lungs.shape[0]):
+        lab2, n2 = ndi.label(lungs[k])
+        if n2 == 0:
+            continue
+        areas = np.bincount(lab2.ravel(), minlength=n2 + 1) * pixel_mm2
+        mean2 = ndi.mean(hu[k], lab2, index=np.arange(n2 + 1))
+        airway = (areas < AIRWAY_MAX_AREA_MM2) & (np.asarray(mean2) < AIRWAY_MEAN_HU)
+        airway[0] = False
+        if airway.any():
+            lungs[k] &= ~airway[lab2]
+    left, right = _split_left_right(lungs, volume)
+    left = _fill_slices(left, dy)
+    right = _fill_slices(right, dy)
+    right &= ~left
+    return LungFields(left=left, right=right)
+
+
+def _split_left_right(lungs: np.ndarray, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    x0, dxc = _patient_x_of_columns(volume)
+    labels, n = ndi.label(lungs)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    order = np.argsort(sizes)[::-1]
+    big = [int(i) for i in order[:2] if sizes[i] > 0]
+    if len(big) == 2 and sizes[big[1]] > 0.15 * sizes[big[0]]:
+        seeds = labels * np.isin(labels, big)
+    else:
+        seeds = _erode_until_two(lungs)
+    if seeds is None:
+        # One lung only (or fused and inseparable): assign by side of the body midline.
+        cols = np.nonzero(lungs.any(axis=(0, 1)))[0]
+        mid_col = (cols.min() + cols.max()) / 2.0 if cols.size else lungs.shape[2] / 2.0
+        x_mid = x0 + dxc * mid_col
+        side_left = (x_mid > 0) if abs(x_mid) > 30 else None
+        col_idx = np.arange(lungs.shape[2])
+        if side_left is None:
+            left_cols = (x0 + dxc * col_idx) > 0
+            left = lungs & left_cols[None, None, :]
+            return left, lungs & ~left
+        return (lungs, np.zeros_like(lungs)) if side_left else (np.zeros_like(lungs), lungs)
+    # Grow the two seeds back over the lung mask (nearest seed).
+    _, idx = ndi.distance_transform_edt(seeds == 0, return_indices=True, sampling=volume.spacing)
+    grown = seeds[tuple(idx)] * lungs
+    ids = [i for i in np.unique(seeds) if i != 0][:2]
+    xs = []
+    for i in ids:
+        cols = np.nonzero(grown == i)[2]
+        xs.append(x0 + dxc * float(cols.mean()))
+    left_id = ids[int(np.argmax(xs))]
+    right_id = ids[int(np.argmin(xs))]
+    # Also keep small lung pieces not reached (none: grown covers all lung voxels).
+    return np.asarray(grown == left_id), np.asarray(grown == right_id)
+
+
+def _erode_until_two(lungs: np.ndarray) -> np.ndarray | None:
+    """Erode (in-plane) until the lung mask splits into two large components; their labels or None."""
+    mask = lungs.copy()
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndi.generate_binary_structure(2, 1)
+    for _ in range(12):
+        mask = ndi.binary_erosion(mask, structure=structure)
+        labels, n = ndi.label(mask)
+        if n < 2:
+            if n == 0:
+                return None
+            continue
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        a, b = np.argsort(sizes)[::-1][:2]
+        if sizes[b] > 0.15 * sizes[a]:
+            out = np.zeros(labels.shape, dtype=np.int32)
+            out[labels == a] = 1
+            out[labels == b] = 2
+            return out
+    return None
+
+
+def _fill_slices(mask: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """Close small gaps (about 3 mm) and fill holes (vessels, nodules) slice by slice."""
+    radius = max(1, round(3.0 / pixel_mm))
+    disk = _disk(radius)
+    out = np.zeros_like(mask)
+    for k in range(mask.shape[0]):
+        if not mask[k].any():
+            continue
+        rows = np.nonzero(mask[k].any(axis=1))[0]
+        cols = np.nonzero(mask[k].any(axis=0))[0]
+        r0, r1 = max(rows[0] - radius - 1, 0), min(rows[-1] + radius + 2, mask.shape[1])
+        c0, c1 = max(cols[0] - radius - 1, 0), min(cols[-1] + radius + 2, mask.shape[2])
+        sub = mask[k, r0:r1, c0:c1]
+        padded = np.pad(sub, radius + 1)
+        closed = ndi.binary_closing(padded, structure=disk)[
+            radius + 1 : -radius - 1, radius + 1 : -radius - 1
+        ]
+        out[k, r0:r1, c0:c1] = ndi.binary_fill_holes(closed | sub)
+    return out
+
+
+def lung_findings(volume: Volume, fields: LungFields) -> list[Finding]:
+    """One :class:`Finding` per non-empty lung with volume (mm3) and mean HU."""
+    voxel_mm3 = float(np.prod(volume.spacing))
+    out = []
+    for mask, side in ((fields.right, Laterality.RIGHT), (fields.left, Laterality.LEFT)):
+        count = int(mask.sum())
+        if count == 0:
+            continue
+        out.append(
+            Finding(
+                category=Category.LUNG,
+                mask=mask,
+                label=f"{side.value} lung",
+                laterality=side,
+                measurements=[
+                    Measurement(Quantity.VOLUME, count * voxel_mm3),
+                    Measurement(Quantity.MEAN_HU, float(volume.pixels[mask].mean())),
+                ],
+            )
+        )
+    return out
+
+
+def ct_applies_to(series: Sequence[Dataset], min_slices: int = MIN_SLICES) -> str | None:
+    """Shared CT applicability check: a reason string when ``series`` is not an axial CT stack."""
+    if not series:
+        return "empty series"
+    first = series[0]
+    modality = str(first.get("Modality", "")).upper()
+    sop = str(first.get("SOPClassUID", ""))
+    if modality != "CT" and not sop.startswith("1.2.840.10008.5.1.4.1.1.2"):
+        return f"modality {modality or '?'} is not CT"
+    images = [ds for ds in series if not is_localizer(ds)]
+    if not images:
+        return "only localizer/scout images"
+    frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for ds in images)
+    if frames < min_slices:
+        return f"only {frames} CT slice(s); at least {min_slices} needed"
+    return None
+
+
+@register("ct_lung_field")
+class CtLungField:
+    """Classical lung-field segmentation of chest CT (left and right lung, volume and mean HU)."""
+
+    name = "ct_lung_field"
+    version = VERSION
+
+    def __init__(self, min_slices: int = MIN_SLICES) -> None:
+        self.min_slices = int(min_slices)
+
+    def applies_to(self, series: Sequence[Dataset]) -> str | None:
+        """None for an axial CT stack of at least ``min_slices`` slices, else the reason."""
+        return ct_applies_to(series, self.min_slices)
+
+    def load(self, paths: Sequence[str]) -> Volume:
+        """HU volume of the series (see :func:`dicom_node.imaging.ct.load_ct_series`)."""
+        return load_ct_series(paths)
+
+    def run(self, volume: Volume, device: str = "cpu") -> Findings:
+        """Segment the lungs; "nothing found" (no findings) when the volume holds no lung."""
+        t0 = time.perf_counter()
+        fields = segment_lungs(volume)
+        findings = lung_findings(volume, fields)
+        result = Findings(pipeline=self.name, version=self.version, findings=findings)
+        if not findings:
+            result.conclusions.append("No aerated lung found in this CT volume.")
+        else:
+            total = sum(f.measurement(Quantity.VOLUME) or 0.0 for f in findings) / 1000.0
+            result.conclusions.append(f"Aerated lung field: {total:.0f} mL in {len(findings)} lung(s).")
+        result.timings["segment_s"] = time.perf_counter() - t0
+        return result
