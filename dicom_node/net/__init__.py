@@ -1,1 +1,1 @@
-"""net."""
+"""DICOM networking: the receiving SCP and its association policy, the sending SCU."""

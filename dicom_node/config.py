@@ -1,0 +1,289 @@
+"""The node's configuration file (TOML): pydantic models, loading, and errors that name the line.
+
+Every default lives here and nowhere else. ``load_config(path)`` returns a validated :class:`NodeConfig`;
+any problem raises :class:`ConfigError` whose message starts with ``file:line:``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no backslash
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and line it comes from when known."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae(value: str) -> str:
+    stripped = value.strip()
+    if not AE_TITLE.match(stripped):
+        raise ValueError(f"not a valid AE title (1-16 printable characters, no backslash): {value!r}")
+    return stripped
+
+
+class DuplicatePolicy(str, Enum):
+    """What the receiver does with a SOP Instance UID it already holds."""
+
+    KEEP_FIRST = "keep-first"  # answer Success, keep the stored file, count it
+    OVERWRITE = "overwrite"  # replace the stored file (a corrected resend)
+    REJECT = "reject"  # answer a failure status
+
+
+class NodeSection(_Model):
+    """The node's own identity, its listening port and its storage."""
+
+    ae_title: str = "DICOM_NODE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    storage: Path = Path("storage")
+    database: str = ""  # empty: SQLite file in storage/
+    max_associations: int = Field(16, ge=1, le=1000)
+    max_pdu: int = Field(0, ge=0)  # 0 = unlimited
+    min_free_disk_mb: int = Field(500, ge=0)
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
+    workers: int = Field(1, ge=0, le=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    accept_unknown_callers: bool = False
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+    def database_url(self) -> str:
+        """The SQLAlchemy URL, defaulting to a SQLite file under the storage folder."""
+        if self.database:
+            return self.database
+        return f"sqlite:///{(self.storage / 'node.db').resolve()}"
+
+
+class Peer(_Model):
+    """A calling AE allowed to send to the node, optionally pinned to a host or IP."""
+
+    ae_title: str
+    host: str | None = None
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+
+OutputKind = Literal["seg", "sr", "gsps", "overlay"]
+
+
+class Destination(_Model):
+    """A DICOM SCP that receives results."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    outputs: list[OutputKind] = ["seg", "sr"]
+    retry_for_hours: float = Field(24.0, gt=0)
+    retry_backoff_s: float = Field(10.0, gt=0)
+    retry_backoff_max_s: float = Field(600.0, gt=0)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+
+class Range(_Model):
+    """A numeric range; either end may be left open."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"range min {self.min} is above max {self.max}")
+        if self.min is None and self.max is None:
+            raise ValueError("a range needs min, max or both")
+        return self
+
+
+MatchValue = Annotated[str | float | int | bool | Range | list[str | float | int], Field(union_mode="left_to_right")]
+
+
+class Route(_Model):
+    """A routing rule: which series go to which pipelines, outputs and destinations."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    match: dict[str, MatchValue] = {}
+    pipelines: list[str] = Field(min_length=1)
+    destinations: list[str] = []
+    outputs: list[OutputKind] | None = None  # None: each destination's own list
+    wait_for: Literal["series", "study"] = "series"
+    priority: int = 0
+    options: dict[str, Any] = {}
+
+    @field_validator("match")
+    @classmethod
+    def _known_keys(cls, value: dict[str, MatchValue]) -> dict[str, MatchValue]:
+        from dicom_node.intake.rules import check_match  # routing grammar lives with the router
+
+        for key, spec in value.items():
+            check_match(key, spec)
+        return value
+
+
+class IntakeSection(_Model):
+    """When a series counts as complete."""
+
+    quiet_period_s: float = Field(5.0, ge=0)
+    sweep_interval_s: float = Field(1.0, gt=0)
+
+
+class QueueSection(_Model):
+    """Job retries and leases."""
+
+    max_attempts: int = Field(3, ge=1)
+    lease_s: float = Field(120.0, gt=0)
+    heartbeat_s: float = Field(10.0, gt=0)
+    backoff_base_s: float = Field(10.0, gt=0)
+    backoff_max_s: float = Field(3600.0, gt=0)
+    poll_s: float = Field(0.5, gt=0)
+
+
+class NodeConfig(_Model):
+    """The whole configuration file."""
+
+    node: NodeSection = NodeSection()
+    intake: IntakeSection = IntakeSection()
+    queue: QueueSection = QueueSection()
+    peers: list[Peer] = []
+    destinations: list[Destination] = []
+    routes: list[Route] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> NodeConfig:
+        from dicom_node.pipelines import available
+
+        names = [d.name for d in self.destinations]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"destinations[{i}]: duplicate destination name {name!r}")
+        known = set(available())
+        for i, route in enumerate(self.routes):
+            for dest in route.destinations:
+                if dest not in names:
+                    raise ValueError(f"routes[{i}]: unknown destination {dest!r} (known: {', '.join(names)})")
+            for pipeline in route.pipelines:
+                if pipeline not in known:
+                    raise ValueError(f"routes[{i}]: unknown pipeline {pipeline!r} (known: {', '.join(sorted(known))})")
+        return self
+
+    def destination(self, name: str) -> Destination:
+        for d in self.destinations:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def route(self, name: str) -> Route:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate a config file; storage paths are resolved relative to the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path = Path("<config>")) -> NodeConfig:
+    """Validate config text; errors name ``path:line``."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        line = match.group(1) if match else "?"
+        raise ConfigError(f"{path}:{line}: TOML syntax error: {exc}") from None
+    storage = raw.get("node", {}).get("storage")
+    if isinstance(storage, str) and not Path(storage).is_absolute():
+        raw["node"]["storage"] = str((path.parent / storage).resolve()) if path.exists() else storage
+    try:
+        return NodeConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _loc_from_message(err)
+        line = locate(text, loc)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}:{line}: {where}: {msg}{more}") from None
+
+
+def _loc_from_message(err: Any) -> tuple[str | int, ...]:
+    """Location of a pydantic error; model validators put theirs at the start of the message."""
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"function-after"})))
+    m = re.match(r"(?:Value error, )?(\w+)\[(\d+)\]", err["msg"])
+    if m:
+        loc = (*loc, m.group(1), int(m.group(2)))
+    return loc
+
+
+def locate(text: str, loc: tuple[str | int, ...]) -> int | str:
+    """Best-effort line number of a config path such as ``("routes", 1, "match", "Modality")``.
+
+    Walks the TOML text: ``[section]`` and ``[[array]]`` headers select the table (counting array
+    entries), then ``key =`` lines inside it. Returns ``"?"`` when nothing matches.
+    """
+    lines = text.splitlines()
+    header = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    # Find the table the location points into.
+    table: list[str | int] = []
+    rest = list(loc)
+    if rest and isinstance(rest[0], str):
+        table.append(rest.pop(0))
+        if rest and isinstance(rest[0], int):
+            table.append(rest.pop(0))
+    start, end = 0, len(lines)
+    if table:
+        count = -1
+        found = None
+        for i, line in enumerate(lines):
+            m = header.match(line)
+            if m and m.group(2) == table[0]:
+                count += 1
+                if len(table) == 1 or count == table[1]:
+                    found = i
+                    break
+        if found is None:
+            return "?"
+        start = found
+        end = next((j for j in range(found + 1, len(lines)) if (m := header.match(lines[j]))
+                    and not m.group(2).startswith(f"{table[0]}.")), len(lines))
+    best: int = start + 1
+    for key in (k for k in rest if isinstance(k, str)):
+        for j in range(start, end):
+            sub = header.match(lines[j])
+            if sub and sub.group(2).endswith(f".{key}"):
+                best = j + 1
+                start = j
+                break
+            if re.match(rf"^\s*\"?{re.escape(key)}\"?\s*=", lines[j]):
+                best = j + 1
+                start = j
+                break
+    return best
+
+
+def default_config_text() -> str:
+    """The starter config written by ``dicom-node init`` (the documented example)."""
+    example = Path(__file__).resolve().parent.parent / "config" / "node.example.toml"
+    if example.exists():
+        return example.read_text(encoding="utf-8")
+    from importlib.resources import files
+
+    return (files("dicom_node") / "node.example.toml").read_text(encoding="utf-8")

@@ -1,0 +1,17 @@
+"""The database: tables, engine and sessions, migrations. SQLite (WAL) by default, PostgreSQL by URL."""
+
+from dicom_node.db.engine import connect, now
+from dicom_node.db.tables import deliveries, events, instances, jobs, metadata, results, series, studies
+
+__all__ = [
+    "connect",
+    "deliveries",
+    "events",
+    "instances",
+    "jobs",
+    "metadata",
+    "now",
+    "results",
+    "series",
+    "studies",
+]

@@ -1,0 +1,1 @@
+"""Intake: routing rules and series stability (when a series is complete, which jobs it starts)."""

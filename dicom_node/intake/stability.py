@@ -1,0 +1,116 @@
+"""Series stability: a series is complete after a quiet period since its last instance.
+
+State lives in the ``series`` table (``receiving`` -> ``routed`` | ``unrouted``), so a restart resumes
+exactly where it stopped. The sweep runs every second from the scheduler: for each quiet series it
+reads one stored header, checks the routes, and in one transaction enqueues a job per matching
+(route, pipeline) and marks the series. A route with ``wait_for = "study"`` waits until every series
+of the study is quiet. Series that match nothing are kept and marked ``unrouted`` with the reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydicom import dcmread
+from sqlalchemy import Engine, select, update
+
+from dicom_node.config import NodeConfig
+from dicom_node.db import instances, now, series
+from dicom_node.db.engine import record_event
+from dicom_node.intake.routing import check_routes, series_attributes
+from dicom_node.queue import JobQueue
+from dicom_node.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class StabilitySweep:
+    """Turns quiet series into jobs."""
+
+    def __init__(self, config: NodeConfig, engine: Engine, store: Store, queue: JobQueue) -> None:
+        self.config = config
+        self.engine = engine
+        self.store = store
+        self.queue = queue
+
+    def sweep(self, at: float | None = None) -> int:
+        """Route every series that has been quiet long enough; returns how many were decided."""
+        t = now() if at is None else at
+        cutoff = t - self.config.intake.quiet_period_s
+        with self.engine.connect() as conn:
+            quiet = conn.execute(
+                select(series).where(series.c.state == "receiving", series.c.last_seen <= cutoff)
+            ).all()
+            busy_studies = {
+                r.study_uid
+                for r in conn.execute(
+                    select(series.c.study_uid).where(series.c.state == "receiving", series.c.last_seen > cutoff)
+                )
+            }
+        decided = 0
+        for row in quiet:
+            try:
+                if self._route(row, busy_studies, cutoff):
+                    decided += 1
+            except Exception:  # one bad series must not stop the others from being routed
+                log.exception("routing series failed")
+        return decided
+
+    def _route(self, row: Any, busy_studies: set[str], cutoff: float) -> bool:
+        attrs = self._attributes(row)
+        checks = check_routes(self.config, attrs)
+        matched = [c.route for c in checks if c.matched]
+        if any(r.wait_for == "study" for r in matched) and row.study_uid in busy_studies:
+            return False  # another series of the study is still arriving
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                select(series.c.state, series.c.revision, series.c.last_seen)
+                .where(series.c.id == row.id)
+                .with_for_update()
+            ).first()
+            if current is None or current.state != "receiving" or current.last_seen > cutoff:
+                return False  # an instance arrived meanwhile; the next sweep decides
+            created = 0
+            for route in matched:
+                for pipeline in route.pipelines:
+                    job_id = self.queue.enqueue(
+                        conn,
+                        series_uid=row.series_uid,
+                        study_uid=row.study_uid,
+                        route=route.name,
+                        pipeline=pipeline,
+                        revision=current.revision,
+                    )
+                    created += job_id is not None
+            if matched:
+                note = "matched " + ", ".join(r.name for r in matched)
+                state = "routed"
+            else:
+                note = "; ".join(f"{c.route.name}: " + ", ".join(c.reasons) for c in checks) or "no routes configured"
+                state = "unrouted"
+                record_event(conn, "unrouted", f"series matched no route ({note})", level="WARNING",
+                             calling_ae=row.calling_ae, series_uid=row.series_uid)
+            conn.execute(
+                update(series).where(series.c.id == row.id).values(state=state, routed_at=now(), routing_note=note)
+            )
+        log.info("series revision %d %s: %d job(s) queued", current.revision, state, created,
+                 extra={"series_uid": row.series_uid})
+        return True
+
+    def _attributes(self, row: Any) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            first = conn.execute(
+                select(instances.c.path).where(instances.c.series_uid == row.series_uid).order_by(instances.c.id)
+            ).first()
+        header = None
+        if first is not None:
+            try:
+                header = dcmread(self.store.absolute(first.path), stop_before_pixels=True)
+            except Exception as exc:  # the file was accepted; a header we cannot re-read routes nowhere
+                log.warning("cannot re-read stored header for routing: %s", exc)
+        if header is None:
+            from pydicom.dataset import Dataset
+
+            header = Dataset()
+        return series_attributes(header, self.config, calling_ae=row.calling_ae, called_ae=row.called_ae)

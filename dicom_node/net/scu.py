@@ -1,0 +1,105 @@
+"""The sending SCU: C-STORE files to a destination over one association."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE, evt
+from pynetdicom.presentation import build_context
+
+from dicom_node.net.sockets import set_nodelay
+
+log = logging.getLogger(__name__)
+
+
+class SendError(RuntimeError):
+    """The destination could not be reached or refused the association."""
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The outcome of one C-STORE: ``status`` is the DIMSE status, or None with ``error`` set."""
+
+    path: Path
+    status: int | None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        # 0x0000 success; 0xB000, 0xB007, 0xB006 are warnings that still mean "stored"
+        return self.status is not None and (self.status == 0 or self.status & 0xF000 == 0xB000)
+
+
+def _contexts(paths: Sequence[Path]) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for path in paths:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+        pair = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+        if pair not in pairs:
+            pairs.append(pair)
+    return pairs
+
+
+def send_files(
+    paths: Iterable[str | Path],
+    *,
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str = "DICOM_NODE",
+    timeout: float = 30.0,
+    progress: Callable[[Sent], None] | None = None,
+) -> list[Sent]:
+    """C-STORE ``paths`` to one SCP over one association, in order.
+
+    Each file is proposed with its own SOP class and transfer syntax (plus Explicit VR Little Endian
+    as a fallback). Raises :class:`SendError` when no association can be made; per-file failures are
+    returned, not raised.
+    """
+    files = [Path(p) for p in paths]
+    if not files:
+        return []
+    ae = AE(ae_title=calling_ae)
+    ae.maximum_pdu_size = 0
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    pairs = _contexts(files)
+    by_class: dict[str, list[str]] = {}
+    for sop_class, syntax in pairs:
+        by_class.setdefault(sop_class, [])
+        for ts in (syntax, "1.2.840.10008.1.2.1"):
+            if ts not in by_class[sop_class]:
+                by_class[sop_class].append(ts)
+    contexts = [build_context(c, ts) for c, syntaxes in by_class.items() for ts in syntaxes]
+    if len(contexts) > 128:
+        raise SendError(f"{len(contexts)} presentation contexts needed; send fewer kinds of object at once")
+    assoc = ae.associate(host, port, contexts=contexts, ae_title=called_ae,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
+    if not assoc.is_established:
+        what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+        raise SendError(f"association with {called_ae}@{host}:{port} {what}")
+    results: list[Sent] = []
+    try:
+        for path in files:
+            try:
+                status = assoc.send_c_store(path)
+                code = int(status.Status) if "Status" in status else None
+                outcome = Sent(path, code, "" if code is not None else "no response (timeout or abort)")
+            except Exception as exc:  # a file that cannot be sent must not stop the others
+                outcome = Sent(path, None, f"{type(exc).__name__}: {exc}")
+            results.append(outcome)
+            if progress is not None:
+                progress(outcome)
+            if not assoc.is_established:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    for path in files[len(results):]:
+        results.append(Sent(path, None, "association lost before sending"))
+    return results
