@@ -10,7 +10,7 @@ import re
 import tomllib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -107,14 +107,28 @@ class Range(_Model):
         return self
 
 
-MatchValue = Annotated[str | float | int | bool | Range | list[str | float | int], Field(union_mode="left_to_right")]
+MatchValue = str | float | int | bool | Range | list[str | float | int]
+
+
+def _match_value(key: str, value: Any) -> MatchValue:
+    """Coerce one ``match`` entry: tables become :class:`Range`, everything else must be a plain value."""
+    if isinstance(value, dict):
+        try:
+            return Range(**value)
+        except ValidationError as exc:
+            raise ValueError(f"match key '{key}': {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    if isinstance(value, (str, int, float, bool, Range)):
+        return value
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return value
+    raise ValueError(f"match key '{key}': expected a string, number, true/false, {{min, max}} or a list, got {value!r}")
 
 
 class Route(_Model):
     """A routing rule: which series go to which pipelines, outputs and destinations."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    match: dict[str, MatchValue] = {}
+    match: dict[str, Any] = {}
     pipelines: list[str] = Field(min_length=1)
     destinations: list[str] = []
     outputs: list[OutputKind] | None = None  # None: each destination's own list
@@ -124,12 +138,16 @@ class Route(_Model):
 
     @field_validator("match")
     @classmethod
-    def _known_keys(cls, value: dict[str, MatchValue]) -> dict[str, MatchValue]:
-        from dicom_node.intake.rules import check_match  # routing grammar lives with the router
+    def _known_keys(cls, value: dict[str, Any]) -> dict[str, MatchValue]:
+        from dicom_node.intake.rules import check_match  # the grammar lives with the router
 
-        for key, spec in value.items():
-            check_match(key, spec)
-        return value
+        coerced = {key: _match_value(key, spec) for key, spec in value.items()}
+        for key, spec in coerced.items():
+            try:
+                check_match(key, spec)
+            except ValueError as exc:
+                raise ValueError(f"match key '{key}': {exc}") from None
+        return coerced
 
 
 class IntakeSection(_Model):
@@ -207,7 +225,7 @@ def parse_config(text: str, path: Path = Path("<config>")) -> NodeConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
-        line = match.group(1) if match else "?"
+        line = match.group(1) if match else str(max(len(text.splitlines()), 1))
         raise ConfigError(f"{path}:{line}: TOML syntax error: {exc}") from None
     storage = raw.get("node", {}).get("storage")
     if isinstance(storage, str) and not Path(storage).is_absolute():
@@ -216,6 +234,7 @@ def parse_config(text: str, path: Path = Path("<config>")) -> NodeConfig:
         return NodeConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
+        err = dict(err)
         loc = _loc_from_message(err)
         line = locate(text, loc)
         where = ".".join(str(p) for p in loc) or "(top level)"
@@ -227,9 +246,13 @@ def parse_config(text: str, path: Path = Path("<config>")) -> NodeConfig:
 def _loc_from_message(err: Any) -> tuple[str | int, ...]:
     """Location of a pydantic error; model validators put theirs at the start of the message."""
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"function-after"})))
-    m = re.match(r"(?:Value error, )?(\w+)\[(\d+)\]", err["msg"])
+    m = re.match(r"(?:Value error, )?(\w+)\[(\d+)\]: ", err["msg"])
     if m:
         loc = (*loc, m.group(1), int(m.group(2)))
+        err["msg"] = err["msg"][m.end():]
+    key = re.search(r"match key '(\w+)'", err["msg"])
+    if key:
+        loc = (*loc, key.group(1))
     return loc
 
 

@@ -28,7 +28,7 @@ ASSOCIATION_KEYS = ("calling_ae", "called_ae")
 def check_match(key: str, spec: Any) -> None:
     """Raise ValueError if ``key = spec`` is not a valid rule."""
     if key not in ASSOCIATION_KEYS and tag_for_keyword(key) is None:
-        raise ValueError(f"match key {key!r} is neither a DICOM keyword nor one of {', '.join(ASSOCIATION_KEYS)}")
+        raise ValueError(f"not a DICOM keyword nor one of {', '.join(ASSOCIATION_KEYS)}")
     for item in spec if isinstance(spec, list) else [spec]:
         if isinstance(item, str):
             pattern = item.removeprefix("not:")
@@ -36,7 +36,7 @@ def check_match(key: str, spec: Any) -> None:
                 try:
                     re.compile(pattern[3:])
                 except re.error as exc:
-                    raise ValueError(f"match {key}: bad regular expression {pattern[3:]!r}: {exc}") from None
+                    raise ValueError(f"bad regular expression {pattern[3:]!r}: {exc}") from None
 
 
 def match_keys(routes_match: list[Mapping[str, Any]]) -> set[str]:

@@ -205,18 +205,57 @@ class Ingestor:
 
 
 def parse_header(data: bytes) -> Dataset:
-    """Parse a Part 10 byte string up to (not including) the pixel data.
+    """Parse a Part 10 byte string up to (not including) the pixel data, and check it is complete.
 
-    Raises ValueError with a readable reason for anything pydicom cannot parse.
+    Raises ValueError with a readable reason for anything pydicom cannot parse and for a data set
+    whose pixel data is cut short.
     """
+    stream = io.BytesIO(data)
     try:
-        ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
+        ds = dcmread(stream, stop_before_pixels=True)
         # Touch the elements we need now, so deferred parse errors surface here.
         for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID", "Modality"):
             ds.get(keyword)
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        samples, bits = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+            samples = 2  # two chroma samples shared by each pair of pixels
     except Exception as exc:  # pydicom raises many types for malformed input
         raise ValueError(f"cannot parse dataset: {type(exc).__name__}: {exc}") from None
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if syntax != "1.2.840.10008.1.2.1.99":  # deflated: the stream position is not a byte offset
+        check_pixel_data(data, stream.tell(), syntax, rows * cols * samples * frames * bits // 8)
     return ds
+
+
+PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
+SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def check_pixel_data(data: bytes, offset: int, syntax: str, expected: int) -> None:
+    """Raise ValueError if the Pixel Data element at ``offset`` is shorter than it says or must be.
+
+    ``expected`` is the native size from Rows x Columns x samples x frames x bits (0 if unknown);
+    encapsulated pixel data must end with its sequence delimiter.
+    """
+    if offset >= len(data) or data[offset:offset + 4] not in PIXEL_TAGS:
+        return  # no pixel data (SR, presentation state...) or another element follows
+    big = syntax == "1.2.840.10008.1.2.2"
+    order = "big" if big else "little"
+    if syntax == "1.2.840.10008.1.2":  # implicit VR: tag, 4-byte length
+        length, start = int.from_bytes(data[offset + 4:offset + 8], order), offset + 8
+    else:  # explicit VR OB/OW: tag, VR, 2 reserved bytes, 4-byte length
+        length, start = int.from_bytes(data[offset + 8:offset + 12], order), offset + 12
+    if length == 0xFFFFFFFF:
+        if data.rfind(SEQUENCE_DELIMITER, start) < 0:
+            raise ValueError("truncated data set: encapsulated pixel data has no sequence delimiter")
+        return
+    available = len(data) - start
+    if length > available:
+        raise ValueError(f"truncated data set: pixel data declares {length} bytes, {available} present")
+    if expected and length < expected:
+        raise ValueError(f"truncated data set: pixel data holds {length} bytes, the image needs {expected}")
 
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:

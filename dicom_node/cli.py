@@ -1,0 +1,312 @@
+"""``dicom-node``: the command line for running and operating the node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dicom_node.config import ConfigError, NodeConfig, default_config_text, load_config
+
+DEFAULT_CONFIGS = ("node.toml", "config/node.toml", "config/node.example.toml")
+
+
+def _config_path(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    if os.environ.get("DICOM_NODE_CONFIG"):
+        return Path(os.environ["DICOM_NODE_CONFIG"])
+    for candidate in DEFAULT_CONFIGS:
+        if Path(candidate).exists():
+            return Path(candidate)
+    raise ConfigError("no config file: pass --config, set DICOM_NODE_CONFIG, or run `dicom-node init node.toml`")
+
+
+def _load(args: argparse.Namespace) -> tuple[NodeConfig, Path]:
+    path = _config_path(args.config)
+    return load_config(path), path
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.path)
+    if target.exists() and not args.force:
+        print(f"{target} exists; use --force to overwrite", file=sys.stderr)
+        return 1
+    target.write_text(default_config_text(), encoding="utf-8")
+    print(f"wrote {target}; edit AE titles, peers, destinations and routes, then `dicom-node check-config "
+          f"--config {target}`")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config, path = _load(args)
+    node = config.node
+    print(f"config {path}: OK")
+    print(f"node      {node.ae_title} listening on {node.host}:{node.port}, storage {node.storage}")
+    print(f"database  {node.database_url()}")
+    print(f"intake    quiet period {config.intake.quiet_period_s:g} s; workers {node.workers}; "
+          f"duplicates {node.duplicate_policy.value}")
+    if config.peers:
+        for peer in config.peers:
+            print(f"peer      {peer.ae_title}" + (f" from {peer.host}" if peer.host else " from any host"))
+    else:
+        print("peer      (none: " + ("any calling AE accepted" if node.accept_unknown_callers
+                                      else "every association will be rejected") + ")")
+    for dest in config.destinations:
+        print(f"dest      {dest.name}: {dest.ae_title}@{dest.host}:{dest.port} gets {', '.join(dest.outputs)}; "
+              f"retries for {dest.retry_for_hours:g} h")
+    for route in config.routes:
+        match = ", ".join(f"{k}={v!r}" for k, v in route.match.items()) or "(everything)"
+        outputs = ", ".join(route.outputs) if route.outputs is not None else "each destination's own"
+        print(f"route     {route.name} [prio {route.priority}, wait for {route.wait_for}]: {match} -> "
+              f"{' + '.join(route.pipelines)} -> {', '.join(route.destinations) or '(no destination)'} "
+              f"({outputs})")
+    return 0
+
+
+def cmd_route_test(args: argparse.Namespace) -> int:
+    from pydicom import dcmread
+
+    from dicom_node.intake.routing import check_routes, series_attributes
+
+    config, _ = _load(args)
+    files: list[Path] = []
+    for item in args.files:
+        p = Path(item)
+        files.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
+    for f in files:
+        try:
+            header = dcmread(f, stop_before_pixels=True)
+        except Exception as exc:  # report and go on with the other files
+            print(f"{f}: not readable as DICOM ({exc})")
+            continue
+        attrs = series_attributes(header, config, calling_ae=args.calling_ae, called_ae=config.node.ae_title)
+        checks = check_routes(config, attrs)
+        winners = [c.route.name for c in checks if c.matched]
+        print(f"{f}: {'-> ' + ', '.join(winners) if winners else 'matches NO route (kept, listed as unrouted)'}")
+        for check in checks:
+            print(f"  {'+' if check.matched else '-'} {check.route.name}: {'; '.join(check.reasons) or 'no conditions'}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dicom_node.admin import status_report
+
+    config, _ = _load(args)
+    report = status_report(config)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        from dicom_node.admin import format_status
+
+        print(format_status(report))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from dicom_node import admin
+
+    config, _ = _load(args)
+    if args.action == "list":
+        for line in admin.list_jobs(config, state=args.state, limit=args.limit):
+            print(line)
+        return 0
+    if args.id is None:
+        print(f"jobs {args.action} needs a job id", file=sys.stderr)
+        return 2
+    ok = admin.change_job(config, args.id, args.action)
+    print(f"job {args.id}: {args.action} {'done' if ok else 'not possible in its current state'}")
+    return 0 if ok else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dicom_node.net.scu import SendError, send_files
+
+    if args.to:
+        config, _ = _load(args)
+        dest = config.destination(args.to)
+        host, port, aet = dest.host, dest.port, dest.ae_title
+        calling = config.node.ae_title
+    else:
+        if not (args.host and args.port and args.aec):
+            print("send needs --to DEST (from the config) or --host, --port and --aec", file=sys.stderr)
+            return 2
+        host, port, aet, calling = args.host, args.port, args.aec, args.aet
+    files: list[Path] = []
+    for item in args.paths:
+        p = Path(item)
+        files.extend(sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir()
+                     else [p])
+    readable = []
+    for f in files:
+        try:
+            from pydicom.misc import is_dicom
+
+            if is_dicom(f):
+                readable.append(f)
+        except OSError:
+            pass
+    skipped = len(files) - len(readable)
+    bar = tqdm(total=len(readable), unit="img", desc=f"to {aet}", disable=args.quiet)
+    try:
+        outcomes = send_files(readable, host=host, port=port, called_ae=aet, calling_ae=calling,
+                              progress=lambda _s: bar.update(1))
+    except SendError as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    bar.close()
+    failed = [o for o in outcomes if not o.ok]
+    print(f"sent {len(outcomes) - len(failed)} of {len(readable)} file(s)"
+          + (f"; {skipped} non-DICOM file(s) skipped" if skipped else ""))
+    for o in failed[:20]:
+        print(f"  failed {o.path}: " + (o.error or f"status 0x{o.status or 0:04X}"))
+    return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicom_node.serve import Node, setup_logging
+
+    config, path = _load(args)
+    setup_logging(args.log_level)
+    if args.workers is not None:
+        config = config.model_copy(update={"node": config.node.model_copy(update={"workers": args.workers})})
+    Node(config, path, log_level=args.log_level).serve_forever()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import multiprocessing as mp
+
+    from dicom_node.serve import setup_logging, worker_main
+
+    _, path = _load(args)
+    setup_logging(args.log_level)
+    if args.count <= 1:
+        worker_main(str(path), 0, args.log_level)
+        return 0
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=worker_main, args=(str(path), i, args.log_level)) for i in range(args.count)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return 0
+
+
+TRAINABLE = {
+    "ct-lung-nodule": ("dicom_node.training.ct_lung_nodule", "models/ct_lung_nodule"),
+    "us-lung": ("dicom_node.training.us_lung", "models/us_lung"),
+}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import importlib
+
+    module_name, default_dir = TRAINABLE[args.model]
+    module = importlib.import_module(module_name)
+    out = Path(args.out or default_dir)
+    metrics = module.train(out, seed=args.seed, quick=args.quick, progress=not args.quiet)
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import importlib
+
+    module_name, default_dir = TRAINABLE[args.model]
+    module = importlib.import_module(module_name)
+    metrics = module.evaluate(Path(args.bundle or default_dir), seed=args.seed)
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-node", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", help="config file (default: $DICOM_NODE_CONFIG, ./node.toml, "
+                                              "config/node.toml, config/node.example.toml)")
+        return p
+
+    p = with_config(sub.add_parser("serve", help="run the node: receiver, scheduler, workers, sender"))
+    p.add_argument("--workers", type=int, help="override node.workers")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_serve)
+
+    p = with_config(sub.add_parser("worker", help="run worker processes only (scale-out on PostgreSQL)"))
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("init", help="write a starter config")
+    p.add_argument("path", nargs="?", default="node.toml")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_init)
+
+    p = with_config(sub.add_parser("check-config", help="validate and print AE titles, destinations, routes"))
+    p.set_defaults(func=cmd_check_config)
+
+    p = with_config(sub.add_parser("route-test", help="which route matches each file, and why"))
+    p.add_argument("files", nargs="+")
+    p.add_argument("--calling-ae", default="", help="pretend the files came from this calling AE")
+    p.set_defaults(func=cmd_route_test)
+
+    p = with_config(sub.add_parser("status", help="queue and delivery counts, dead jobs, unrouted series"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = with_config(sub.add_parser("jobs", help="list, retry or cancel jobs"))
+    p.add_argument("action", choices=["list", "retry", "cancel"])
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--state", help="only jobs in this state")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_jobs)
+
+    p = with_config(sub.add_parser("send", help="C-STORE files or folders to a destination"))
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--to", help="destination name from the config")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--aec", help="called AE title")
+    p.add_argument("--aet", default="DICOM_NODE", help="calling AE title (with --host)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("train", help="train a shipped model and write its bundle")
+    p.add_argument("model", choices=sorted(TRAINABLE))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="bundle folder (default models/<name>)")
+    p.add_argument("--quick", action="store_true", help="a tiny run, for smoke tests")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model bundle on held-out synthetic data")
+    p.add_argument("model", choices=sorted(TRAINABLE))
+    p.add_argument("--bundle", help="bundle folder (default models/<name>)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"error: unknown name {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The node's processes: ``serve`` (receiver, scheduler, sender, N worker processes) and ``worker``.
+
+The receiver and the scheduler (stability sweep, lease housekeeping, sender) live in the main process;
+inference runs in separate worker processes so a model never slows down or crashes the receiver.
+Everything they share goes through the database, so any process can die and restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicom_node.config import NodeConfig, load_config
+from dicom_node.db import connect
+from dicom_node.delivery import Sender
+from dicom_node.intake.stability import StabilitySweep
+from dicom_node.net.scp import Receiver
+from dicom_node.queue import JobQueue
+from dicom_node.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def worker_main(config_path: str, index: int, log_level: str) -> None:
+    """Entry point of one worker process."""
+    setup_logging(log_level)
+    config = load_config(config_path)
+    from dicom_node.worker import Worker
+
+    engine = connect(config.node.database_url())
+    worker = Worker(config, engine, Store(config.node.storage), name=None)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
+    worker.run_forever()
+
+
+class Node:
+    """A running node: receiver + scheduler + sender in this process, workers as child processes."""
+
+    def __init__(self, config: NodeConfig, config_path: Path, *, log_level: str = "INFO") -> None:
+        self.config = config
+        self.config_path = config_path
+        self.log_level = log_level
+        self.engine = connect(config.node.database_url())
+        self.store = Store(config.node.storage)
+        self.queue = JobQueue(self.engine, config.queue)
+        self.receiver = Receiver(config, self.engine, self.store)
+        self.sweep = StabilitySweep(config, self.engine, self.store, self.queue)
+        self.sender = Sender(config, self.engine, self.store)
+        self.scheduler = BackgroundScheduler()
+        self.workers: list[Any] = []
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        """Start listening, scheduling and the worker processes."""
+        self.receiver.start()
+        every = self.config.intake.sweep_interval_s
+        jobs = [(self.sweep.sweep, every), (self.queue.requeue_expired, 5.0), (self.sender.tick, 1.0),
+                (self._watch_workers, 2.0)]
+        for func, seconds in jobs:
+            self.scheduler.add_job(_guarded(func), "interval", seconds=seconds, max_instances=1, coalesce=True)
+        self.scheduler.start()
+        for i in range(self.config.node.workers):
+            self.workers.append(self._spawn(i))
+        log.info("node %s up: port %d, %d worker(s), database %s", self.config.node.ae_title, self.receiver.port,
+                 len(self.workers), self.engine.url.render_as_string(hide_password=True))
+
+    def _spawn(self, index: int) -> Any:
+        ctx = mp.get_context("spawn")
+        proc = ctx.Process(target=worker_main, args=(str(self.config_path), index, self.log_level),
+                           name=f"worker-{index}", daemon=True)
+        proc.start()
+        return proc
+
+    def _watch_workers(self) -> None:
+        for i, proc in enumerate(self.workers):
+            if not proc.is_alive() and not self.stopped.is_set():
+                log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
+                self.workers[i] = self._spawn(i)
+
+    def stop(self) -> None:
+        """Stop everything; pending work stays in the database."""
+        self.stopped.set()
+        self.scheduler.shutdown(wait=True)
+        self.receiver.stop()
+        for proc in self.workers:
+            proc.terminate()
+        for proc in self.workers:
+            proc.join(timeout=10)
+        self.engine.dispose()
+
+    def serve_forever(self) -> None:
+        """Run until SIGINT or SIGTERM."""
+        done = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        signal.signal(signal.SIGINT, lambda *_: done.set())
+        self.start()
+        done.wait()
+        log.info("stopping")
+        self.stop()
+
+
+def _guarded(func: Any) -> Any:
+    def run() -> None:
+        try:
+            func()
+        except Exception:  # keep the schedule alive; the next tick tries again
+            log.exception("%s failed", getattr(func, "__qualname__", func))
+
+    return run
