@@ -1,1 +1,85 @@
-"""outputs."""
+"""Findings to DICOM: SEG, TID 1500 SR, presentation state, overlay images and a PNG preview.
+
+The worker calls :func:`encode` with the object kinds a destination wants, and
+:func:`render_preview` for the dashboard. Every UID is derived from the inputs (see
+:mod:`dicom_node.outputs.uids`), so encoding the same findings twice gives the same objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from pydicom.dataset import Dataset
+
+from dicom_node.findings import Findings
+from dicom_node.imaging.volume import Volume
+from dicom_node.outputs.options import KINDS, EncodeOptions
+from dicom_node.outputs.preview import render_preview
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["KINDS", "EncodeOptions", "encode", "render_preview"]
+
+
+def encode(
+    findings: Findings,
+    volume: Volume,
+    kinds: Sequence[str],
+    *,
+    series_number: int = 900,
+    options: EncodeOptions | None = None,
+) -> list[Dataset]:
+    """Encode ``findings`` on ``volume`` as the DICOM objects named in ``kinds``.
+
+    Args:
+        findings: What the pipeline returned (may be empty, or not applicable).
+        volume: The volume the pipeline ran on; its ``sources`` are the referenced instances.
+        kinds: Any of ``"seg"``, ``"sr"``, ``"gsps"``, ``"overlay"``.
+        series_number: Series Number of the SEG; SR, GSPS and overlay take the next three
+            (ignored when ``options`` is given).
+        options: Manufacturer, node name, institution, SEG type and so on.
+
+    Returns:
+        The objects in the order SEG, SR, GSPS, overlay images (kinds not asked for are left out;
+        no SEG when no finding has a mask pixel). Each has ``file_meta`` and can be saved or sent.
+
+    Raises:
+        ValueError: an unknown kind, or findings that do not fit the volume.
+    """
+    from dicom_node.outputs.gsps import build_gsps
+    from dicom_node.outputs.overlay import build_overlays
+    from dicom_node.outputs.seg import build_seg
+    from dicom_node.outputs.sr import build_sr
+    from dicom_node.outputs.uids import UidFactory
+
+    wanted = [str(k).lower() for k in kinds]
+    unknown = sorted(set(wanted) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown output kind(s) {unknown}; known kinds are {list(KINDS)}")
+    opts = options if options is not None else EncodeOptions(series_number=series_number)
+    for finding in findings.findings:
+        if finding.mask.shape != volume.shape:
+            raise ValueError(
+                f"finding mask shape {finding.mask.shape} differs from volume shape {volume.shape}"
+            )
+    uids = UidFactory(volume.sources, findings.pipeline, findings.version)
+    out: list[Dataset] = []
+    seg = None
+    if "seg" in wanted:
+        seg = build_seg(findings, volume, uids, opts)
+        if seg is not None:
+            out.append(seg.dataset)
+    if "sr" in wanted:
+        out.append(build_sr(findings, volume, uids, opts, seg))
+    if "gsps" in wanted:
+        out.append(build_gsps(findings, volume, uids, opts))
+    if "overlay" in wanted:
+        out.extend(build_overlays(findings, volume, uids, opts))
+    logger.info(
+        "encoded %s as %d objects (%s)",
+        findings.summary(),
+        len(out),
+        ", ".join(sorted({str(ds.Modality) for ds in out})),
+    )
+    return out

@@ -1,0 +1,92 @@
+"""Small helpers shared by the encoders: identity fixes, key slices, source references."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom_node.findings import Finding
+from dicom_node.imaging.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+STUDY_ATTRIBUTES: tuple[str, ...] = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "IssuerOfPatientID",
+    "StudyInstanceUID",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+)
+
+NOT_IN_RESULT_IODS: tuple[str, ...] = ("RequestingService",)
+"""Copied along by highdicom from some sources but not part of the SEG/SR/PR/SC IODs."""
+
+
+def finish_identity(ds: Dataset, source: Dataset, description: str, institution_name: str | None) -> None:
+    """Copy the patient/study identity from ``source`` and tidy what highdicom leaves behind.
+
+    highdicom copies most of the patient and study modules; this makes sure every attribute in
+    :data:`STUDY_ATTRIBUTES` present in the source is present (equal) in the result, drops
+    meaningless zero patient size/weight, and sets the series description.
+    """
+    for kw in STUDY_ATTRIBUTES:
+        if kw in source and source[kw].value not in (None, ""):
+            setattr(ds, kw, source[kw].value)
+    for kw in ("PatientSize", "PatientWeight"):
+        if kw in ds and (ds[kw].value in (None, "") or float(ds[kw].value) == 0.0):
+            delattr(ds, kw)
+    for kw in NOT_IN_RESULT_IODS:
+        if kw in ds:
+            delattr(ds, kw)
+    if "Laterality" not in ds and ds.get("Modality") in ("PR", "OT"):
+        # General Series: Type 2C (paired body parts); unknown for a result series -> empty.
+        ds.Laterality = source.get("Laterality", None)
+    ds.SeriesDescription = description[:64]
+    if institution_name:
+        ds.InstitutionName = institution_name[:64]
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    """Where slice ``index`` of a volume is stored: a source instance and, for multi-frame, a frame."""
+
+    index: int
+    source: Dataset
+    frame_number: int | None
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.source.SOPInstanceUID)
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.source.SOPClassUID)
+
+
+def slice_ref(volume: Volume, index: int) -> SliceRef:
+    """The stored instance (and frame) holding slice ``index`` of ``volume``."""
+    if volume.frame_numbers is not None:
+        return SliceRef(index, volume.sources[0], int(volume.frame_numbers[index]))
+    return SliceRef(index, volume.sources[index], None)
+
+
+def full_mask(finding: Finding, volume: Volume) -> np.ndarray:
+    """The finding's mask on the stored image grid (padded back when the volume is a crop)."""
+    if finding.mask.shape != volume.shape:
+        raise ValueError(f"finding mask shape {finding.mask.shape} differs from volume shape {volume.shape}")
+    return np.asarray(volume.uncrop(finding.mask), dtype=bool)
+
+
+def key_slices(findings: list[Finding]) -> list[int]:
+    """Sorted distinct key slices of the findings that have one."""
+    return sorted({int(f.key_slice) for f in findings if f.key_slice is not None and f.mask.any()})

@@ -1,0 +1,209 @@
+"""DICOM Segmentation (SEG) of the findings' masks, built with highdicom.
+
+One segment per finding with a non-empty mask, coded with the category's standard codes and the
+pipeline as algorithm. Frames without any mask pixel are omitted by highdicom without shifting the
+references of the others (each frame keeps its own source reference and position).
+
+Ultrasound multi-frame sources have no Frame of Reference and highdicom 0.28 refuses them. For those
+this module builds the SEG with highdicom for a single-frame view of the source (so every module,
+segment description and reference is written by highdicom), then assembles the multi-frame pixel data
+and per-frame functional groups with pydicom: one frame per (segment, source frame) that has mask
+pixels, each referencing its source frame by Referenced Frame Number, with Temporal Position Index
+(= source frame number) as the second dimension index. Validity is proven by dciodvfy and highdicom's
+reader in the tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import pack_bits
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
+from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
+
+from dicom_node.findings import Findings
+from dicom_node.imaging.volume import Volume
+from dicom_node.outputs import codes
+from dicom_node.outputs.common import finish_identity, full_mask
+from dicom_node.outputs.options import EncodeOptions
+from dicom_node.outputs.uids import UidFactory
+
+logger = logging.getLogger(__name__)
+
+
+_SINGLE_FRAME_CLASS: dict[str, str] = {UltrasoundMultiFrameImageStorage: UltrasoundImageStorage}
+
+
+@dataclass
+class SegResult:
+    """A built SEG and which segment holds which finding."""
+
+    dataset: hd.seg.Segmentation
+    segment_of: dict[int, int] = field(default_factory=dict)
+    """finding index -> segment number"""
+
+
+def algorithm_identification(findings: Findings) -> hd.AlgorithmIdentificationSequence:
+    """Algorithm identification: name = pipeline, version = model bundle version, family AI."""
+    return hd.AlgorithmIdentificationSequence(
+        name=findings.pipeline, family=codes.ALGORITHM_FAMILY, version=findings.version
+    )
+
+
+def build_seg(
+    findings: Findings, volume: Volume, uids: UidFactory, options: EncodeOptions
+) -> SegResult | None:
+    """Build the SEG of ``findings`` on ``volume``'s source instances.
+
+    Returns:
+        The SEG and its segment numbers, or None when no finding has a mask pixel.
+    """
+    algorithm = algorithm_identification(findings)
+    descriptions: list[hd.seg.SegmentDescription] = []
+    masks: list[np.ndarray] = []
+    segment_of: dict[int, int] = {}
+    for i, finding in enumerate(findings.findings):
+        mask = full_mask(finding, volume)
+        if not mask.any():
+            logger.info("finding %d (%s) has an empty mask; no segment", i, finding.category.value)
+            continue
+        number = len(descriptions) + 1
+        category, prop_type = codes.category_codes(finding.category)
+        anatomic = [codes.LUNG] if prop_type != codes.LUNG else None
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=finding.label[:64],
+                segmented_property_category=category,
+                segmented_property_type=prop_type,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=uids.tracking(i),
+                tracking_id=tracking_id(finding.label, i),
+                anatomic_regions=anatomic,
+            )
+        )
+        masks.append(mask)
+        segment_of[i] = number
+    if not descriptions:
+        return None
+    pixels = np.stack(masks, axis=-1)
+    if options.seg_type == "LABELMAP" and (pixels.sum(axis=-1) > 1).any():
+        raise ValueError(
+            "LABELMAP segmentation needs non-overlapping masks; use BINARY for overlapping findings"
+        )
+    source = volume.sources[0]
+    kwargs: dict[str, Any] = dict(
+        segmentation_type=options.seg_type,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids.series("seg"),
+        series_number=options.series_number_of("seg"),
+        sop_instance_uid=uids.instance("seg"),
+        instance_number=1,
+        manufacturer=options.manufacturer,
+        manufacturer_model_name=findings.pipeline[:64],
+        software_versions=f"{findings.pipeline} {findings.version}"[:64],
+        device_serial_number=options.node_name[:64],
+        content_label="AI_SEG",
+        content_description=f"{findings.pipeline} {findings.version}"[:64],
+        omit_empty_frames=True,
+    )
+    needs_assembly = volume.is_multiframe and "FrameOfReferenceUID" not in source
+    if needs_assembly:
+        if options.seg_type != "BINARY":
+            logger.warning("multi-frame source without frame of reference: writing a BINARY SEG")
+            kwargs["segmentation_type"] = "BINARY"
+        seg = _multiframe_without_frame_of_reference(volume, pixels, kwargs)
+    else:
+        seg = hd.seg.Segmentation(source_images=volume.sources, pixel_array=pixels, **kwargs)
+    if "ImageOrientationPatient" not in source and "PatientOrientation" not in seg:
+        # General Image module: Patient Orientation is Type 2C when there is no plane orientation.
+        seg.PatientOrientation = source.get("PatientOrientation", None)
+    finish_identity(seg, source, f"AI segmentation ({findings.pipeline})", options.institution_name)
+    logger.debug("SEG built: %d segments, %d frames", len(descriptions), int(seg.NumberOfFrames))
+    return SegResult(seg, segment_of)
+
+
+def tracking_id(label: str, index: int) -> str:
+    """Human-readable tracking identifier of finding ``index``."""
+    return f"{label} {index + 1}"[:64]
+
+
+def _multiframe_without_frame_of_reference(
+    volume: Volume, pixels: np.ndarray, kwargs: dict[str, Any]
+) -> hd.seg.Segmentation:
+    """SEG of a multi-frame source that has no Frame of Reference (see module docstring)."""
+    source = volume.sources[0]
+    assert volume.frame_numbers is not None
+    proxy = copy.deepcopy(source)
+    # highdicom treats a multi-frame SOP class as an enhanced image with functional groups; the view
+    # is a single-frame US image whose class is put back in every reference afterwards.
+    for kw in ("NumberOfFrames", "FrameIncrementPointer", "FrameTime", "FrameTimeVector"):
+        if kw in proxy:
+            delattr(proxy, kw)
+    proxy.SOPClassUID = _SINGLE_FRAME_CLASS.get(str(source.SOPClassUID), UltrasoundImageStorage)
+    n_segments = pixels.shape[-1]
+    # One frame per segment, all ones so none is omitted; the template of each segment's frame.
+    template = hd.seg.Segmentation(
+        source_images=[proxy],
+        pixel_array=np.ones((1, *pixels.shape[1:3], n_segments), dtype=bool),
+        **{**kwargs, "omit_empty_frames": False},  # type: ignore[arg-type]
+    )
+    by_segment = {
+        int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber): item
+        for item in template.PerFrameFunctionalGroupsSequence
+    }
+    frames: list[np.ndarray] = []
+    items: list[Dataset] = []
+    for segment in range(1, n_segments + 1):
+        for index, frame_number in enumerate(volume.frame_numbers):
+            plane = pixels[index, :, :, segment - 1]
+            if not plane.any():
+                continue
+            item = copy.deepcopy(by_segment[segment])
+            src_ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+            src_ref.ReferencedFrameNumber = int(frame_number)
+            content = item.FrameContentSequence[0]
+            content.DimensionIndexValues = [segment, int(frame_number)]
+            content.TemporalPositionIndex = int(frame_number)
+            items.append(item)
+            frames.append(plane)
+    index_item = Dataset()
+    index_item.DimensionOrganizationUID = template.DimensionIndexSequence[0].DimensionOrganizationUID
+    index_item.DimensionIndexPointer = Tag("TemporalPositionIndex")
+    index_item.FunctionalGroupPointer = Tag("FrameContentSequence")
+    index_item.DimensionDescriptionLabel = "Source Frame (Temporal Position Index)"
+    template.DimensionIndexSequence.append(index_item)
+    template.PerFrameFunctionalGroupsSequence = DicomSequence(items)  # type: ignore[assignment]
+    template.NumberOfFrames = len(frames)
+    stack = np.stack(frames).astype(np.uint8)
+    if template.SegmentationType == "BINARY":
+        template.PixelData = pack_bits(stack, pad=True)
+    else:
+        template.PixelData = stack.tobytes()
+    _restore_class(template, str(source.SOPInstanceUID), str(proxy.SOPClassUID), str(source.SOPClassUID))
+    return template
+
+
+def _restore_class(ds: Dataset, instance_uid: str, proxy_class: str, real_class: str) -> None:
+    """Replace the proxy's SOP class by the real one in every reference to the source instance."""
+
+    def visit(item: Dataset) -> None:
+        for elem in item:
+            if elem.VR == "SQ":
+                for sub in elem.value:
+                    if (
+                        sub.get("ReferencedSOPInstanceUID") == instance_uid
+                        and sub.get("ReferencedSOPClassUID") == proxy_class
+                    ):
+                        sub.ReferencedSOPClassUID = real_class
+                    visit(sub)
+
+    visit(ds)

@@ -1,0 +1,271 @@
+"""TID 1500 Measurement Report in a Comprehensive 3D SR, built with highdicom's templates.
+
+Per finding, two measurement groups share one tracking identifier and UID (highdicom's groups take
+exactly one reference each):
+
+- a volumetric group (TID 1411) referencing the finding's SEG segment, with the volumetric
+  measurements (volume, mean HU, ...), the qualitative evaluations and the AI score;
+- a planar group (TID 1410) on the key slice whose region is a closed SCOORD polyline (the outline),
+  with the planar measurements (long and short axis, diameter, area, length). This is the group OHIF
+  draws.
+
+Without a SEG (``kinds`` without ``"seg"``) the planar group carries everything. A finding with an
+empty mask gets a TID 1501 group (measurements only). The report always states the overall result in a
+TID 1501 group: "No abnormality" when nothing was found, "not applicable" plus the reason when the
+pipeline refused the input, and the conclusions as text.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as std
+from pydicom.uid import generate_uid
+
+from dicom_node.findings import Finding, Findings, Quantity
+from dicom_node.imaging.volume import Volume
+from dicom_node.outputs import codes
+from dicom_node.outputs.common import finish_identity, full_mask, slice_ref
+from dicom_node.outputs.contours import outline
+from dicom_node.outputs.options import EncodeOptions
+from dicom_node.outputs.seg import SegResult, tracking_id
+from dicom_node.outputs.uids import UidFactory
+
+logger = logging.getLogger(__name__)
+
+PLANAR: frozenset[Quantity] = frozenset(
+    {Quantity.LONG_AXIS, Quantity.SHORT_AXIS, Quantity.DIAMETER, Quantity.AREA, Quantity.LENGTH}
+)
+SCORE_CODE = std.DCM.Probability
+
+Group = (
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
+
+
+def device_observer_uid(node_name: str) -> str:
+    """A stable Device Observer UID for this node."""
+    return str(generate_uid(prefix=None, entropy_srcs=["dicom-node device observer", node_name]))
+
+
+def build_sr(
+    findings: Findings,
+    volume: Volume,
+    uids: UidFactory,
+    options: EncodeOptions,
+    seg: SegResult | None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the TID 1500 report of ``findings`` (see the module docstring for its structure)."""
+    algorithm = hd.sr.AlgorithmIdentification(name=findings.pipeline, version=findings.version)
+    device = hd.sr.ObserverContext(
+        observer_type=std.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_observer_uid(options.node_name),
+            name=options.node_name[:64],
+            manufacturer_name=options.manufacturer[:64],
+            model_name=f"{findings.pipeline} {findings.version}"[:64],
+        ),
+    )
+    groups: list[Group] = []
+    for i, finding in enumerate(findings.findings):
+        groups.extend(_finding_groups(i, finding, volume, uids, options, seg, algorithm))
+    groups.append(_summary_group(findings, uids, algorithm))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=codes.procedure_code(volume.modality),
+        imaging_measurements=groups,
+        title=std.DCM.ImagingMeasurementReport,
+        referenced_images=volume.sources,
+    )
+    evidence: list[Dataset] = list(volume.sources)
+    if seg is not None:
+        evidence.append(seg.dataset)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=uids.series("sr"),
+        series_number=options.series_number_of("sr"),
+        sop_instance_uid=uids.instance("sr"),
+        instance_number=1,
+        manufacturer=options.manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        institution_name=options.institution_name,
+    )
+    finish_identity(sr, volume.sources[0], f"AI report ({findings.pipeline})", options.institution_name)
+    return sr
+
+
+def _measurements(finding: Finding, quantities: frozenset[Quantity] | None) -> list[hd.sr.Measurement]:
+    out: list[hd.sr.Measurement] = []
+    for m in finding.measurements:
+        if quantities is not None and m.quantity not in quantities:
+            continue
+        name, derivation = codes.quantity_code(m.quantity)
+        out.append(
+            hd.sr.Measurement(
+                name=name, value=float(m.value), unit=codes.unit_code(m.unit), derivation=derivation
+            )
+        )
+    return out
+
+
+def _evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
+    return [
+        hd.sr.QualitativeEvaluation(name=codes.evaluation_code(k), value=codes.evaluation_value_code(v))
+        for k, v in finding.evaluations.items()
+    ]
+
+
+def _finding_groups(
+    i: int,
+    finding: Finding,
+    volume: Volume,
+    uids: UidFactory,
+    options: EncodeOptions,
+    seg: SegResult | None,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> list[Group]:
+    tracking = hd.sr.TrackingIdentifier(uid=uids.tracking(i), identifier=tracking_id(finding.label, i))
+    finding_type = codes.category_codes(finding.category)[1]
+    sites = _finding_sites(finding)
+    score = hd.sr.Measurement(name=SCORE_CODE, value=float(finding.score), unit=codes.unit_code("1"))
+    evaluations = _evaluations(finding)
+    segment = seg.segment_of.get(i) if seg is not None else None
+    region = _key_region(finding, volume, options)
+    groups: list[Group] = []
+    common = dict(finding_type=finding_type, algorithm_id=algorithm, finding_sites=sites)
+    if segment is not None and seg is not None:
+        referenced = _referenced_segment(seg, segment, finding, volume)
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_segment=referenced,
+                measurements=[*_measurements(finding, frozenset(Quantity) - PLANAR), score],
+                qualitative_evaluations=evaluations or None,
+                **common,  # type: ignore[arg-type]
+            )
+        )
+        if region is not None:
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking,
+                    referenced_region=region,
+                    measurements=_measurements(finding, PLANAR) or None,
+                    **common,  # type: ignore[arg-type]
+                )
+            )
+    elif region is not None:
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_region=region,
+                measurements=[*_measurements(finding, None), score],
+                qualitative_evaluations=evaluations or None,
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    else:
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                measurements=[*_measurements(finding, None), score],
+                qualitative_evaluations=evaluations or None,
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    return groups
+
+
+def _referenced_segment(
+    seg: SegResult, segment: int, finding: Finding, volume: Volume
+) -> hd.sr.ReferencedSegment:
+    """The SEG segment with the source images (and frames) its mask lies on."""
+    occupied = [int(k) for k in np.flatnonzero(finding.mask.reshape(finding.mask.shape[0], -1).any(axis=1))]
+    refs = [slice_ref(volume, k) for k in occupied]
+    if volume.is_multiframe:
+        sources = [
+            hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=refs[0].sop_class_uid,
+                referenced_sop_instance_uid=refs[0].sop_instance_uid,
+                referenced_frame_numbers=[int(r.frame_number) for r in refs if r.frame_number is not None],
+            )
+        ]
+    else:
+        sources = [
+            hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=r.sop_class_uid, referenced_sop_instance_uid=r.sop_instance_uid
+            )
+            for r in refs
+        ]
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=str(seg.dataset.SOPClassUID),
+        sop_instance_uid=str(seg.dataset.SOPInstanceUID),
+        segment_number=segment,
+        source_images=sources,
+    )
+
+
+def _finding_sites(finding: Finding) -> list[hd.sr.FindingSite]:
+    laterality = codes.laterality_code(finding.laterality) if finding.laterality is not None else None
+    return [hd.sr.FindingSite(anatomic_location=codes.LUNG, laterality=laterality)]
+
+
+def _key_region(finding: Finding, volume: Volume, options: EncodeOptions) -> hd.sr.ImageRegion | None:
+    if finding.key_slice is None:
+        return None
+    mask = full_mask(finding, volume)[finding.key_slice]
+    points = outline(mask, options.max_contour_points)
+    if points is None:
+        return None
+    ref = slice_ref(volume, finding.key_slice)
+    source = hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=ref.sop_class_uid,
+        referenced_sop_instance_uid=ref.sop_instance_uid,
+        referenced_frame_numbers=[ref.frame_number] if ref.frame_number is not None else None,
+    )
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=source
+    )
+
+
+def _summary_group(
+    findings: Findings, uids: UidFactory, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The overall result: nothing found / not applicable / n findings, plus conclusions as text."""
+    if findings.not_applicable is not None:
+        result = codes.LOCAL_CODES["not_applicable"]
+    elif not findings.findings:
+        result = std.DCM.NoAbnormality
+    else:
+        result = std.SCT.Abnormal
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking(-1), identifier="AI result"),
+        algorithm_id=algorithm,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=std.DCM.Finding, value=result)],
+    )
+    texts: list[tuple[object, str]] = []
+    if findings.not_applicable is not None:
+        texts.append((std.DCM.Comment, f"Not applicable: {findings.not_applicable}"))
+    elif not findings.findings:
+        texts.append((std.DCM.Comment, f"{findings.pipeline} {findings.version} ran and found nothing."))
+    texts.extend((std.DCM.Conclusion, c) for c in findings.conclusions)
+    if findings.classification:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(findings.classification.items()))
+        texts.append((std.DCM.Conclusion, f"Classification: {parts}"))
+    container = group[0]
+    for name, value in texts:
+        container.ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=name,  # type: ignore[arg-type]
+                value=value[:1024],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
