@@ -45,7 +45,7 @@ class NodeSection(_Model):
 
     ae_title: str = "DICOM_NODE"
     host: str = "0.0.0.0"
-    port: int = Field(11112, ge=1, le=65535)
+    port: int = Field(11112, ge=0, le=65535)  # 0: any free port (tests)
     storage: Path = Path("storage")
     database: str = ""  # empty: SQLite file in storage/
     max_associations: int = Field(16, ge=1, le=1000)

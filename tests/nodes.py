@@ -28,6 +28,7 @@ def node_config_text(
     outputs: str = '["seg", "sr"]',
     retry_for_hours: float = 1.0,
     pipelines: str = '["ct_lung_field"]',
+    min_free_disk_mb: int = 0,
 ) -> str:
     """A complete config for tests: peers STORESCU/TESTSCU/ECHOSCU, one destination, one CT route."""
     dest = ""
@@ -52,7 +53,7 @@ host = "127.0.0.1"
 port = {port if port is not None else free_port()}
 storage = "{storage}"
 database = "{db_url}"
-min_free_disk_mb = 0
+min_free_disk_mb = {min_free_disk_mb}
 workers = {workers}
 device = "cpu"
 {extra_node}
