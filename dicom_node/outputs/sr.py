@@ -23,7 +23,6 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as std
-from pydicom.uid import generate_uid
 
 from dicom_node.findings import Finding, Findings, Quantity
 from dicom_node.imaging.volume import Volume
@@ -32,7 +31,7 @@ from dicom_node.outputs.common import finish_identity, full_mask, slice_ref
 from dicom_node.outputs.contours import outline
 from dicom_node.outputs.options import EncodeOptions
 from dicom_node.outputs.seg import SegResult, tracking_id
-from dicom_node.outputs.uids import UidFactory
+from dicom_node.outputs.uids import UidFactory, uid_from_names
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ Group = (
 
 def device_observer_uid(node_name: str) -> str:
     """A stable Device Observer UID for this node."""
-    return str(generate_uid(prefix=None, entropy_srcs=["dicom-node device observer", node_name]))
+    return str(uid_from_names("dicom-node device observer", node_name))
 
 
 def build_sr(

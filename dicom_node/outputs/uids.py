@@ -7,13 +7,21 @@ sends the same SOP Instance UIDs, and the PACS treats the resend as the same obj
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID
 
-UID_PREFIX: str | None = None
-"""None gives ``2.25.<integer>`` UIDs (derived from a SHA-512 of the entropy sources, PS3.5 B.2)."""
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:dicom-node:result-uids")
+"""Namespace of the name-based (version 5) UUIDs behind our ``2.25.<integer>`` UIDs (PS3.5 B.2)."""
+
+
+def uid_from_names(*names: str) -> UID:
+    """A ``2.25.`` UID from a name-based UUID of ``names`` (deterministic; pydicom's ``generate_uid``
+    ignores its entropy sources when no prefix is given, so it cannot be used for this)."""
+    digest = uuid.uuid5(NAMESPACE, "\x1f".join(names))
+    return UID(f"2.25.{digest.int}")
 
 
 def derive_uid(source_uids: Iterable[str], pipeline: str, version: str, kind: str, index: int = 0) -> UID:
@@ -32,8 +40,7 @@ def derive_uid(source_uids: Iterable[str], pipeline: str, version: str, kind: st
     uids = sorted({str(u) for u in source_uids})
     if not uids:
         raise ValueError("derive_uid needs at least one source UID")
-    entropy = ["dicom-node", pipeline, version, kind, str(index), *uids]
-    return generate_uid(prefix=UID_PREFIX, entropy_srcs=entropy)
+    return uid_from_names("dicom-node", pipeline, version, kind, str(index), *uids)
 
 
 class UidFactory:
