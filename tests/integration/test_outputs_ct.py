@@ -34,8 +34,8 @@ ACCEPTED_WARNINGS: dict[str, str] = {
     "identity is copied, not invented",
     r"Unrecognized defined term <99DICOMNODE>": "our private coding scheme for concepts without a standard "
     "code (nodule composition)",
-    r"attribute <Laterality>": "PR/SC General Series Laterality (Type 2C) is empty = unknown: a result series "
-    "may cover both lungs",
+    r"attribute <Laterality>": "PR/SC General Series Laterality (Type 2C) is empty = unknown: a result "
+    "series may cover both lungs",
 }
 
 PIPELINE, VERSION = "ct_lung_nodule", "1.2.0"

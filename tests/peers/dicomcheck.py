@@ -60,15 +60,19 @@ def dsrdump(path: Path, *options: str) -> str:
     return proc.stdout
 
 
+NON_INSTANCE_REFERENCES = frozenset({"ReferencedStudySequence", "ReferencedPatientSequence"})
+"""Patient/study-level references (to retired study management SOPs), copied from the source."""
+
+
 def referenced_uids(ds: Dataset) -> set[str]:
-    """Every Referenced SOP Instance UID anywhere in ``ds`` (nested sequences included)."""
+    """Every Referenced SOP Instance UID of a composite instance anywhere in ``ds`` (nested included)."""
     found: set[str] = set()
 
     def visit(item: Dataset) -> None:
         for elem in item:
             if elem.keyword == "ReferencedSOPInstanceUID":
                 found.add(str(elem.value))
-            elif elem.VR == "SQ":
+            elif elem.VR == "SQ" and elem.keyword not in NON_INSTANCE_REFERENCES:
                 for sub in elem.value:
                     visit(sub)
 
