@@ -1,0 +1,149 @@
+"""The whole node as an admin runs it (`dicom-node serve`), with dcmtk as the modality and Orthanc as the PACS."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import create_engine, select
+
+from dicom_node.db import deliveries, instances, jobs, results
+from tests.nodes import ServeProcess, node_config_text, tcp_env, wait_for
+from tests.peers.dicomfiles import CT_LIDC_SLAB, require
+from tests.peers.orthanc import OrthancPeer, free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pacs() -> Iterator[OrthancPeer]:
+    with OrthancPeer(aet="ORTHANC") as peer:
+        yield peer
+
+
+def _start_node(tmp_path: Path, pacs: OrthancPeer, **kwargs: object) -> tuple[ServeProcess, int, str]:
+    port = free_port()
+    storage = tmp_path / "storage"
+    text = node_config_text(storage, port=port, dest_port=pacs.dicom_port, **kwargs)  # type: ignore[arg-type]
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(text)
+    node = ServeProcess(config_path, tmp_path / "node.log")
+    node.start()
+    wait_for(lambda: _echo(port), timeout=60, what="the node to answer C-ECHO")
+    return node, port, f"sqlite:///{storage / 'node.db'}"
+
+
+def _echo(port: int) -> bool:
+    result = subprocess.run(["echoscu", "-aet", "ECHOSCU", "-aec", "NODE", "127.0.0.1", str(port)],
+                            capture_output=True, env=tcp_env(), timeout=30)
+    return result.returncode == 0
+
+
+def _storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["storescu", "-v", "-aet", "STORESCU", "-aec", "NODE", "127.0.0.1", str(port),
+                           *[str(f) for f in files]], capture_output=True, text=True, env=tcp_env(), timeout=300)
+
+
+def _slab() -> list[Path]:
+    return sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())
+
+
+def test_ct_from_storescu_comes_back_as_seg_and_sr_in_the_same_study(tmp_path: Path, pacs: OrthancPeer) -> None:
+    node, port, _ = _start_node(tmp_path, pacs)
+    try:
+        files = _slab()
+        sent = _storescu(port, files)
+        assert sent.returncode == 0, sent.stderr
+        study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        modalities = wait_for(
+            lambda: {s["MainDicomTags"].get("Modality") for s in pacs.series_of_study(study_uid)} >= {"SEG", "SR"}
+            and {s["MainDicomTags"].get("Modality") for s in pacs.series_of_study(study_uid)},
+            timeout=120, what=f"SEG and SR in Orthanc\n{node.log_tail()}",
+        )
+        assert modalities == {"SEG", "SR"}  # Orthanc got only the results (the CT went to the node, not to it)
+    finally:
+        node.stop()
+
+
+def test_kill_9_mid_ingest_loses_nothing_acknowledged_and_resends_the_same_uids(
+    tmp_path: Path, pacs: OrthancPeer
+) -> None:
+    files = _slab()
+    node, port, db_url = _start_node(tmp_path, pacs, quiet_period_s=2.0)
+    proc = subprocess.Popen(
+        ["storescu", "-v", "-aet", "STORESCU", "-aec", "NODE", "127.0.0.1", str(port), *[str(f) for f in files]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=tcp_env(),
+    )
+    acknowledged: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # kill the node right after the 5th Success
+        if "Received Store Response (Success)" in line:
+            acknowledged.append(line)
+            if len(acknowledged) == 5:
+                node.kill()
+                break
+    proc.wait(timeout=60)
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(instances.c.sop_uid, instances.c.path)).all()
+    assert len(rows) >= 5, "every instance that got Success must be recorded"
+    for row in rows:
+        assert (tmp_path / "storage" / row.path).stat().st_size > 500_000
+    engine.dispose()
+
+    node.start()  # restart on the same storage and database
+    wait_for(lambda: _echo(port), timeout=60, what="the node to come back")
+    try:
+        sent = _storescu(port, files)  # the modality resends the whole series
+        assert sent.returncode == 0, sent.stderr
+        study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        wait_for(lambda: len(pacs.series_of_study(study_uid)) >= 2, timeout=120,
+                 what=f"results after restart\n{node.log_tail()}")
+        engine = create_engine(db_url)
+        wait_for(lambda: _all_sent(engine), timeout=60, what="all deliveries sent")
+        with engine.connect() as conn:
+            n_instances = len(conn.execute(select(instances.c.id)).all())
+            result_uids = [r.sop_uid for r in conn.execute(select(results.c.sop_uid))]
+        assert n_instances == len(files)
+        stored_in_pacs = pacs.sop_instance_uids()
+        assert set(result_uids) <= stored_in_pacs
+        # every object in the PACS for this study is one the node recorded: nothing twice under new UIDs
+        assert len([u for u in stored_in_pacs if u not in result_uids]) == 0
+    finally:
+        node.stop()
+
+
+def _all_sent(engine: object) -> bool:
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        states = [r.state for r in conn.execute(select(deliveries.c.state))]
+        job_states = [r.state for r in conn.execute(select(jobs.c.state))]
+    return bool(states) and all(s == "sent" for s in states) and all(s == "succeeded" for s in job_states)
+
+
+def test_pacs_down_results_wait_and_are_all_delivered_when_it_returns(tmp_path: Path, pacs: OrthancPeer) -> None:
+    pacs.stop()
+    node, port, db_url = _start_node(tmp_path, pacs)
+    try:
+        assert _storescu(port, _slab()).returncode == 0
+        engine = create_engine(db_url)
+
+        def pending_with_errors() -> bool:
+            with engine.connect() as conn:
+                rows = conn.execute(select(deliveries.c.state, deliveries.c.attempts)).all()
+            return bool(rows) and all(r.state == "pending" and r.attempts >= 2 for r in rows)
+
+        wait_for(pending_with_errors, timeout=120, what=f"failed delivery attempts\n{node.log_tail()}")
+        pacs.start()
+        wait_for(lambda: _all_sent(engine), timeout=60, what=f"deliveries after PACS restart\n{node.log_tail()}")
+        with engine.connect() as conn:
+            uids = {r.sop_uid for r in conn.execute(select(results.c.sop_uid))}
+        assert uids and uids <= pacs.sop_instance_uids()
+        status = subprocess.run([sys.executable, "-m", "dicom_node.cli", "status", "--config", str(tmp_path / "node.toml")],
+                                capture_output=True, text=True, timeout=60)
+        assert "deliveries  sent" in status.stdout
+    finally:
+        node.stop()

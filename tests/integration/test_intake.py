@@ -1,0 +1,104 @@
+"""Series stability and routing: quiet periods, revisions after late instances, unrouted series, study waits."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from dicom_node.config import parse_config
+from dicom_node.db import connect, jobs, now, series
+from dicom_node.intake.stability import StabilitySweep
+from dicom_node.net.ingest import Ingestor
+from dicom_node.queue import JobQueue
+from dicom_node.store import Store
+from tests.nodes import node_config_text
+from tests.peers.dicomfiles import CT_LIDC_SLAB, US_CLINICAL, require
+
+
+def _bytes(ds: Dataset) -> bytes:
+    buf = DicomBytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return bytes(buf.getvalue())
+
+
+def _setup(tmp_path: Path, db_url: str, routes: str = "") -> tuple[Ingestor, StabilitySweep]:
+    text = node_config_text(tmp_path / "storage", db_url=db_url, port=0, quiet_period_s=5) + routes
+    config = parse_config(text)
+    engine = connect(config.node.database_url())
+    store = Store(config.node.storage)
+    return Ingestor(config, engine, store), StabilitySweep(config, engine, store, JobQueue(engine, config.queue))
+
+
+def _series_states(sweep: StabilitySweep) -> dict[str, tuple[str, int]]:
+    with sweep.engine.connect() as conn:
+        return {r.modality: (r.state, r.revision) for r in conn.execute(select(series))}
+
+
+def _jobs(sweep: StabilitySweep) -> list[tuple[str, int]]:
+    with sweep.engine.connect() as conn:
+        return [(r.route, r.revision) for r in conn.execute(select(jobs).order_by(jobs.c.id))]
+
+
+def test_quiet_series_is_routed_and_a_late_instance_starts_a_new_revision(tmp_path: Path, db_url: str) -> None:
+    ingestor, sweep = _setup(tmp_path, db_url)
+    slab = sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())
+    for f in slab[:6]:
+        assert ingestor.keep(f.read_bytes(), calling_ae="STORESCU", called_ae="NODE").status == 0
+    us = sorted(require(US_CLINICAL).glob("*.dcm"))[0]
+    assert ingestor.keep(us.read_bytes(), calling_ae="STORESCU", called_ae="NODE").status == 0
+
+    assert sweep.sweep(at=now()) == 0  # still inside the quiet period
+    assert _jobs(sweep) == []
+    assert sweep.sweep(at=now() + 6) == 2
+    assert _series_states(sweep) == {"CT": ("routed", 1), "US": ("unrouted", 1)}
+    assert _jobs(sweep) == [("chest-ct", 1)]
+    with sweep.engine.connect() as conn:
+        note = conn.execute(select(series.c.routing_note).where(series.c.modality == "US")).scalar_one()
+    assert "Modality='US' does not match 'CT'" in note
+
+    # A late instance re-opens the series as revision 2; it is routed again, not dropped.
+    assert ingestor.keep(slab[6].read_bytes(), calling_ae="STORESCU", called_ae="NODE").status == 0
+    assert _series_states(sweep)["CT"] == ("receiving", 2)
+    assert sweep.sweep(at=now() + 6) == 1
+    assert _jobs(sweep) == [("chest-ct", 1), ("chest-ct", 2)]
+    # Sweeping again decides nothing new.
+    assert sweep.sweep(at=now() + 60) == 0
+
+
+def test_study_route_waits_for_every_series(tmp_path: Path, db_url: str) -> None:
+    route = """
+[[routes]]
+name = "whole-study"
+wait_for = "study"
+pipelines = ["ct_lung_field"]
+[routes.match]
+SeriesDescription = "study-*"
+"""
+    ingestor, sweep = _setup(tmp_path, db_url, route)
+    base = dcmread(sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())[0])
+    study = generate_uid()
+
+    def instance(series_uid: str) -> bytes:
+        ds = copy.deepcopy(base)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SeriesDescription = "study-part"
+        return _bytes(ds)
+
+    first, second = generate_uid(), generate_uid()
+    ingestor.keep(instance(first), calling_ae="STORESCU", called_ae="NODE")
+    t0 = now()
+    # Only the first series has been quiet for 5 s at t0 + 5.5; the second arrives "later".
+    with sweep.engine.begin() as conn:
+        conn.execute(series.update().where(series.c.series_uid == first).values(last_seen=t0 - 10))
+    ingestor.keep(instance(second), calling_ae="STORESCU", called_ae="NODE")
+    assert sweep.sweep(at=t0 + 1) == 0
+    assert [r for r, _ in _jobs(sweep)] == []
+    assert sweep.sweep(at=t0 + 6) == 2
+    assert sorted(r for r, _ in _jobs(sweep)) == ["chest-ct", "chest-ct", "whole-study", "whole-study"]
