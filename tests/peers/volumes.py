@@ -78,3 +78,44 @@ def sphere(
     rz, ry, rx = radius_vox
     d = ((zz - center[0]) / rz) ** 2 + ((yy - center[1]) / ry) ** 2 + ((xx - center[2]) / rx) ** 2
     return np.asarray(d <= 1.0)
+
+
+def synthetic_ct(slices: int = 4, size: int = 32, seed: int = 0) -> Volume:
+    """A tiny in-memory CT series (valid headers, no files) for fast unit tests."""
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(seed)
+    study, series, frame = (generate_uid(prefix=None) for _ in range(3))
+    pixels = rng.normal(-700.0, 50.0, size=(slices, size, size)).astype(np.float32)
+    sources: list[Dataset] = []
+    for k in range(slices):
+        ds = Dataset()
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid(prefix=None)
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.Modality = "CT"
+        ds.PatientID = "SYNTH01"
+        ds.PatientName = "Synthetic^Patient"
+        ds.PatientBirthDate = "19700101"
+        ds.PatientSex = "O"
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series
+        ds.FrameOfReferenceUID = frame
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", "ACC1"
+        ds.ReferringPhysicianName = "Ref^Doc"
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-16.0, -16.0, float(k) * 2.0]
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.SliceThickness = 2.0
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        sources.append(ds)
+    return Volume(pixels=pixels, spacing=(2.0, 1.0, 1.0), modality="CT", sources=sources)
