@@ -172,11 +172,11 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dicom_node.serve import Node, setup_logging
 
-    config, path = _load(args)
+    config, _ = _load(args)
     setup_logging(args.log_level)
     if args.workers is not None:
         config = config.model_copy(update={"node": config.node.model_copy(update={"workers": args.workers})})
-    Node(config, path, log_level=args.log_level).serve_forever()
+    Node(config, log_level=args.log_level).serve_forever()
     return 0
 
 
@@ -185,13 +185,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from dicom_node.serve import setup_logging, worker_main
 
-    _, path = _load(args)
+    config, _ = _load(args)
     setup_logging(args.log_level)
     if args.count <= 1:
-        worker_main(str(path), 0, args.log_level)
+        worker_main(config.model_dump_json(), 0, args.log_level)
         return 0
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker_main, args=(str(path), i, args.log_level)) for i in range(args.count)]
+    procs = [ctx.Process(target=worker_main, args=(config.model_dump_json(), i, args.log_level))
+             for i in range(args.count)]
     for p in procs:
         p.start()
     for p in procs:

@@ -11,12 +11,11 @@ import logging
 import multiprocessing as mp
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dicom_node.config import NodeConfig, load_config
+from dicom_node.config import NodeConfig
 from dicom_node.db import connect
 from dicom_node.delivery import Sender
 from dicom_node.intake.stability import StabilitySweep
@@ -34,10 +33,10 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def worker_main(config_path: str, index: int, log_level: str) -> None:
-    """Entry point of one worker process."""
+def worker_main(config_json: str, index: int, log_level: str) -> None:
+    """Entry point of one worker process; gets the already validated config as JSON."""
     setup_logging(log_level)
-    config = load_config(config_path)
+    config = NodeConfig.model_validate_json(config_json)
     from dicom_node.worker import Worker
 
     engine = connect(config.node.database_url())
@@ -50,9 +49,8 @@ def worker_main(config_path: str, index: int, log_level: str) -> None:
 class Node:
     """A running node: receiver + scheduler + sender in this process, workers as child processes."""
 
-    def __init__(self, config: NodeConfig, config_path: Path, *, log_level: str = "INFO") -> None:
+    def __init__(self, config: NodeConfig, *, log_level: str = "INFO") -> None:
         self.config = config
-        self.config_path = config_path
         self.log_level = log_level
         self.engine = connect(config.node.database_url())
         self.store = Store(config.node.storage)
@@ -80,7 +78,7 @@ class Node:
 
     def _spawn(self, index: int) -> Any:
         ctx = mp.get_context("spawn")
-        proc = ctx.Process(target=worker_main, args=(str(self.config_path), index, self.log_level),
+        proc = ctx.Process(target=worker_main, args=(self.config.model_dump_json(), index, self.log_level),
                            name=f"worker-{index}", daemon=True)
         proc.start()
         return proc
