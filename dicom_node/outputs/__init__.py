@@ -19,7 +19,27 @@ from dicom_node.outputs.preview import render_preview
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KINDS", "EncodeOptions", "encode", "render_preview"]
+__all__ = ["KINDS", "EncodeOptions", "encode", "kind_of", "render_preview"]
+
+_KIND_BY_CLASS: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "seg",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.88.34": "sr",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.11.1": "gsps",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.11.2": "gsps",  # Color Softcopy Presentation State (colour sources)
+    "1.2.840.10008.5.1.4.1.1.7": "overlay",  # Secondary Capture
+}
+
+
+def kind_of(ds: Dataset) -> str:
+    """The output kind (one of :data:`KINDS`) of an object made by :func:`encode`.
+
+    Raises:
+        ValueError: ``ds`` is of a SOP class :func:`encode` does not make.
+    """
+    kind = _KIND_BY_CLASS.get(str(ds.SOPClassUID))
+    if kind is None:
+        raise ValueError(f"SOP class {ds.SOPClassUID} is not an output of dicom_node.outputs")
+    return kind
 
 
 def encode(

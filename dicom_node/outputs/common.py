@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.findings import Finding
 from dicom_node.imaging.volume import Volume
+from dicom_node.outputs.codes import LOCAL_SCHEME
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,28 @@ def finish_identity(ds: Dataset, source: Dataset, description: str, institution_
     ds.SeriesDescription = description[:64]
     if institution_name:
         ds.InstitutionName = institution_name[:64]
+    declare_local_scheme(ds)
+
+
+def uses_scheme(ds: Dataset, designator: str) -> bool:
+    """Whether any code anywhere in ``ds`` comes from the coding scheme ``designator``."""
+    for elem in ds:
+        if elem.keyword == "CodingSchemeDesignator" and elem.value == designator:
+            return True
+        if elem.VR == "SQ" and any(uses_scheme(item, designator) for item in elem.value):
+            return True
+    return False
+
+
+def declare_local_scheme(ds: Dataset) -> None:
+    """Identify our private coding scheme in the SOP Common module when ``ds`` uses it."""
+    if "CodingSchemeIdentificationSequence" in ds or not uses_scheme(ds, LOCAL_SCHEME):
+        return
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = "dicom-node local codes"
+    item.CodingSchemeResponsibleOrganization = "dicom-node"
+    ds.CodingSchemeIdentificationSequence = [item]
 
 
 @dataclass(frozen=True)

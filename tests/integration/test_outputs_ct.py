@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from dicom_node.findings import Evaluation, Finding, Findings, Measurement
 from dicom_node.imaging.volume import Volume
-from dicom_node.outputs import encode
+from dicom_node.outputs import encode, kind_of
 from dicom_node.outputs.codes import LUNG
 from tests.peers.dicomcheck import dciodvfy, dsrdump, keywords, referenced_uids
 from tests.peers.dicomfiles import CT_LIDC_SLAB, SEGSR_DCMQI, SEGSR_HIGHDICOM, require
@@ -320,3 +320,64 @@ def test_structure_matches_reference_objects(written: dict[str, list[Path]]) -> 
         'CONTAINER:(,,"Image Library")',
     ):
         assert row in ref_text and row in ours, row
+
+
+def test_gsps_draws_each_finding_on_its_key_image(
+    written: dict[str, list[Path]], findings: Findings, volume: Volume
+) -> None:
+    pr = pydicom.dcmread(written["gsps"][0])
+    assert pr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.1"
+    assert pr.SoftcopyVOILUTSequence[0].WindowCenter == -600  # lung window for CT
+    drawn: dict[str, int] = {}
+    for annotation in pr.GraphicAnnotationSequence:
+        (ref,) = annotation.ReferencedImageSequence
+        assert annotation.GraphicLayer == "AI"
+        for graphic in annotation.GraphicObjectSequence:
+            assert graphic.GraphicType == "POLYLINE" and graphic.GraphicAnnotationUnits == "PIXEL"
+            data = np.asarray(graphic.GraphicData, dtype=float).reshape(-1, 2)
+            assert np.array_equal(data[0], data[-1])
+            drawn[str(ref.ReferencedSOPInstanceUID)] = drawn.get(str(ref.ReferencedSOPInstanceUID), 0) + 1
+        labels = [t.UnformattedTextValue for t in annotation.TextObjectSequence]
+        assert all(label for label in labels) and len(labels) == len(annotation.GraphicObjectSequence)
+    expected: dict[str, int] = {}
+    for f in findings.findings:
+        uid = str(volume.sources[f.key_slice].SOPInstanceUID)
+        expected[uid] = expected.get(uid, 0) + 1
+    assert drawn == expected
+
+
+def test_overlay_has_the_outline_burned_in(
+    written: dict[str, list[Path]], findings: Findings, volume: Volume
+) -> None:
+    first = findings.findings[0]
+    overlays = {
+        str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID): ds for ds in read(written["overlay"])
+    }
+    ds = overlays[str(volume.sources[first.key_slice].SOPInstanceUID)]
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.PhotometricInterpretation == "RGB"
+    rgb = ds.pixel_array.astype(int)
+    yellow = np.all(rgb == np.array([255, 215, 0]), axis=-1)
+    rows, cols = np.nonzero(first.mask[first.key_slice])
+    box = yellow[rows.min() - 2 : rows.max() + 3, cols.min() - 2 : cols.max() + 3]
+    assert box.sum() > 20  # the nodule's outline is drawn around the nodule
+    inner = ndimage.binary_erosion(first.mask[first.key_slice], iterations=3)
+    assert inner.any() and not yellow[inner].any()  # an outline, not a filled blob
+
+
+def test_kind_of_names_every_object(written: dict[str, list[Path]]) -> None:
+    for kind, paths in written.items():
+        for ds in read(paths):
+            assert kind_of(ds) == kind
+    with pytest.raises(ValueError):
+        kind_of(pydicom.dcmread(next((CT_LIDC_SLAB / "dicom").glob("*.dcm"))))
+
+
+def test_orthanc_peer_restarts_on_same_ports_and_storage(pacs: OrthancPeer) -> None:
+    before = set(pacs.instances())
+    ports = (pacs.dicom_port, pacs.http_port)
+    pacs.stop()
+    assert not pacs.running
+    with pytest.raises(OSError):
+        pacs.get("/system", timeout=1.0)
+    pacs.start()
+    assert (pacs.dicom_port, pacs.http_port) == ports and set(pacs.instances()) == before
