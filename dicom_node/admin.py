@@ -16,6 +16,7 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
     """Counts and the problems an admin must see: dead jobs, dead deliveries, unrouted series."""
     engine = connect(config.node.database_url())
     with engine.connect() as conn:
+
         def counts(column: Any) -> dict[str, int]:
             return {str(k): int(v) for k, v in conn.execute(select(column, func.count()).group_by(column))}
 
@@ -23,32 +24,56 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
             "studies": conn.execute(select(func.count()).select_from(studies)).scalar_one(),
             "series": counts(series.c.state),
             "instances": conn.execute(select(func.count()).select_from(instances)).scalar_one(),
-            "duplicates": conn.execute(select(func.coalesce(func.sum(instances.c.duplicates), 0))).scalar_one(),
+            "duplicates": conn.execute(
+                select(func.coalesce(func.sum(instances.c.duplicates), 0))
+            ).scalar_one(),
             "jobs": counts(jobs.c.state),
             "results": conn.execute(select(func.count()).select_from(results)).scalar_one(),
             "deliveries": counts(deliveries.c.state),
         }
         report["dead_jobs"] = [
             dict(id=r.id, route=r.route, pipeline=r.pipeline, attempts=r.attempts, error=r.last_error)
-            for r in conn.execute(select(jobs).where(jobs.c.state == "dead").order_by(jobs.c.id.desc()).limit(20))
+            for r in conn.execute(
+                select(jobs).where(jobs.c.state == "dead").order_by(jobs.c.id.desc()).limit(20)
+            )
         ]
         report["dead_deliveries"] = [
-            dict(id=r.id, destination=r.destination, sop_uid=r.sop_uid, attempts=r.attempts, error=r.last_error)
+            dict(
+                id=r.id, destination=r.destination, sop_uid=r.sop_uid, attempts=r.attempts, error=r.last_error
+            )
             for r in conn.execute(
-                select(deliveries, results.c.sop_uid).join(results, results.c.id == deliveries.c.result_id)
-                .where(deliveries.c.state == "dead").order_by(deliveries.c.id.desc()).limit(20))
+                select(deliveries, results.c.sop_uid)
+                .join(results, results.c.id == deliveries.c.result_id)
+                .where(deliveries.c.state == "dead")
+                .order_by(deliveries.c.id.desc())
+                .limit(20)
+            )
         ]
         report["unrouted_series"] = [
-            dict(series_uid=r.series_uid, modality=r.modality, description=r.description,
-                 instances=r.instance_count, why=r.routing_note)
-            for r in conn.execute(select(series).where(series.c.state == "unrouted")
-                                  .order_by(series.c.id.desc()).limit(20))
+            dict(
+                series_uid=r.series_uid,
+                modality=r.modality,
+                description=r.description,
+                instances=r.instance_count,
+                why=r.routing_note,
+            )
+            for r in conn.execute(
+                select(series).where(series.c.state == "unrouted").order_by(series.c.id.desc()).limit(20)
+            )
         ]
         report["recent_problems"] = [
-            dict(at=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.at)), kind=r.kind, message=r.message,
-                 calling_ae=r.calling_ae)
-            for r in conn.execute(select(events).where(events.c.level.in_(("WARNING", "ERROR")))
-                                  .order_by(events.c.id.desc()).limit(10))
+            dict(
+                at=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.at)),
+                kind=r.kind,
+                message=r.message,
+                calling_ae=r.calling_ae,
+            )
+            for r in conn.execute(
+                select(events)
+                .where(events.c.level.in_(("WARNING", "ERROR")))
+                .order_by(events.c.id.desc())
+                .limit(10)
+            )
         ]
     engine.dispose()
     return report
@@ -56,6 +81,7 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
 
 def format_status(report: dict[str, Any]) -> str:
     """The status report as text for a terminal."""
+
     def fmt(d: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
 
@@ -67,8 +93,12 @@ def format_status(report: dict[str, Any]) -> str:
         f"results     {report['results']}",
         f"deliveries  {fmt(report['deliveries'])}",
     ]
-    for title, key in (("dead jobs", "dead_jobs"), ("dead deliveries", "dead_deliveries"),
-                       ("unrouted series", "unrouted_series"), ("recent problems", "recent_problems")):
+    for title, key in (
+        ("dead jobs", "dead_jobs"),
+        ("dead deliveries", "dead_deliveries"),
+        ("unrouted series", "unrouted_series"),
+        ("recent problems", "recent_problems"),
+    ):
         if report[key]:
             lines.append(f"{title}:")
             lines.extend("  " + ", ".join(f"{k}={v}" for k, v in item.items()) for item in report[key])
@@ -87,8 +117,10 @@ def list_jobs(config: NodeConfig, *, state: str | None = None, limit: int = 50) 
     lines = [f"{'id':>6} {'state':<10} {'att':>3} {'route':<16} {'pipeline':<16} rev  summary / last error"]
     for r in rows:
         text = r.last_error if r.state in ("failed", "dead") else (r.summary or "")
-        lines.append(f"{r.id:>6} {r.state:<10} {r.attempts:>3} {r.route:<16} {r.pipeline:<16} {r.revision:>3}  "
-                     f"{(text or '')[:100]}")
+        lines.append(
+            f"{r.id:>6} {r.state:<10} {r.attempts:>3} {r.route:<16} {r.pipeline:<16} {r.revision:>3}  "
+            f"{(text or '')[:100]}"
+        )
     return lines
 
 

@@ -22,7 +22,9 @@ def _config_path(arg: str | None) -> Path:
     for candidate in DEFAULT_CONFIGS:
         if Path(candidate).exists():
             return Path(candidate)
-    raise ConfigError("no config file: pass --config, set DICOM_NODE_CONFIG, or run `dicom-node init node.toml`")
+    raise ConfigError(
+        "no config file: pass --config, set DICOM_NODE_CONFIG, or run `dicom-node init node.toml`"
+    )
 
 
 def _load(args: argparse.Namespace) -> tuple[NodeConfig, Path]:
@@ -36,8 +38,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"{target} exists; use --force to overwrite", file=sys.stderr)
         return 1
     target.write_text(default_config_text(), encoding="utf-8")
-    print(f"wrote {target}; edit AE titles, peers, destinations and routes, then `dicom-node check-config "
-          f"--config {target}`")
+    print(
+        f"wrote {target}; edit AE titles, peers, destinations and routes, then `dicom-node check-config "
+        f"--config {target}`"
+    )
     return 0
 
 
@@ -47,23 +51,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"config {path}: OK")
     print(f"node      {node.ae_title} listening on {node.host}:{node.port}, storage {node.storage}")
     print(f"database  {node.database_url()}")
-    print(f"intake    quiet period {config.intake.quiet_period_s:g} s; workers {node.workers}; "
-          f"duplicates {node.duplicate_policy.value}")
+    print(
+        f"intake    quiet period {config.intake.quiet_period_s:g} s; workers {node.workers}; "
+        f"duplicates {node.duplicate_policy.value}"
+    )
     if config.peers:
         for peer in config.peers:
             print(f"peer      {peer.ae_title}" + (f" from {peer.host}" if peer.host else " from any host"))
     else:
-        print("peer      (none: " + ("any calling AE accepted" if node.accept_unknown_callers
-                                      else "every association will be rejected") + ")")
+        print(
+            "peer      (none: "
+            + (
+                "any calling AE accepted"
+                if node.accept_unknown_callers
+                else "every association will be rejected"
+            )
+            + ")"
+        )
     for dest in config.destinations:
-        print(f"dest      {dest.name}: {dest.ae_title}@{dest.host}:{dest.port} gets {', '.join(dest.outputs)}; "
-              f"retries for {dest.retry_for_hours:g} h")
+        print(
+            f"dest      {dest.name}: {dest.ae_title}@{dest.host}:{dest.port} gets {', '.join(dest.outputs)}; "
+            f"retries for {dest.retry_for_hours:g} h"
+        )
     for route in config.routes:
         match = ", ".join(f"{k}={v!r}" for k, v in route.match.items()) or "(everything)"
         outputs = ", ".join(route.outputs) if route.outputs is not None else "each destination's own"
-        print(f"route     {route.name} [prio {route.priority}, wait for {route.wait_for}]: {match} -> "
-              f"{' + '.join(route.pipelines)} -> {', '.join(route.destinations) or '(no destination)'} "
-              f"({outputs})")
+        print(
+            f"route     {route.name} [prio {route.priority}, wait for {route.wait_for}]: {match} -> "
+            f"{' + '.join(route.pipelines)} -> {', '.join(route.destinations) or '(no destination)'} "
+            f"({outputs})"
+        )
     return 0
 
 
@@ -86,9 +103,13 @@ def cmd_route_test(args: argparse.Namespace) -> int:
         attrs = series_attributes(header, config, calling_ae=args.calling_ae, called_ae=config.node.ae_title)
         checks = check_routes(config, attrs)
         winners = [c.route.name for c in checks if c.matched]
-        print(f"{f}: {'-> ' + ', '.join(winners) if winners else 'matches NO route (kept, listed as unrouted)'}")
+        print(
+            f"{f}: {'-> ' + ', '.join(winners) if winners else 'matches NO route (kept, listed as unrouted)'}"
+        )
         for check in checks:
-            print(f"  {'+' if check.matched else '-'} {check.route.name}: {'; '.join(check.reasons) or 'no conditions'}")
+            print(
+                f"  {'+' if check.matched else '-'} {check.route.name}: {'; '.join(check.reasons) or 'no conditions'}"
+            )
     return 0
 
 
@@ -140,8 +161,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     files: list[Path] = []
     for item in args.paths:
         p = Path(item)
-        files.extend(sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir()
-                     else [p])
+        files.extend(
+            sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            if p.is_dir()
+            else [p]
+        )
     readable = []
     for f in files:
         try:
@@ -154,16 +178,24 @@ def cmd_send(args: argparse.Namespace) -> int:
     skipped = len(files) - len(readable)
     bar = tqdm(total=len(readable), unit="img", desc=f"to {aet}", disable=args.quiet)
     try:
-        outcomes = send_files(readable, host=host, port=port, called_ae=aet, calling_ae=calling,
-                              progress=lambda _s: bar.update(1))
+        outcomes = send_files(
+            readable,
+            host=host,
+            port=port,
+            called_ae=aet,
+            calling_ae=calling,
+            progress=lambda _s: bar.update(1),
+        )
     except SendError as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     bar.close()
     failed = [o for o in outcomes if not o.ok]
-    print(f"sent {len(outcomes) - len(failed)} of {len(readable)} file(s)"
-          + (f"; {skipped} non-DICOM file(s) skipped" if skipped else ""))
+    print(
+        f"sent {len(outcomes) - len(failed)} of {len(readable)} file(s)"
+        + (f"; {skipped} non-DICOM file(s) skipped" if skipped else "")
+    )
     for o in failed[:20]:
         print(f"  failed {o.path}: " + (o.error or f"status 0x{o.status or 0:04X}"))
     return 1 if failed else 0
@@ -191,8 +223,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker_main(config.model_dump_json(), 0, args.log_level)
         return 0
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker_main, args=(config.model_dump_json(), i, args.log_level))
-             for i in range(args.count)]
+    procs = [
+        ctx.Process(target=worker_main, args=(config.model_dump_json(), i, args.log_level))
+        for i in range(args.count)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -232,8 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", "-c", help="config file (default: $DICOM_NODE_CONFIG, ./node.toml, "
-                                              "config/node.toml, config/node.example.toml)")
+        p.add_argument(
+            "--config",
+            "-c",
+            help="config file (default: $DICOM_NODE_CONFIG, ./node.toml, "
+            "config/node.toml, config/node.example.toml)",
+        )
         return p
 
     p = with_config(sub.add_parser("serve", help="run the node: receiver, scheduler, workers, sender"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +32,7 @@ def _check_ae(value: str) -> str:
     return stripped
 
 
-class DuplicatePolicy(str, Enum):
+class DuplicatePolicy(StrEnum):
     """What the receiver does with a SOP Instance UID it already holds."""
 
     KEEP_FIRST = "keep-first"  # answer Success, keep the stored file, count it
@@ -116,12 +116,16 @@ def _match_value(key: str, value: Any) -> MatchValue:
         try:
             return Range(**value)
         except ValidationError as exc:
-            raise ValueError(f"match key '{key}': {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+            raise ValueError(
+                f"match key '{key}': {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
+            ) from None
     if isinstance(value, (str, int, float, bool, Range)):
         return value
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
         return value
-    raise ValueError(f"match key '{key}': expected a string, number, true/false, {{min, max}} or a list, got {value!r}")
+    raise ValueError(
+        f"match key '{key}': expected a string, number, true/false, {{min, max}} or a list, got {value!r}"
+    )
 
 
 class Route(_Model):
@@ -193,7 +197,9 @@ class NodeConfig(_Model):
                     raise ValueError(f"routes[{i}]: unknown destination {dest!r} (known: {', '.join(names)})")
             for pipeline in route.pipelines:
                 if pipeline not in known:
-                    raise ValueError(f"routes[{i}]: unknown pipeline {pipeline!r} (known: {', '.join(sorted(known))})")
+                    raise ValueError(
+                        f"routes[{i}]: unknown pipeline {pipeline!r} (known: {', '.join(sorted(known))})"
+                    )
         return self
 
     def destination(self, name: str) -> Destination:
@@ -233,8 +239,7 @@ def parse_config(text: str, path: Path = Path("<config>")) -> NodeConfig:
     try:
         return NodeConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        err = dict(err)
+        err: dict[str, Any] = dict(exc.errors()[0])
         loc = _loc_from_message(err)
         line = locate(text, loc)
         where = ".".join(str(p) for p in loc) or "(top level)"
@@ -249,7 +254,7 @@ def _loc_from_message(err: Any) -> tuple[str | int, ...]:
     m = re.match(r"(?:Value error, )?(\w+)\[(\d+)\]: ", err["msg"])
     if m:
         loc = (*loc, m.group(1), int(m.group(2)))
-        err["msg"] = err["msg"][m.end():]
+        err["msg"] = err["msg"][m.end() :]
     key = re.search(r"match key '(\w+)'", err["msg"])
     if key:
         loc = (*loc, key.group(1))
@@ -285,8 +290,14 @@ def locate(text: str, loc: tuple[str | int, ...]) -> int | str:
         if found is None:
             return "?"
         start = found
-        end = next((j for j in range(found + 1, len(lines)) if (m := header.match(lines[j]))
-                    and not m.group(2).startswith(f"{table[0]}.")), len(lines))
+        end = next(
+            (
+                j
+                for j in range(found + 1, len(lines))
+                if (m := header.match(lines[j])) and not m.group(2).startswith(f"{table[0]}.")
+            ),
+            len(lines),
+        )
     best: int = start + 1
     for key in (k for k in rest if isinstance(k, str)):
         for j in range(start, end):

@@ -37,8 +37,14 @@ class Sender:
         t = now()
         with self.engine.connect() as conn:
             due = conn.execute(
-                select(deliveries.c.id, deliveries.c.destination, deliveries.c.attempts, deliveries.c.give_up_at,
-                       results.c.path, results.c.sop_uid)
+                select(
+                    deliveries.c.id,
+                    deliveries.c.destination,
+                    deliveries.c.attempts,
+                    deliveries.c.give_up_at,
+                    results.c.path,
+                    results.c.sop_uid,
+                )
                 .join(results, results.c.id == deliveries.c.result_id)
                 .where(deliveries.c.state == "pending", deliveries.c.next_try <= t)
                 .order_by(deliveries.c.next_try, deliveries.c.id)
@@ -61,8 +67,13 @@ class Sender:
         paths = [self.store.absolute(r.path) for r in rows]
         started = now()
         try:
-            outcomes = send_files(paths, host=dest.host, port=dest.port, called_ae=dest.ae_title,
-                                  calling_ae=self.config.node.ae_title)
+            outcomes = send_files(
+                paths,
+                host=dest.host,
+                port=dest.port,
+                called_ae=dest.ae_title,
+                calling_ae=self.config.node.ae_title,
+            )
         except (SendError, OSError) as exc:
             log.warning("destination %s unreachable: %s", name, exc)
             self._retry(rows, str(exc), dest)
@@ -91,16 +102,24 @@ class Sender:
                 attempts = row.attempts + 1
                 if t >= row.give_up_at:
                     conn.execute(
-                        update(deliveries).where(deliveries.c.id == row.id)
+                        update(deliveries)
+                        .where(deliveries.c.id == row.id)
                         .values(state="dead", attempts=attempts, last_error=error[:2000])
                     )
                     continue
                 delay = min(base * 2 ** (attempts - 1), cap)
                 conn.execute(
-                    update(deliveries).where(deliveries.c.id == row.id)
-                    .values(attempts=attempts, next_try=min(t + delay, row.give_up_at), last_error=error[:2000])
+                    update(deliveries)
+                    .where(deliveries.c.id == row.id)
+                    .values(
+                        attempts=attempts, next_try=min(t + delay, row.give_up_at), last_error=error[:2000]
+                    )
                 )
         dead = [r for r in rows if t >= r.give_up_at]
         if dead:
-            log_event(self.engine, "delivery_dead", f"{len(dead)} object(s) to {rows[0].destination} dead-lettered: "
-                      f"{error}", level="ERROR")
+            log_event(
+                self.engine,
+                "delivery_dead",
+                f"{len(dead)} object(s) to {rows[0].destination} dead-lettered: {error}",
+                level="ERROR",
+            )

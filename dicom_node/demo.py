@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from sqlalchemy import select
 
 from dicom_node.config import NodeConfig, load_config
@@ -43,10 +42,15 @@ class DemoPacs:
         ae = AE(ae_title=ae_title)
         ae.maximum_pdu_size = 0
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
-            (evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, self._store)])
-        self.port = int(self.server.server_address[1])
+            ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        server = ae.start_server(
+            ("127.0.0.1", 0),
+            block=False,
+            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, self._store)],
+        )
+        assert server is not None
+        self.server = server
+        self.port = int(server.server_address[1])
 
     def _store(self, event: Any) -> int:
         ds = event.dataset
@@ -64,12 +68,19 @@ def demo_config(out: Path, pacs: DemoPacs) -> NodeConfig:
     """The example config, pointed at demo-out/ and at the demo PACS, on a free port."""
     example = load_config(REPO / "config" / "node.example.toml")
     node = example.node.model_copy(update={"storage": out / "storage", "port": 0, "host": "127.0.0.1"})
-    pacs_dest = example.destinations[0].model_copy(update={
-        "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port, "outputs": ["seg", "sr", "gsps", "overlay"],
-    })
+    pacs_dest = example.destinations[0].model_copy(
+        update={
+            "ae_title": pacs.ae_title,
+            "host": "127.0.0.1",
+            "port": pacs.port,
+            "outputs": ["seg", "sr", "gsps", "overlay"],
+        }
+    )
     intake = example.intake.model_copy(update={"quiet_period_s": 2.0, "sweep_interval_s": 0.25})
     queue = example.queue.model_copy(update={"poll_s": 0.2})
-    return example.model_copy(update={"node": node, "destinations": [pacs_dest], "intake": intake, "queue": queue})
+    return example.model_copy(
+        update={"node": node, "destinations": [pacs_dest], "intake": intake, "queue": queue}
+    )
 
 
 def make_study(folder: Path, seed: int) -> list[Path]:
@@ -80,7 +91,7 @@ def make_study(folder: Path, seed: int) -> list[Path]:
     phantom = make_phantom(np.random.default_rng(seed), n_nodules=2, thickness=1.25, size=288, extent_mm=80.0)
     hu = np.full((phantom.hu.shape[0], 512, 512), -1000.0, dtype=np.float32)
     off = (512 - phantom.hu.shape[1]) // 2
-    hu[:, off:off + phantom.hu.shape[1], off:off + phantom.hu.shape[2]] = phantom.hu
+    hu[:, off : off + phantom.hu.shape[1], off : off + phantom.hu.shape[2]] = phantom.hu
     return write_ct_series(hu, phantom.spacing, folder, seed=seed)  # padded to 512 x 512, same spacing
 
 
@@ -105,15 +116,25 @@ def main(argv: list[str] | None = None) -> int:
     node = Node(config, log_level="WARNING")
     node.start()
     try:
-        print(f"2/4 node {config.node.ae_title} listening on 127.0.0.1:{node.receiver.port} "
-              f"(SQLite at {config.node.database_url()}); demo PACS {pacs.ae_title} on port {pacs.port}")
+        print(
+            f"2/4 node {config.node.ae_title} listening on 127.0.0.1:{node.receiver.port} "
+            f"(SQLite at {config.node.database_url()}); demo PACS {pacs.ae_title} on port {pacs.port}"
+        )
         t0 = time.time()
-        sent = send_files(files, host="127.0.0.1", port=node.receiver.port, called_ae=config.node.ae_title,
-                          calling_ae="DEMO_SCU")
+        sent = send_files(
+            files,
+            host="127.0.0.1",
+            port=node.receiver.port,
+            called_ae=config.node.ae_title,
+            calling_ae="DEMO_SCU",
+        )
         t_sent = time.time()
         ok = sum(s.ok for s in sent)
-        print(f"3/4 pushed {ok}/{len(files)} instances over C-STORE in {t_sent - t0:.2f} s "
-              f"({ok / max(t_sent - t0, 1e-9):.0f} images/s)", flush=True)
+        print(
+            f"3/4 pushed {ok}/{len(files)} instances over C-STORE in {t_sent - t0:.2f} s "
+            f"({ok / max(t_sent - t0, 1e-9):.0f} images/s)",
+            flush=True,
+        )
         deadline = time.time() + args.timeout
         while time.time() < deadline and not _settled(node):
             time.sleep(0.2)
@@ -123,18 +144,27 @@ def main(argv: list[str] | None = None) -> int:
             states = [r.state for r in conn.execute(select(deliveries.c.state))]
         print("4/4 results at the demo PACS:")
         for at, ds in sorted(pacs.received, key=lambda item: item[0]):
-            print(f"    +{at - t_sent:6.2f} s  {ds.Modality:<4} {ds.SOPClassUID.name:<45} "
-                  f"series '{ds.get('SeriesDescription', '')}'{_describe(ds)}")
+            print(
+                f"    +{at - t_sent:6.2f} s  {ds.Modality:<4} {ds.SOPClassUID.name:<45} "
+                f"series '{ds.get('SeriesDescription', '')}'{_describe(ds)}"
+            )
         for job in job_rows:
-            print(f"    job {job.id} {job.route}/{job.pipeline}: {job.state}; {job.summary or job.last_error}")
+            print(
+                f"    job {job.id} {job.route}/{job.pipeline}: {job.state}; {job.summary or job.last_error}"
+            )
             timings = job.timings or {}
             if timings:
-                print("      timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in timings.items()))
+                print(
+                    "      timings: "
+                    + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in timings.items())
+                )
         if not states or any(s != "sent" for s in states):
             print(f"    deliveries not complete within {args.timeout:.0f} s: {states}")
             return 1
-        print(f"    last instance sent -> all {len(states)} result objects stored: {t_done - t_sent:.2f} s "
-              f"(includes the {config.intake.quiet_period_s:g} s quiet period)")
+        print(
+            f"    last instance sent -> all {len(states)} result objects stored: {t_done - t_sent:.2f} s "
+            f"(includes the {config.intake.quiet_period_s:g} s quiet period)"
+        )
         print(f"    objects saved in {out / 'received'}")
         return 0
     finally:
@@ -154,7 +184,9 @@ def _settled(node: Node) -> bool:
 
 def _describe(ds: Dataset) -> str:
     if ds.Modality == "SEG":
-        return f", {len(ds.SegmentSequence)} segment(s): " + ", ".join(s.SegmentLabel for s in ds.SegmentSequence)
+        return f", {len(ds.SegmentSequence)} segment(s): " + ", ".join(
+            s.SegmentLabel for s in ds.SegmentSequence
+        )
     if ds.Modality == "SR":
         groups = [item for item in ds.get("ContentSequence", []) if item.get("ValueType") == "CONTAINER"]
         return f", {len(groups)} container(s)"

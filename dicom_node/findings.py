@@ -8,12 +8,12 @@ standard code (SNOMED CT, DCM, UCUM).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     """What a finding's mask marks (becomes the SEG segment's property type)."""
 
     LUNG = "lung"
@@ -25,7 +25,7 @@ class Category(str, Enum):
     EFFUSION = "effusion"
 
 
-class Quantity(str, Enum):
+class Quantity(StrEnum):
     """Measured quantities; each has one fixed UCUM unit (see :data:`UNITS`)."""
 
     LONG_AXIS = "long_axis"
@@ -52,7 +52,7 @@ UNITS: dict[Quantity, str] = {
 }
 
 
-class Evaluation(str, Enum):
+class Evaluation(StrEnum):
     """Coded qualitative evaluations a finding may carry."""
 
     MALIGNANCY_LIKELIHOOD = "malignancy_likelihood"
@@ -60,7 +60,7 @@ class Evaluation(str, Enum):
     FRAME_CLASS = "frame_class"
 
 
-class Laterality(str, Enum):
+class Laterality(StrEnum):
     LEFT = "left"
     RIGHT = "right"
     BOTH = "both"

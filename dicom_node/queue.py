@@ -144,8 +144,14 @@ class JobQueue:
         count = conn.execute(
             update(jobs)
             .where(jobs.c.id == job.id, jobs.c.state == "running", jobs.c.worker == worker)
-            .values(state="succeeded", finished_at=now(), lease_until=None, summary=summary, timings=timings,
-                    last_error=None)
+            .values(
+                state="succeeded",
+                finished_at=now(),
+                lease_until=None,
+                summary=summary,
+                timings=timings,
+                last_error=None,
+            )
         ).rowcount
         if count != 1:
             raise LeaseLost(f"job {job.id} is no longer held by {worker}")
@@ -167,7 +173,9 @@ class JobQueue:
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failure: base * 2^(attempts-1), capped."""
-        return float(min(self.settings.backoff_base_s * 2 ** max(attempts - 1, 0), self.settings.backoff_max_s))
+        return float(
+            min(self.settings.backoff_base_s * 2 ** max(attempts - 1, 0), self.settings.backoff_max_s)
+        )
 
     # -- housekeeping ------------------------------------------------------------------------------------
     def requeue_expired(self) -> int:
@@ -178,14 +186,22 @@ class JobQueue:
             dead = conn.execute(
                 update(jobs)
                 .where(expired, jobs.c.attempts >= jobs.c.max_attempts)
-                .values(state="dead", finished_at=t, lease_until=None,
-                        last_error="lease expired on the last attempt (worker died or hung)")
+                .values(
+                    state="dead",
+                    finished_at=t,
+                    lease_until=None,
+                    last_error="lease expired on the last attempt (worker died or hung)",
+                )
             ).rowcount
             back = conn.execute(
                 update(jobs)
                 .where(expired)
-                .values(state="failed", run_after=t, lease_until=None,
-                        last_error="lease expired (worker died or hung); retried")
+                .values(
+                    state="failed",
+                    run_after=t,
+                    lease_until=None,
+                    last_error="lease expired (worker died or hung); retried",
+                )
             ).rowcount
         if dead or back:
             log.warning("lease expired: %d job(s) re-queued, %d dead", back, dead)

@@ -66,20 +66,35 @@ class Node:
         """Start listening, scheduling and the worker processes."""
         self.receiver.start()
         every = self.config.intake.sweep_interval_s
-        jobs = [(self.sweep.sweep, every), (self.queue.requeue_expired, 5.0), (self.sender.tick, 1.0),
-                (self._watch_workers, 2.0)]
+        jobs = [
+            (self.sweep.sweep, every),
+            (self.queue.requeue_expired, 5.0),
+            (self.sender.tick, 1.0),
+            (self._watch_workers, 2.0),
+        ]
         for func, seconds in jobs:
-            self.scheduler.add_job(_guarded(func), "interval", seconds=seconds, max_instances=1, coalesce=True)
+            self.scheduler.add_job(
+                _guarded(func), "interval", seconds=seconds, max_instances=1, coalesce=True
+            )
         self.scheduler.start()
         for i in range(self.config.node.workers):
             self.workers.append(self._spawn(i))
-        log.info("node %s up: port %d, %d worker(s), database %s", self.config.node.ae_title, self.receiver.port,
-                 len(self.workers), self.engine.url.render_as_string(hide_password=True))
+        log.info(
+            "node %s up: port %d, %d worker(s), database %s",
+            self.config.node.ae_title,
+            self.receiver.port,
+            len(self.workers),
+            self.engine.url.render_as_string(hide_password=True),
+        )
 
     def _spawn(self, index: int) -> Any:
         ctx = mp.get_context("spawn")
-        proc = ctx.Process(target=worker_main, args=(self.config.model_dump_json(), index, self.log_level),
-                           name=f"worker-{index}", daemon=True)
+        proc = ctx.Process(
+            target=worker_main,
+            args=(self.config.model_dump_json(), index, self.log_level),
+            name=f"worker-{index}",
+            daemon=True,
+        )
         proc.start()
         return proc
 

@@ -77,8 +77,15 @@ class Worker:
         job = self.queue.claim(self.name)
         if job is None:
             return False
-        log.info("job %d (%s/%s rev %d) attempt %d/%d", job.id, job.route, job.pipeline, job.revision,
-                 job.attempts, job.max_attempts)
+        log.info(
+            "job %d (%s/%s rev %d) attempt %d/%d",
+            job.id,
+            job.route,
+            job.pipeline,
+            job.revision,
+            job.attempts,
+            job.max_attempts,
+        )
         beat_stop = threading.Event()
         lost = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job, beat_stop, lost), daemon=True)
@@ -98,8 +105,13 @@ class Worker:
             state = self.queue.fail(job, self.name, detail)
             if state == "dead":
                 with self.engine.begin() as conn:
-                    record_event(conn, "job_dead", f"job {job.id} dead after {job.attempts} attempt(s): {detail}",
-                                 level="ERROR", job_id=job.id)
+                    record_event(
+                        conn,
+                        "job_dead",
+                        f"job {job.id} dead after {job.attempts} attempt(s): {detail}",
+                        level="ERROR",
+                        job_id=job.id,
+                    )
         finally:
             beat_stop.set()
             beat.join()
@@ -180,24 +192,41 @@ class Worker:
                 if existing is not None:
                     result_id = int(existing.id)  # same deterministic UID: the same object, already known
                 else:
-                    result_id = int(conn.execute(
-                        insert(results).values(job_id=job.id, kind=kind, sop_uid=str(ds.SOPInstanceUID),
-                                               sop_class_uid=str(ds.SOPClassUID),
-                                               path=self.store.relative(path), created_at=now())
-                        .returning(results.c.id)
-                    ).scalar_one())
+                    result_id = int(
+                        conn.execute(
+                            insert(results)
+                            .values(
+                                job_id=job.id,
+                                kind=kind,
+                                sop_uid=str(ds.SOPInstanceUID),
+                                sop_class_uid=str(ds.SOPClassUID),
+                                path=self.store.relative(path),
+                                created_at=now(),
+                            )
+                            .returning(results.c.id)
+                        ).scalar_one()
+                    )
                 for dest, kinds in wanted.items():
                     if kind not in kinds:
                         continue
                     known = conn.execute(
-                        select(deliveries.c.id).where(deliveries.c.result_id == result_id,
-                                                      deliveries.c.destination == dest)
+                        select(deliveries.c.id).where(
+                            deliveries.c.result_id == result_id, deliveries.c.destination == dest
+                        )
                     ).first()
                     if known is None:
                         t0 = now()
-                        conn.execute(insert(deliveries).values(
-                            result_id=result_id, destination=dest, state="pending", attempts=0, next_try=t0,
-                            give_up_at=t0 + retry_for[dest], created_at=t0))
+                        conn.execute(
+                            insert(deliveries).values(
+                                result_id=result_id,
+                                destination=dest,
+                                state="pending",
+                                attempts=0,
+                                next_try=t0,
+                                give_up_at=t0 + retry_for[dest],
+                                created_at=t0,
+                            )
+                        )
             self.queue.succeed(conn, job, self.name, summary=outcome.summary, timings=outcome.timings)
 
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dicom_node.config import NodeConfig, parse_config
-
 from tests.peers.orthanc import free_port
 
 
@@ -93,7 +92,9 @@ def make_config(storage: Path, **kwargs: object) -> NodeConfig:
     return parse_config(node_config_text(storage, **kwargs))  # type: ignore[arg-type]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.2, what: str = "") -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.2, what: str = ""
+) -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -122,7 +123,9 @@ class ServeProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def kill(self) -> None:

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from sqlalchemy import Engine, select, update
 
 from dicom_node.config import NodeConfig
@@ -45,7 +46,9 @@ class StabilitySweep:
             busy_studies = {
                 r.study_uid
                 for r in conn.execute(
-                    select(series.c.study_uid).where(series.c.state == "receiving", series.c.last_seen > cutoff)
+                    select(series.c.study_uid).where(
+                        series.c.state == "receiving", series.c.last_seen > cutoff
+                    )
                 )
             }
         decided = 0
@@ -87,30 +90,44 @@ class StabilitySweep:
                 note = "matched " + ", ".join(r.name for r in matched)
                 state = "routed"
             else:
-                note = "; ".join(f"{c.route.name}: " + ", ".join(c.reasons) for c in checks) or "no routes configured"
+                note = (
+                    "; ".join(f"{c.route.name}: " + ", ".join(c.reasons) for c in checks)
+                    or "no routes configured"
+                )
                 state = "unrouted"
-                record_event(conn, "unrouted", f"series matched no route ({note})", level="WARNING",
-                             calling_ae=row.calling_ae, series_uid=row.series_uid)
+                record_event(
+                    conn,
+                    "unrouted",
+                    f"series matched no route ({note})",
+                    level="WARNING",
+                    calling_ae=row.calling_ae,
+                    series_uid=row.series_uid,
+                )
             conn.execute(
-                update(series).where(series.c.id == row.id).values(state=state, routed_at=now(), routing_note=note)
+                update(series)
+                .where(series.c.id == row.id)
+                .values(state=state, routed_at=now(), routing_note=note)
             )
-        log.info("series revision %d %s: %d job(s) queued", current.revision, state, created,
-                 extra={"series_uid": row.series_uid})
+        log.info(
+            "series revision %d %s: %d job(s) queued",
+            current.revision,
+            state,
+            created,
+            extra={"series_uid": row.series_uid},
+        )
         return True
 
     def _attributes(self, row: Any) -> dict[str, Any]:
         with self.engine.connect() as conn:
             first = conn.execute(
-                select(instances.c.path).where(instances.c.series_uid == row.series_uid).order_by(instances.c.id)
+                select(instances.c.path)
+                .where(instances.c.series_uid == row.series_uid)
+                .order_by(instances.c.id)
             ).first()
-        header = None
+        header: Dataset = Dataset()
         if first is not None:
             try:
                 header = dcmread(self.store.absolute(first.path), stop_before_pixels=True)
             except Exception as exc:  # the file was accepted; a header we cannot re-read routes nowhere
                 log.warning("cannot re-read stored header for routing: %s", exc)
-        if header is None:
-            from pydicom.dataset import Dataset
-
-            header = Dataset()
         return series_attributes(header, self.config, calling_ae=row.calling_ae, called_ae=row.called_ae)

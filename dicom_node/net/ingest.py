@@ -12,6 +12,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -65,7 +66,9 @@ class Ingestor:
 
         free = self.store.free_mb()
         if free < self.config.node.min_free_disk_mb:
-            reason = f"free disk {free:.0f} MiB is under the {self.config.node.min_free_disk_mb} MiB watermark"
+            reason = (
+                f"free disk {free:.0f} MiB is under the {self.config.node.min_free_disk_mb} MiB watermark"
+            )
             return self._refuse(OUT_OF_RESOURCES, "disk_full", reason, calling_ae, address, sop_uid=sop_uid)
 
         path = self.store.instance_path(study_uid, series_uid, sop_uid)
@@ -80,27 +83,63 @@ class Ingestor:
                     .values(duplicates=instances.c.duplicates + 1)
                 )
             if policy is DuplicatePolicy.REJECT:
-                return self._refuse(DUPLICATE_SOP, "duplicate", "SOP instance already stored", calling_ae, address,
-                                    sop_uid=sop_uid)
-            log_event(self.engine, "duplicate", "duplicate SOP instance kept as first received", level="INFO",
-                      calling_ae=calling_ae, sop_uid=sop_uid)
+                return self._refuse(
+                    DUPLICATE_SOP,
+                    "duplicate",
+                    "SOP instance already stored",
+                    calling_ae,
+                    address,
+                    sop_uid=sop_uid,
+                )
+            log_event(
+                self.engine,
+                "duplicate",
+                "duplicate SOP instance kept as first received",
+                level="INFO",
+                calling_ae=calling_ae,
+                sop_uid=sop_uid,
+            )
             return Outcome(SUCCESS, "duplicate", sop_uid)
 
         try:
             size = write_atomic(path, [data])
         except OSError as exc:
-            return self._refuse(OUT_OF_RESOURCES, "write_failed", f"cannot write instance: {exc.strerror}",
-                                calling_ae, address, sop_uid=sop_uid)
+            return self._refuse(
+                OUT_OF_RESOURCES,
+                "write_failed",
+                f"cannot write instance: {exc.strerror}",
+                calling_ae,
+                address,
+                sop_uid=sop_uid,
+            )
         try:
             with self.engine.begin() as conn:
-                self._record(conn, header, path, size, sop_uid, series_uid, study_uid, sop_class,
-                             transfer_syntax, calling_ae, called_ae, replace=existing is not None)
+                self._record(
+                    conn,
+                    header,
+                    path,
+                    size,
+                    sop_uid,
+                    series_uid,
+                    study_uid,
+                    sop_class,
+                    transfer_syntax,
+                    calling_ae,
+                    called_ae,
+                    replace=existing is not None,
+                )
         except Exception as exc:  # the database refused: the peer must resend, so it must not see Success
             log.exception("cannot record instance")
             if existing is None:
                 path.unlink(missing_ok=True)
-            return self._refuse(PROCESSING_FAILURE, "db_failed", f"cannot record instance: {exc}", calling_ae,
-                                address, sop_uid=sop_uid)
+            return self._refuse(
+                PROCESSING_FAILURE,
+                "db_failed",
+                f"cannot record instance: {exc}",
+                calling_ae,
+                address,
+                sop_uid=sop_uid,
+            )
         return Outcome(SUCCESS, "", sop_uid)
 
     def _record(
@@ -199,8 +238,16 @@ class Ingestor:
         header: Dataset | None = None,
     ) -> Outcome:
         log.warning("C-STORE from %s (%s) refused with 0x%04X: %s", calling_ae, address, status, reason)
-        log_event(self.engine, kind, reason, level="WARNING", calling_ae=calling_ae, sop_uid=sop_uid,
-                  status=f"0x{status:04X}", address=address)
+        log_event(
+            self.engine,
+            kind,
+            reason,
+            level="WARNING",
+            calling_ae=calling_ae,
+            sop_uid=sop_uid,
+            status=f"0x{status:04X}",
+            address=address,
+        )
         return Outcome(status, reason, sop_uid)
 
 
@@ -239,14 +286,13 @@ def check_pixel_data(data: bytes, offset: int, syntax: str, expected: int) -> No
     ``expected`` is the native size from Rows x Columns x samples x frames x bits (0 if unknown);
     encapsulated pixel data must end with its sequence delimiter.
     """
-    if offset >= len(data) or data[offset:offset + 4] not in PIXEL_TAGS:
+    if offset >= len(data) or data[offset : offset + 4] not in PIXEL_TAGS:
         return  # no pixel data (SR, presentation state...) or another element follows
-    big = syntax == "1.2.840.10008.1.2.2"
-    order = "big" if big else "little"
+    order: Literal["big", "little"] = "big" if syntax == "1.2.840.10008.1.2.2" else "little"
     if syntax == "1.2.840.10008.1.2":  # implicit VR: tag, 4-byte length
-        length, start = int.from_bytes(data[offset + 4:offset + 8], order), offset + 8
+        length, start = int.from_bytes(data[offset + 4 : offset + 8], order), offset + 8
     else:  # explicit VR OB/OW: tag, VR, 2 reserved bytes, 4-byte length
-        length, start = int.from_bytes(data[offset + 8:offset + 12], order), offset + 12
+        length, start = int.from_bytes(data[offset + 8 : offset + 12], order), offset + 12
     if length == 0xFFFFFFFF:
         if data.rfind(SEQUENCE_DELIMITER, start) < 0:
             raise ValueError("truncated data set: encapsulated pixel data has no sequence delimiter")

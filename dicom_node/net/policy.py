@@ -34,7 +34,7 @@ def _addresses(host: str) -> frozenset[str]:
     except ValueError:
         pass
     try:
-        return frozenset(info[4][0] for info in socket.getaddrinfo(host, None))
+        return frozenset(str(info[4][0]) for info in socket.getaddrinfo(host, None))
     except OSError:
         log.warning("peer host %r does not resolve; associations from it will be refused", host)
         return frozenset()
@@ -55,7 +55,9 @@ class AssociationPolicy:
         """Check one request; ``active`` counts the associations already open (this one excluded)."""
         called_ae, calling_ae = called_ae.strip(), calling_ae.strip()
         if called_ae != self.ae_title:
-            return Decision(False, REJECT_CALLED_AE, f"called AE {called_ae!r} is not this node ({self.ae_title!r})")
+            return Decision(
+                False, REJECT_CALLED_AE, f"called AE {called_ae!r} is not this node ({self.ae_title!r})"
+            )
         hosts = self.peers.get(calling_ae)
         if hosts is None and not self.open_door:
             return Decision(False, REJECT_CALLING_AE, f"calling AE {calling_ae!r} is not in the peers list")
@@ -63,10 +65,14 @@ class AssociationPolicy:
             addr = _normalise(address)
             if not any(addr in _addresses(h) for h in hosts if h is not None):
                 return Decision(
-                    False, REJECT_CALLING_AE, f"calling AE {calling_ae!r} is not allowed from address {address}"
+                    False,
+                    REJECT_CALLING_AE,
+                    f"calling AE {calling_ae!r} is not allowed from address {address}",
                 )
         if active >= self.max_associations:
-            return Decision(False, REJECT_BUSY, f"{active} associations open, the maximum is {self.max_associations}")
+            return Decision(
+                False, REJECT_BUSY, f"{active} associations open, the maximum is {self.max_associations}"
+            )
         return Decision(True)
 
 

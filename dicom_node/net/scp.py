@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
@@ -43,7 +43,7 @@ class Receiver:
         ae.dimse_timeout = 120
         ae.acse_timeout = 30
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         self.ae = ae
 
@@ -84,8 +84,14 @@ class Receiver:
         if decision.accept:
             return
         log.warning("association from %s refused: %s", address, decision.reason)
-        log_event(self.engine, "association_rejected", decision.reason, level="WARNING",
-                  calling_ae=primitive.calling_ae_title.strip()[:16], address=address)
+        log_event(
+            self.engine,
+            "association_rejected",
+            decision.reason,
+            level="WARNING",
+            calling_ae=primitive.calling_ae_title.strip()[:16],
+            address=address,
+        )
         assert decision.reject is not None
         assoc.acse.send_reject(*decision.reject)
         assoc.kill()  # as pynetdicom's own ACSE does: lets the DUL send the A-ASSOCIATE-RJ, then stops
@@ -96,8 +102,13 @@ class Receiver:
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # malformed command or context: answer, never crash the association
             log.warning("cannot read C-STORE data set: %s", exc)
-            log_event(self.engine, "rejected", f"cannot read data set: {exc}", level="WARNING",
-                      calling_ae=assoc.requestor.ae_title.strip())
+            log_event(
+                self.engine,
+                "rejected",
+                f"cannot read data set: {exc}",
+                level="WARNING",
+                calling_ae=assoc.requestor.ae_title.strip(),
+            )
             return 0xC000
         outcome = self.ingestor.keep(
             data,

@@ -78,8 +78,9 @@ def send_files(
     contexts = [build_context(c, ts) for c, syntaxes in by_class.items() for ts in syntaxes]
     if len(contexts) > 128:
         raise SendError(f"{len(contexts)} presentation contexts needed; send fewer kinds of object at once")
-    assoc = ae.associate(host, port, contexts=contexts, ae_title=called_ae,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
+    assoc = ae.associate(
+        host, port, contexts=contexts, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
+    )
     if not assoc.is_established:
         what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
         raise SendError(f"association with {called_ae}@{host}:{port} {what}")
@@ -100,6 +101,6 @@ def send_files(
     finally:
         if assoc.is_established:
             assoc.release()
-    for path in files[len(results):]:
+    for path in files[len(results) :]:
         results.append(Sent(path, None, "association lost before sending"))
     return results

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 ROOT = "1.2.826.0.1.3680043.10.1443."  # example-only root for generated (synthetic) objects
 
@@ -46,9 +46,14 @@ def write_ct_series(
         ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         sop_uid = _uid(seed, "slice", i)
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "19600101", "O"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+            patient_name,
+            patient_id,
+            "19600101",
+            "O",
+        )
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = today
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"

@@ -38,21 +38,42 @@ def _start_node(tmp_path: Path, pacs: OrthancPeer, **kwargs: object) -> tuple[Se
 
 
 def _echo(port: int) -> bool:
-    result = subprocess.run(["echoscu", "-aet", "ECHOSCU", "-aec", "NODE", "127.0.0.1", str(port)],
-                            capture_output=True, env=tcp_env(), timeout=30)
+    result = subprocess.run(
+        ["echoscu", "-aet", "ECHOSCU", "-aec", "NODE", "127.0.0.1", str(port)],
+        capture_output=True,
+        env=tcp_env(),
+        timeout=30,
+    )
     return result.returncode == 0
 
 
 def _storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["storescu", "-v", "-aet", "STORESCU", "-aec", "NODE", "127.0.0.1", str(port),
-                           *[str(f) for f in files]], capture_output=True, text=True, env=tcp_env(), timeout=300)
+    return subprocess.run(
+        [
+            "storescu",
+            "-v",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "NODE",
+            "127.0.0.1",
+            str(port),
+            *[str(f) for f in files],
+        ],
+        capture_output=True,
+        text=True,
+        env=tcp_env(),
+        timeout=300,
+    )
 
 
 def _slab() -> list[Path]:
     return sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())
 
 
-def test_ct_from_storescu_comes_back_as_seg_and_sr_in_the_same_study(tmp_path: Path, pacs: OrthancPeer) -> None:
+def test_ct_from_storescu_comes_back_as_seg_and_sr_in_the_same_study(
+    tmp_path: Path, pacs: OrthancPeer
+) -> None:
     node, port, _ = _start_node(tmp_path, pacs)
     try:
         files = _slab()
@@ -60,11 +81,17 @@ def test_ct_from_storescu_comes_back_as_seg_and_sr_in_the_same_study(tmp_path: P
         assert sent.returncode == 0, sent.stderr
         study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         modalities = wait_for(
-            lambda: {s["MainDicomTags"].get("Modality") for s in pacs.series_of_study(study_uid)} >= {"SEG", "SR"}
-            and {s["MainDicomTags"].get("Modality") for s in pacs.series_of_study(study_uid)},
-            timeout=120, what=f"SEG and SR in Orthanc\n{node.log_tail()}",
+            lambda: (
+                {s["MainDicomTags"].get("Modality") for s in pacs.series_of_study(study_uid)} >= {"SEG", "SR"}
+                and {s["MainDicomTags"].get("Modality") for s in pacs.series_of_study(study_uid)}
+            ),
+            timeout=120,
+            what=f"SEG and SR in Orthanc\n{node.log_tail()}",
         )
-        assert modalities == {"SEG", "SR"}  # Orthanc got only the results (the CT went to the node, not to it)
+        assert modalities == {
+            "SEG",
+            "SR",
+        }  # Orthanc got only the results (the CT went to the node, not to it)
     finally:
         node.stop()
 
@@ -75,8 +102,21 @@ def test_kill_9_mid_ingest_loses_nothing_acknowledged_and_resends_the_same_uids(
     files = _slab()
     node, port, db_url = _start_node(tmp_path, pacs, quiet_period_s=2.0)
     proc = subprocess.Popen(
-        ["storescu", "-v", "-aet", "STORESCU", "-aec", "NODE", "127.0.0.1", str(port), *[str(f) for f in files]],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=tcp_env(),
+        [
+            "storescu",
+            "-v",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "NODE",
+            "127.0.0.1",
+            str(port),
+            *[str(f) for f in files],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=tcp_env(),
     )
     acknowledged: list[str] = []
     assert proc.stdout is not None
@@ -101,8 +141,11 @@ def test_kill_9_mid_ingest_loses_nothing_acknowledged_and_resends_the_same_uids(
         sent = _storescu(port, files)  # the modality resends the whole series
         assert sent.returncode == 0, sent.stderr
         study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-        wait_for(lambda: len(pacs.series_of_study(study_uid)) >= 2, timeout=120,
-                 what=f"results after restart\n{node.log_tail()}")
+        wait_for(
+            lambda: len(pacs.series_of_study(study_uid)) >= 2,
+            timeout=120,
+            what=f"results after restart\n{node.log_tail()}",
+        )
         engine = create_engine(db_url)
         wait_for(lambda: _all_sent(engine), timeout=60, what="all deliveries sent")
         with engine.connect() as conn:
@@ -124,7 +167,9 @@ def _all_sent(engine: object) -> bool:
     return bool(states) and all(s == "sent" for s in states) and all(s == "succeeded" for s in job_states)
 
 
-def test_pacs_down_results_wait_and_are_all_delivered_when_it_returns(tmp_path: Path, pacs: OrthancPeer) -> None:
+def test_pacs_down_results_wait_and_are_all_delivered_when_it_returns(
+    tmp_path: Path, pacs: OrthancPeer
+) -> None:
     pacs.stop()
     node, port, db_url = _start_node(tmp_path, pacs)
     try:
@@ -138,12 +183,18 @@ def test_pacs_down_results_wait_and_are_all_delivered_when_it_returns(tmp_path: 
 
         wait_for(pending_with_errors, timeout=120, what=f"failed delivery attempts\n{node.log_tail()}")
         pacs.start()
-        wait_for(lambda: _all_sent(engine), timeout=60, what=f"deliveries after PACS restart\n{node.log_tail()}")
+        wait_for(
+            lambda: _all_sent(engine), timeout=60, what=f"deliveries after PACS restart\n{node.log_tail()}"
+        )
         with engine.connect() as conn:
             uids = {r.sop_uid for r in conn.execute(select(results.c.sop_uid))}
         assert uids and uids <= pacs.sop_instance_uids()
-        status = subprocess.run([sys.executable, "-m", "dicom_node.cli", "status", "--config", str(tmp_path / "node.toml")],
-                                capture_output=True, text=True, timeout=60)
+        status = subprocess.run(
+            [sys.executable, "-m", "dicom_node.cli", "status", "--config", str(tmp_path / "node.toml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "deliveries  sent" in status.stdout
     finally:
         node.stop()

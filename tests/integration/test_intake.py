@@ -32,7 +32,9 @@ def _setup(tmp_path: Path, db_url: str, routes: str = "") -> tuple[Ingestor, Sta
     config = parse_config(text)
     engine = connect(config.node.database_url())
     store = Store(config.node.storage)
-    return Ingestor(config, engine, store), StabilitySweep(config, engine, store, JobQueue(engine, config.queue))
+    return Ingestor(config, engine, store), StabilitySweep(
+        config, engine, store, JobQueue(engine, config.queue)
+    )
 
 
 def _series_states(sweep: StabilitySweep) -> dict[str, tuple[str, int]]:
@@ -45,7 +47,9 @@ def _jobs(sweep: StabilitySweep) -> list[tuple[str, int]]:
         return [(r.route, r.revision) for r in conn.execute(select(jobs).order_by(jobs.c.id))]
 
 
-def test_quiet_series_is_routed_and_a_late_instance_starts_a_new_revision(tmp_path: Path, db_url: str) -> None:
+def test_quiet_series_is_routed_and_a_late_instance_starts_a_new_revision(
+    tmp_path: Path, db_url: str
+) -> None:
     ingestor, sweep = _setup(tmp_path, db_url)
     slab = sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())
     for f in slab[:6]:

@@ -53,15 +53,21 @@ def node(tmp_path: Path, db_url: str) -> Iterator[Running]:
     running.engine.dispose()
 
 
-def storescu(port: int, *paths: Path | str, aet: str = "STORESCU", aec: str = "NODE",
-             extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, *paths: Path | str, aet: str = "STORESCU", aec: str = "NODE", extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     cmd = ["storescu", "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port), *[str(p) for p in paths]]
     return subprocess.run(cmd, capture_output=True, text=True, env=tcp_env(), timeout=120)
 
 
 def test_echo_and_ct_series_from_storescu(node: Running) -> None:
-    echo = subprocess.run(["echoscu", "-aet", "ECHOSCU", "-aec", "NODE", "127.0.0.1", str(node.port)],
-                          capture_output=True, text=True, env=tcp_env(), timeout=30)
+    echo = subprocess.run(
+        ["echoscu", "-aet", "ECHOSCU", "-aec", "NODE", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        env=tcp_env(),
+        timeout=30,
+    )
     assert echo.returncode == 0, echo.stderr
     files = sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())
     result = storescu(node.port, "+sd", *files)
@@ -73,7 +79,9 @@ def test_echo_and_ct_series_from_storescu(node: Running) -> None:
     assert ser.instance_count == 12 and ser.state == "receiving" and ser.modality == "CT"
     for row in rows:
         stored = dcmread(node.store.absolute(row.path))
-        original = dcmread(next(f for f in files if dcmread(f, stop_before_pixels=True).SOPInstanceUID == row.sop_uid))
+        original = dcmread(
+            next(f for f in files if dcmread(f, stop_before_pixels=True).SOPInstanceUID == row.sop_uid)
+        )
         assert stored.PixelData == original.PixelData  # bytes kept exactly as sent
         assert stored.SOPInstanceUID == row.sop_uid
 
@@ -118,7 +126,9 @@ def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(node: Running) -> N
     assert node.count() == 1
 
 
-def _part10(dataset_bytes: bytes, sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str = "1.2.3.4.5") -> bytes:
+def _part10(
+    dataset_bytes: bytes, sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str = "1.2.3.4.5"
+) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -161,7 +171,10 @@ def test_bad_input_gets_failure_status_and_event_and_nothing_else_is_lost(
     cases["empty_uids"] = empty_uid
 
     ae = AE(ae_title="TESTSCU")
-    for syntax in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"):  # one context each: the SCP picks one per context
+    for syntax in (
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.4.90",
+    ):  # one context each: the SCP picks one per context
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", syntax)
     assoc = ae.associate("127.0.0.1", node.port, ae_title="NODE")
     assert assoc.is_established
@@ -187,9 +200,14 @@ def test_bad_input_gets_failure_status_and_event_and_nothing_else_is_lost(
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize(("policy", "status", "stored_bytes"), [
-    ("keep-first", 0x0000, "first"), ("overwrite", 0x0000, "second"), ("reject", 0x0111, "first"),
-])
+@pytest.mark.parametrize(
+    ("policy", "status", "stored_bytes"),
+    [
+        ("keep-first", 0x0000, "first"),
+        ("overwrite", 0x0000, "second"),
+        ("reject", 0x0111, "first"),
+    ],
+)
 def test_duplicate_policy(tmp_path: Path, db_url: str, policy: str, status: int, stored_bytes: str) -> None:
     from tests.peers.scu import c_store
 

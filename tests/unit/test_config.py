@@ -27,16 +27,32 @@ def test_example_config_is_valid() -> None:
         ("[node]\nae_title = 'A\\\\B'\n", 2, "AE title"),
         ("[node]\nport = 1\nnonsense = 2\n", 3, "Extra inputs"),
         ("[node]\nport = [\n", 2, "TOML syntax"),
-        ("[[routes]]\nname = 'r'\npipelines = ['ct_lung_field']\n[routes.match]\nModality = 'CT'\nBogusKey = 1\n",
-         6, "BogusKey"),
-        ("[[routes]]\nname = 'r'\npipelines = ['ct_lung_field']\n[routes.match]\nSeriesDescription = 're:(['\n",
-         5, "regular expression"),
-        ("[[routes]]\nname = 'r'\npipelines = ['ct_lung_field']\n\n[[routes]]\nname = 's'\npipelines = ['nope']\n",
-         5, "unknown pipeline 'nope'"),
-        ("[[routes]]\nname = 'r'\npipelines = ['ct_lung_field']\ndestinations = ['pacs']\n", 1,
-         "unknown destination 'pacs'"),
-        ("[[routes]]\nname = 'r'\npipelines = ['ct_lung_field']\n[routes.match]\nSliceThickness = {min = 5, max = 1}\n",
-         5, "above max"),
+        (
+            "[[routes]]\nname = 'r'\npipelines = ['ct_lung_field']\n[routes.match]\nModality = 'CT'\nBogusKey = 1\n",
+            6,
+            "BogusKey",
+        ),
+        (
+            "[[routes]]\nname = 'r'\npipelines = ['ct_lung_field']\n[routes.match]\nSeriesDescription = 're:(['\n",
+            5,
+            "regular expression",
+        ),
+        (
+            "[[routes]]\nname = 'r'\npipelines = ['ct_lung_field']\n\n[[routes]]\nname = 's'\npipelines = ['nope']\n",
+            5,
+            "unknown pipeline 'nope'",
+        ),
+        (
+            "[[routes]]\nname = 'r'\npipelines = ['ct_lung_field']\ndestinations = ['pacs']\n",
+            1,
+            "unknown destination 'pacs'",
+        ),
+        (
+            "[[routes]]\nname = 'r'\npipelines = ['ct_lung_field']\n"
+            "[routes.match]\nSliceThickness = {min = 5, max = 1}\n",
+            5,
+            "above max",
+        ),
     ],
 )
 def test_errors_name_the_line(text: str, line: int, words: str) -> None:

@@ -6,8 +6,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.config import Range, parse_config
-from dicom_node.intake.rules import attribute_value, explain
 from dicom_node.intake.routing import check_routes, series_attributes
+from dicom_node.intake.rules import attribute_value, explain
 
 ATTRS = {
     "Modality": "CT",

@@ -11,7 +11,18 @@ from dicom_node.store import InvalidUID, Store, check_uid, write_atomic
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "   ", "../../etc/passwd", "1.2.3/../../x", "1.2.abc", "1.2.3\\4", "1." * 40 + "1", None, "1..2", ".1.2"],
+    [
+        "",
+        "   ",
+        "../../etc/passwd",
+        "1.2.3/../../x",
+        "1.2.abc",
+        "1.2.3\\4",
+        "1." * 40 + "1",
+        None,
+        "1..2",
+        ".1.2",
+    ],
 )
 def test_bad_uids_are_refused(bad: object) -> None:
     with pytest.raises(InvalidUID):
