@@ -79,7 +79,7 @@ def build_sr(
         procedure_reported=codes.procedure_code(volume.modality),
         imaging_measurements=groups,
         title=std.DCM.ImagingMeasurementReport,
-        referenced_images=volume.sources,
+        referenced_images=_library_images(findings, volume),
     )
     evidence: list[Dataset] = list(volume.sources)
     if seg is not None:
@@ -101,6 +101,16 @@ def build_sr(
     return sr
 
 
+def _library_images(findings: Findings, volume: Volume) -> list[Dataset]:
+    """Images for the TID 1500 Image Library: those the report draws on (key images), else the first."""
+    keys = sorted({int(f.key_slice) for f in findings.findings if f.key_slice is not None and f.mask.any()})
+    images: dict[str, Dataset] = {}
+    for k in keys or [0]:
+        ref = slice_ref(volume, k)
+        images.setdefault(ref.sop_instance_uid, ref.source)
+    return list(images.values())
+
+
 def _measurements(finding: Finding, quantities: frozenset[Quantity] | None) -> list[hd.sr.Measurement]:
     out: list[hd.sr.Measurement] = []
     for m in finding.measurements:
@@ -108,9 +118,7 @@ def _measurements(finding: Finding, quantities: frozenset[Quantity] | None) -> l
             continue
         name, derivation = codes.quantity_code(m.quantity)
         out.append(
-            hd.sr.Measurement(
-                name=name, value=float(m.value), unit=codes.unit_code(m.unit), derivation=derivation
-            )
+            hd.sr.Measurement(name=name, value=float(m.value), unit=codes.unit_code(m.unit), derivation=derivation)
         )
     return out
 
@@ -182,32 +190,30 @@ def _finding_groups(
     return groups
 
 
-def _referenced_segment(
-    seg: SegResult, segment: int, finding: Finding, volume: Volume
-) -> hd.sr.ReferencedSegment:
-    """The SEG segment with the source images (and frames) its mask lies on."""
-    occupied = [int(k) for k in np.flatnonzero(finding.mask.reshape(finding.mask.shape[0], -1).any(axis=1))]
-    refs = [slice_ref(volume, k) for k in occupied]
+def _referenced_segment(seg: SegResult, segment: int, finding: Finding, volume: Volume) -> hd.sr.ReferencedSegment:
+    """The SEG segment and where it lies: the source frames of a multi-frame image, or (as dcmqi does)
+    the source series of a single-frame series, which keeps large CT reports small."""
     if volume.is_multiframe:
-        sources = [
-            hd.sr.SourceImageForSegmentation(
-                referenced_sop_class_uid=refs[0].sop_class_uid,
-                referenced_sop_instance_uid=refs[0].sop_instance_uid,
-                referenced_frame_numbers=[int(r.frame_number) for r in refs if r.frame_number is not None],
-            )
-        ]
-    else:
-        sources = [
-            hd.sr.SourceImageForSegmentation(
-                referenced_sop_class_uid=r.sop_class_uid, referenced_sop_instance_uid=r.sop_instance_uid
-            )
-            for r in refs
-        ]
+        occupied = np.flatnonzero(finding.mask.reshape(finding.mask.shape[0], -1).any(axis=1))
+        ref = slice_ref(volume, int(occupied[0]))
+        frames = [int(slice_ref(volume, int(k)).frame_number or 0) for k in occupied]
+        return hd.sr.ReferencedSegment(
+            sop_class_uid=str(seg.dataset.SOPClassUID),
+            sop_instance_uid=str(seg.dataset.SOPInstanceUID),
+            segment_number=segment,
+            source_images=[
+                hd.sr.SourceImageForSegmentation(
+                    referenced_sop_class_uid=ref.sop_class_uid,
+                    referenced_sop_instance_uid=ref.sop_instance_uid,
+                    referenced_frame_numbers=frames,
+                )
+            ],
+        )
     return hd.sr.ReferencedSegment(
         sop_class_uid=str(seg.dataset.SOPClassUID),
         sop_instance_uid=str(seg.dataset.SOPInstanceUID),
         segment_number=segment,
-        source_images=sources,
+        source_series=hd.sr.SourceSeriesForSegmentation(str(volume.sources[0].SeriesInstanceUID)),
     )
 
 
@@ -229,9 +235,7 @@ def _key_region(finding: Finding, volume: Volume, options: EncodeOptions) -> hd.
         referenced_sop_instance_uid=ref.sop_instance_uid,
         referenced_frame_numbers=[ref.frame_number] if ref.frame_number is not None else None,
     )
-    return hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=source
-    )
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=source)
 
 
 def _summary_group(
