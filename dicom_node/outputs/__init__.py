@@ -80,9 +80,7 @@ def encode(
     opts = options if options is not None else EncodeOptions(series_number=series_number)
     for finding in findings.findings:
         if finding.mask.shape != volume.shape:
-            raise ValueError(
-                f"finding mask shape {finding.mask.shape} differs from volume shape {volume.shape}"
-            )
+            raise ValueError(f"finding mask shape {finding.mask.shape} differs from volume shape {volume.shape}")
     uids = UidFactory(volume.sources, findings.pipeline, findings.version)
     out: list[Dataset] = []
     seg = None

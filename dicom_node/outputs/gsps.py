@@ -42,9 +42,7 @@ def srgb_profile() -> bytes:
 
 def build_gsps(findings: Findings, volume: Volume, uids: UidFactory, options: EncodeOptions) -> Dataset:
     """Build the presentation state of ``findings`` on ``volume``'s key images."""
-    per_slice: dict[int, tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]] = defaultdict(
-        lambda: ([], [])
-    )
+    per_slice: dict[int, tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]] = defaultdict(lambda: ([], []))
     for i, finding in enumerate(findings.findings):
         if finding.key_slice is None:
             continue
@@ -125,9 +123,7 @@ def build_gsps(findings: Findings, volume: Volume, uids: UidFactory, options: En
             bits = int(source.get("BitsStored", 8))
             center, width, explanation = 2.0 ** (bits - 1) - 0.5, 2.0**bits, "FULL RANGE"
         voi = [
-            hd.pr.SoftcopyVOILUTTransformation(
-                window_center=center, window_width=width, window_explanation=explanation
-            )
+            hd.pr.SoftcopyVOILUTTransformation(window_center=center, window_width=width, window_explanation=explanation)
         ]
         modality_lut = None
         if volume.is_multiframe and "SharedFunctionalGroupsSequence" not in source:

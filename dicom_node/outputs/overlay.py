@@ -43,9 +43,7 @@ def patient_orientation(source: Dataset) -> tuple[str, str]:
     return letters(iop[:3]), letters(iop[3:])
 
 
-def build_overlays(
-    findings: Findings, volume: Volume, uids: UidFactory, options: EncodeOptions
-) -> list[Dataset]:
+def build_overlays(findings: Findings, volume: Volume, uids: UidFactory, options: EncodeOptions) -> list[Dataset]:
     """One burned-in Secondary Capture per key slice of ``findings``."""
     indices = key_slices(findings.findings)
     caption = None

@@ -104,11 +104,7 @@ def status_text(findings: Findings) -> str:
 def render_preview(findings: Findings, volume: Volume) -> bytes:
     """PNG of the key slice (of the primary finding, else the middle slice) with outlines and labels."""
     primary = primary_finding(findings)
-    index = (
-        int(primary.key_slice)
-        if primary is not None and primary.key_slice is not None
-        else volume.shape[0] // 2
-    )
+    index = int(primary.key_slice) if primary is not None and primary.key_slice is not None else volume.shape[0] // 2
     rgb = render_rgb(findings, volume, index, caption=status_text(findings) + " - not for diagnosis")
     buf = io.BytesIO()
     Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")

@@ -57,9 +57,7 @@ def algorithm_identification(findings: Findings) -> hd.AlgorithmIdentificationSe
     )
 
 
-def build_seg(
-    findings: Findings, volume: Volume, uids: UidFactory, options: EncodeOptions
-) -> SegResult | None:
+def build_seg(findings: Findings, volume: Volume, uids: UidFactory, options: EncodeOptions) -> SegResult | None:
     """Build the SEG of ``findings`` on ``volume``'s source instances.
 
     Returns:
@@ -96,9 +94,7 @@ def build_seg(
         return None
     pixels = np.stack(masks, axis=-1)
     if options.seg_type == "LABELMAP" and (pixels.sum(axis=-1) > 1).any():
-        raise ValueError(
-            "LABELMAP segmentation needs non-overlapping masks; use BINARY for overlapping findings"
-        )
+        raise ValueError("LABELMAP segmentation needs non-overlapping masks; use BINARY for overlapping findings")
     source = volume.sources[0]
     kwargs: dict[str, Any] = dict(
         segmentation_type=options.seg_type,

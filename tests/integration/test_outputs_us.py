@@ -40,9 +40,7 @@ IODS = {
 CINE = "philips_L12-5_cine27.dcm"
 
 
-def disc(
-    shape: tuple[int, int, int], frames: range, center: tuple[int, int], radius: tuple[int, int]
-) -> np.ndarray:
+def disc(shape: tuple[int, int, int], frames: range, center: tuple[int, int], radius: tuple[int, int]) -> np.ndarray:
     mask = np.zeros(shape, dtype=bool)
     mask[frames.start : frames.stop] = sphere((1, *shape[1:]), (0, *center), (1, *radius))[0]
     return mask
@@ -106,15 +104,11 @@ def write(objs: list[Dataset], folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def cine_files(cine: Volume, cine_findings: Findings, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return write(
-        encode(cine_findings, cine, ["seg", "sr", "gsps", "overlay"]), tmp_path_factory.mktemp("cine")
-    )
+    return write(encode(cine_findings, cine, ["seg", "sr", "gsps", "overlay"]), tmp_path_factory.mktemp("cine"))
 
 
 @pytest.fixture(scope="module")
-def single_files(
-    single: Volume, single_findings: Findings, tmp_path_factory: pytest.TempPathFactory
-) -> list[Path]:
+def single_files(single: Volume, single_findings: Findings, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     objs = encode(single_findings, single, ["seg", "sr", "gsps", "overlay"])
     return write(objs, tmp_path_factory.mktemp("single"))
 
@@ -165,9 +159,7 @@ def test_cine_seg_round_trip(cine_files: list[Path], cine: Volume, cine_findings
         assert item.FrameContentSequence[0].TemporalPositionIndex == ref.ReferencedFrameNumber
 
 
-def test_single_frame_seg_round_trip(
-    single_files: list[Path], single: Volume, single_findings: Findings
-) -> None:
+def test_single_frame_seg_round_trip(single_files: list[Path], single: Volume, single_findings: Findings) -> None:
     seg = hd.seg.segread(by_modality(single_files, "SEG")[0])
     pixels = seg.get_pixels_by_source_instance([str(single.sources[0].SOPInstanceUID)], segment_numbers=[1])
     assert np.array_equal(pixels[..., 0].astype(bool), single_findings.findings[0].mask)

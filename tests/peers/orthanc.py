@@ -90,9 +90,7 @@ class OrthancPeer:
             "UnknownSopClassAccepted": True,
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
-            "DicomModalities": {
-                name: [m_aet, host, port] for name, (m_aet, host, port) in (modalities or {}).items()
-            },
+            "DicomModalities": {name: [m_aet, host, port] for name, (m_aet, host, port) in (modalities or {}).items()},
             "SaveJobs": False,
             "OverwriteInstances": True,
             "HttpDescribeErrors": True,

@@ -27,15 +27,13 @@ def ct_volume(folder: Path) -> Volume:
     iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
     datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float))))
-    pixels = np.stack(
-        [d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in datasets]
-    ).astype(np.float32)
+    pixels = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in datasets]).astype(
+        np.float32
+    )
     pos = [float(np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float))) for d in datasets]
     dz = float(np.median(np.diff(pos))) if len(pos) > 1 else float(datasets[0].SliceThickness)
     row, col = (float(v) for v in datasets[0].PixelSpacing)
-    return Volume(
-        pixels=pixels, spacing=(dz, row, col), modality="CT", sources=[_header(d) for d in datasets]
-    )
+    return Volume(pixels=pixels, spacing=(dz, row, col), modality="CT", sources=[_header(d) for d in datasets])
 
 
 def us_volume(path: Path, crop: tuple[int, int, int, int] | None = None) -> Volume:

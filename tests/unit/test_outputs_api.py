@@ -125,9 +125,7 @@ def test_labelmap_option(ct: Volume) -> None:
     assert seg.SegmentationType == "LABELMAP"
     back = hd.seg.Segmentation.from_dataset(seg)
     uids = [str(s.SOPInstanceUID) for s in ct.sources]
-    pixels = back.get_pixels_by_source_instance(
-        uids, segment_numbers=[1, 2], assert_missing_frames_are_empty=True
-    )
+    pixels = back.get_pixels_by_source_instance(uids, segment_numbers=[1, 2], assert_missing_frames_are_empty=True)
     for i, f in enumerate(findings.findings):
         assert np.array_equal(pixels[..., i].astype(bool), f.mask)
     overlapping = Findings("toy", "1.0", [*findings.findings, Finding("lung", np.ones(ct.shape, dtype=bool))])
