@@ -122,9 +122,19 @@ def build_seg(findings: Findings, volume: Volume, uids: UidFactory, options: Enc
     if "ImageOrientationPatient" not in source and "PatientOrientation" not in seg:
         # General Image module: Patient Orientation is Type 2C when there is no plane orientation.
         seg.PatientOrientation = source.get("PatientOrientation", None)
+    _stable_dimension_organization(seg, str(uids.instance("seg-dimension-organization")))
     finish_identity(seg, source, f"AI segmentation ({findings.pipeline})", options.institution_name)
     logger.debug("SEG built: %d segments, %d frames", len(descriptions), int(seg.NumberOfFrames))
     return SegResult(seg, segment_of)
+
+
+def _stable_dimension_organization(seg: Dataset, uid: str) -> None:
+    """Replace highdicom's random Dimension Organization UID by a derived one (same inputs, same bytes)."""
+    old = {str(item.DimensionOrganizationUID) for item in seg.get("DimensionOrganizationSequence", [])}
+    old |= {str(item.DimensionOrganizationUID) for item in seg.get("DimensionIndexSequence", [])}
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        if str(item.DimensionOrganizationUID) in old:
+            item.DimensionOrganizationUID = uid
 
 
 def tracking_id(label: str, index: int) -> str:
