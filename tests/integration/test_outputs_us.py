@@ -229,3 +229,16 @@ def test_orthanc_files_results_into_source_study(
         for ds in datasets[1:]:
             assert str(ds.SOPInstanceUID) in stored
             assert referenced_uids(ds) <= stored
+
+
+def test_cine_gsps_and_overlays_reference_key_frames(
+    cine_files: list[Path], cine: Volume, cine_findings: Findings
+) -> None:
+    key_frames = {cine.frame_numbers[f.key_slice] for f in cine_findings.findings}  # type: ignore[index]
+    pr = pydicom.dcmread(by_modality(cine_files, "PR")[0])
+    annotated = {int(a.ReferencedImageSequence[0].ReferencedFrameNumber) for a in pr.GraphicAnnotationSequence}
+    assert annotated == key_frames
+    overlays = [pydicom.dcmread(p) for p in by_modality(cine_files, "OT")]
+    assert {int(o.SourceImageSequence[0].ReferencedFrameNumber) for o in overlays} == key_frames
+    for o in overlays:
+        assert (o.Rows, o.Columns) == (600, 800) and o.BurnedInAnnotation == "YES"
