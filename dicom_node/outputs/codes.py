@@ -80,6 +80,7 @@ EVALUATION_VALUES: dict[str, Code] = {
     "high": codes.SCT.High,
     "moderate": codes.SCT.Moderate,
     "low": codes.SCT.Low,
+    "intermediate": codes.SCT.Intermediate,
     "indeterminate": codes.SCT.Indeterminate,
     "benign": codes.SCT.Benign,
     "malignant": codes.SCT.Malignant,
