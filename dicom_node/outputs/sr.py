@@ -24,7 +24,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as std
 
-from dicom_node.findings import Finding, Findings, Quantity
+from dicom_node.findings import Category, Finding, Findings, Quantity
 from dicom_node.imaging.volume import Volume
 from dicom_node.outputs import codes
 from dicom_node.outputs.common import finish_identity, full_mask, slice_ref
@@ -147,7 +147,7 @@ def _finding_groups(
     segment = seg.segment_of.get(i) if seg is not None else None
     region = _key_region(finding, volume, options)
     groups: list[Group] = []
-    common = dict(finding_type=finding_type, algorithm_id=algorithm, finding_sites=sites)
+    common = dict(finding_type=finding_type, algorithm_id=algorithm, finding_sites=sites or None)
     if segment is not None and seg is not None:
         referenced = _referenced_segment(seg, segment, finding, volume)
         groups.append(
@@ -218,6 +218,9 @@ def _referenced_segment(seg: SegResult, segment: int, finding: Finding, volume: 
 
 
 def _finding_sites(finding: Finding) -> list[hd.sr.FindingSite]:
+    """Lung (with laterality when known) for everything but ribs, whose site is the rib itself."""
+    if finding.category is Category.RIB:
+        return []
     laterality = codes.laterality_code(finding.laterality) if finding.laterality is not None else None
     return [hd.sr.FindingSite(anatomic_location=codes.LUNG, laterality=laterality)]
 

@@ -194,3 +194,15 @@ def test_reencoding_gives_the_same_objects_but_for_timestamps(ct: Volume) -> Non
         assert differing == timestamps, (a.Modality, differing - timestamps)
         if "PixelData" in a:
             assert a.PixelData == b.PixelData
+
+
+def test_rib_has_no_lung_site_and_nodule_has_laterality(ct: Volume) -> None:
+    rib = np.zeros(ct.shape, dtype=bool)
+    rib[2, 1:4, 1:20] = True
+    findings = two_findings(ct)
+    findings.findings.append(Finding("rib", rib))
+    (sr,) = encode(findings, ct, ["sr"])
+    groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_planar_roi_measurement_groups()
+    assert [g.finding_type.meaning for g in groups] == ["Nodule", "Nodule", "Rib"]
+    assert groups[0].finding_sites[0].laterality.value == "24028007"  # right
+    assert groups[2].finding_sites == []
