@@ -52,6 +52,9 @@ class NodeSection(_Model):
     max_pdu: int = Field(0, ge=0)  # 0 = unlimited
     min_free_disk_mb: int = Field(500, ge=0)
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
+    durability: Literal["journal", "file"] = "journal"
+    receiver: Literal["native", "pynetdicom"] = "native"
+    receiver_processes: int = Field(1, ge=1, le=64)
     workers: int = Field(1, ge=0, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     accept_unknown_callers: bool = False
@@ -116,16 +119,12 @@ def _match_value(key: str, value: Any) -> MatchValue:
         try:
             return Range(**value)
         except ValidationError as exc:
-            raise ValueError(
-                f"match key '{key}': {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
-            ) from None
+            raise ValueError(f"match key '{key}': {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     if isinstance(value, (str, int, float, bool, Range)):
         return value
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
         return value
-    raise ValueError(
-        f"match key '{key}': expected a string, number, true/false, {{min, max}} or a list, got {value!r}"
-    )
+    raise ValueError(f"match key '{key}': expected a string, number, true/false, {{min, max}} or a list, got {value!r}")
 
 
 class Route(_Model):
@@ -197,9 +196,7 @@ class NodeConfig(_Model):
                     raise ValueError(f"routes[{i}]: unknown destination {dest!r} (known: {', '.join(names)})")
             for pipeline in route.pipelines:
                 if pipeline not in known:
-                    raise ValueError(
-                        f"routes[{i}]: unknown pipeline {pipeline!r} (known: {', '.join(sorted(known))})"
-                    )
+                    raise ValueError(f"routes[{i}]: unknown pipeline {pipeline!r} (known: {', '.join(sorted(known))})")
         return self
 
     def destination(self, name: str) -> Destination:

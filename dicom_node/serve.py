@@ -19,7 +19,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.db import connect
 from dicom_node.delivery import Sender
 from dicom_node.intake.stability import StabilitySweep
-from dicom_node.net.scp import Receiver
+from dicom_node.net.receivers import make_receiver
 from dicom_node.queue import JobQueue
 from dicom_node.store import Store
 
@@ -46,6 +46,20 @@ def worker_main(config_json: str, index: int, log_level: str) -> None:
     worker.run_forever()
 
 
+def receiver_main(config_json: str, index: int, log_level: str) -> None:
+    """Entry point of an extra receiver process sharing the port (SO_REUSEPORT), with its own journal."""
+    setup_logging(log_level)
+    config = NodeConfig.model_validate_json(config_json)
+    engine = connect(config.node.database_url(), migrate=False)
+    receiver = make_receiver(config, engine, Store(config.node.storage), index)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    receiver.start(reuse_port=True)
+    done.wait()
+    receiver.stop()
+
+
 class Node:
     """A running node: receiver + scheduler + sender in this process, workers as child processes."""
 
@@ -55,16 +69,29 @@ class Node:
         self.engine = connect(config.node.database_url())
         self.store = Store(config.node.storage)
         self.queue = JobQueue(self.engine, config.queue)
-        self.receiver = Receiver(config, self.engine, self.store)
+        self.receiver = make_receiver(config, self.engine, self.store)
         self.sweep = StabilitySweep(config, self.engine, self.store, self.queue)
         self.sender = Sender(config, self.engine, self.store)
         self.scheduler = BackgroundScheduler()
         self.workers: list[Any] = []
+        self.receivers: list[Any] = []
         self.stopped = threading.Event()
 
     def start(self) -> None:
-        """Start listening, scheduling and the worker processes."""
-        self.receiver.start()
+        """Start listening, scheduling, extra receiver processes and the worker processes."""
+        shared = self.config.node.receiver_processes > 1 and self.config.node.receiver == "native"
+        self.receiver.start(reuse_port=shared)
+        if shared:
+            ctx = mp.get_context("spawn")
+            for i in range(1, self.config.node.receiver_processes):
+                proc = ctx.Process(
+                    target=receiver_main,
+                    args=(self.config.model_dump_json(), i, self.log_level),
+                    name=f"receiver-{i}",
+                    daemon=True,
+                )
+                proc.start()
+                self.receivers.append(proc)
         every = self.config.intake.sweep_interval_s
         jobs = [
             (self.sweep.sweep, every),
@@ -73,9 +100,7 @@ class Node:
             (self._watch_workers, 2.0),
         ]
         for func, seconds in jobs:
-            self.scheduler.add_job(
-                _guarded(func), "interval", seconds=seconds, max_instances=1, coalesce=True
-            )
+            self.scheduler.add_job(_guarded(func), "interval", seconds=seconds, max_instances=1, coalesce=True)
         self.scheduler.start()
         for i in range(self.config.node.workers):
             self.workers.append(self._spawn(i))
@@ -109,10 +134,10 @@ class Node:
         self.stopped.set()
         self.scheduler.shutdown(wait=True)
         self.receiver.stop()
-        for proc in self.workers:
+        for proc in self.workers + self.receivers:
             proc.terminate()
-        for proc in self.workers:
-            proc.join(timeout=10)
+        for proc in self.workers + self.receivers:
+            proc.join(timeout=30)
         self.engine.dispose()
 
     def serve_forever(self) -> None:

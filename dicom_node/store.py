@@ -75,11 +75,12 @@ class Store:
         return shutil.disk_usage(self.root).free / (1024 * 1024)
 
 
-def write_atomic(path: Path, chunks: Iterable[bytes]) -> int:
+def write_atomic(path: Path, chunks: Iterable[bytes], *, sync: bool = True) -> int:
     """Write ``chunks`` to ``path`` durably; returns the number of bytes written.
 
     Readers never see a partial file: the bytes go to a temporary name beside ``path``, are
-    fsync'd, renamed over ``path``, and the folder entry is fsync'd too.
+    fsync'd, renamed over ``path``, and the folder entry is fsync'd too. With ``sync=False`` the
+    flushes are left to the caller (the ingest journal's checkpoint syncs the whole file system).
     """
     folder = path.parent
     created = not folder.exists()
@@ -93,11 +94,14 @@ def write_atomic(path: Path, chunks: Iterable[bytes]) -> int:
                 fh.write(chunk)
                 size += len(chunk)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if not sync:
+        return size
     _fsync_dir(folder)
     if created:
         _fsync_dir(folder.parent)

@@ -18,11 +18,14 @@ def now() -> float:
     return time.time()
 
 
-def connect(url: str, *, migrate: bool = True) -> Engine:
+def connect(url: str, *, migrate: bool = True, synchronous: str = "FULL") -> Engine:
     """Create an engine for ``url`` and bring its schema up to date.
 
     SQLite files get WAL journaling, ``synchronous=FULL`` (a commit is on disk when it returns) and a
     generous busy timeout so receiver threads, the scheduler and worker processes can share the file.
+    Transactions take the write lock at once (``BEGIN IMMEDIATE``) unless the connection carries the
+    execution option ``readonly=True`` (see :func:`reader`): readers never wait for writers in WAL mode.
+    ``synchronous="NORMAL"`` is for writers whose durability comes from elsewhere (the ingest journal).
     """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -36,14 +39,14 @@ def connect(url: str, *, migrate: bool = True) -> Engine:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE")
 
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -52,6 +55,11 @@ def connect(url: str, *, migrate: bool = True) -> Engine:
 
         upgrade(engine)
     return engine
+
+
+def reader(engine: Engine) -> Engine:
+    """The same engine for read-only work: on SQLite its transactions do not take the write lock."""
+    return engine.execution_options(readonly=True)
 
 
 def record_event(
@@ -89,4 +97,4 @@ def log_event(engine: Engine, kind: str, message: str, **kwargs: Any) -> None:
         log.exception("could not record event %s: %s", kind, message)
 
 
-__all__ = ["connect", "log_event", "now", "record_event", "update"]
+__all__ = ["connect", "log_event", "now", "reader", "record_event", "update"]

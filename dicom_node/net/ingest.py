@@ -1,18 +1,31 @@
-"""Keeping one received instance: validate, write durably, record, answer.
+"""Keeping one received instance: validate, make it durable, record it, answer.
 
-This is the whole receive path minus the network, so it can be exercised directly. The C-STORE
-handler in :mod:`dicom_node.net.scp` calls :meth:`Ingestor.keep` with the bytes exactly as the peer
-encoded them (file meta prepended) and answers with the status it returns. Pixel data is never
-decoded: headers are parsed up to the pixel data only.
+This is the whole receive path minus the network, so it can be exercised directly. Both receivers
+call :meth:`Ingestor.keep` with the bytes exactly as the peer encoded them (file meta prepended) and
+answer with the status it returns. Pixel data is never decoded: headers are parsed up to the pixel
+data only, and the pixel data's length is checked against the image size.
+
+Two durability modes (``node.durability``), both answering Success only once the instance is on
+stable storage:
+
+* ``journal`` (default): the bytes are appended to the ingest journal and fdatasync'd (one flush,
+  shared by concurrent associations); a materializer thread then writes the instance file and its
+  row in batches, and a checkpoint retires journal segments once files and rows are durable. After a
+  crash, the journal is replayed on start. See :mod:`dicom_node.journal`.
+* ``file``: the instance file is written, fsync'd, renamed into place, its folder fsync'd and its row
+  committed, all before the answer (three flushes per instance).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import queue
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -21,7 +34,8 @@ from sqlalchemy.engine import Connection
 
 from dicom_node.config import DuplicatePolicy, NodeConfig
 from dicom_node.db import instances, now, series, studies
-from dicom_node.db.engine import log_event
+from dicom_node.db.engine import connect, log_event, reader
+from dicom_node.journal import Journal, Record, syncfs
 from dicom_node.store import InvalidUID, Store, check_uid, write_atomic
 
 log = logging.getLogger(__name__)
@@ -31,6 +45,10 @@ OUT_OF_RESOURCES = 0xA700  # Refused: out of resources
 CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand
 DUPLICATE_SOP = 0x0111  # Failure: duplicate SOP instance (reject policy)
 PROCESSING_FAILURE = 0x0110
+
+CHECKPOINT_EVERY_S = 2.0
+BATCH = 256
+BATCH_WINDOW_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,64 +61,113 @@ class Outcome:
 
 
 class Ingestor:
-    """Keeps instances for the receiver: one call per C-STORE, safe to call from many threads."""
+    """Keeps instances for a receiver: one call per C-STORE, safe to call from many threads.
 
-    def __init__(self, config: NodeConfig, engine: Engine, store: Store) -> None:
+    ``journal_name`` names this receiver's journal folder (one per receiver process). Call
+    :meth:`close` on shutdown to materialize and checkpoint everything pending.
+    """
+
+    def __init__(self, config: NodeConfig, engine: Engine, store: Store, journal_name: str = "r0") -> None:
         self.config = config
         self.engine = engine
         self.store = store
+        self.reader = reader(engine)
+        self.journal: Journal | None = None
+        self._pending: dict[str, int] = {}  # journaled, not yet materialized: sop uid -> duplicates seen
+        self._pending_lock = threading.Lock()
+        self._in_flight = 0
+        self._queue: queue.Queue[Record | None] = queue.Queue(maxsize=2000)
+        self._worker: threading.Thread | None = None
+        self.writer = engine
+        if config.node.durability == "journal":
+            # Rows of journaled instances become durable at the journal checkpoint (syncfs), not per commit.
+            if engine.url.get_backend_name() == "sqlite":
+                self.writer = connect(
+                    engine.url.render_as_string(hide_password=False), migrate=False, synchronous="NORMAL"
+                )
+            self.journal = Journal(store.root / "journal" / journal_name)
+            self._replay()
+            self._worker = threading.Thread(target=self._materialize_forever, name="materializer", daemon=True)
+            self._worker.start()
 
+    # -- the receive path ----------------------------------------------------------------------------------
     def keep(self, data: bytes, *, calling_ae: str, called_ae: str, address: str = "") -> Outcome:
-        """Validate, write and record one instance; returns the status to answer with."""
+        """Validate one instance and make it durable; returns the status to answer with."""
         try:
             header = parse_header(data)
-            sop_uid = check_uid(header.get("SOPInstanceUID"), "SOPInstanceUID")
-            series_uid = check_uid(header.get("SeriesInstanceUID"), "SeriesInstanceUID")
-            study_uid = check_uid(header.get("StudyInstanceUID"), "StudyInstanceUID")
-            sop_class = check_uid(
-                header.get("SOPClassUID") or header.file_meta.get("MediaStorageSOPClassUID"), "SOPClassUID"
-            )
-            transfer_syntax = check_uid(header.file_meta.get("TransferSyntaxUID"), "TransferSyntaxUID")
+            meta = describe(header, calling_ae, called_ae)
         except (InvalidUID, ValueError) as exc:
-            return self._refuse(CANNOT_UNDERSTAND, "rejected", str(exc), calling_ae, address, header=None)
-
+            return self._refuse(CANNOT_UNDERSTAND, "rejected", str(exc), calling_ae, address)
+        sop_uid = meta["sop_uid"]
         free = self.store.free_mb()
         if free < self.config.node.min_free_disk_mb:
-            reason = (
-                f"free disk {free:.0f} MiB is under the {self.config.node.min_free_disk_mb} MiB watermark"
-            )
+            reason = f"free disk {free:.0f} MiB is under the {self.config.node.min_free_disk_mb} MiB watermark"
             return self._refuse(OUT_OF_RESOURCES, "disk_full", reason, calling_ae, address, sop_uid=sop_uid)
 
-        path = self.store.instance_path(study_uid, series_uid, sop_uid)
         policy = self.config.node.duplicate_policy
-        with self.engine.connect() as conn:
-            existing = conn.execute(select(instances.c.id).where(instances.c.sop_uid == sop_uid)).first()
-        if existing is not None and policy is not DuplicatePolicy.OVERWRITE:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    update(instances)
-                    .where(instances.c.sop_uid == sop_uid)
-                    .values(duplicates=instances.c.duplicates + 1)
-                )
+        if policy is not DuplicatePolicy.OVERWRITE and self._known(sop_uid):
+            self._count_duplicate(sop_uid)
             if policy is DuplicatePolicy.REJECT:
                 return self._refuse(
-                    DUPLICATE_SOP,
-                    "duplicate",
-                    "SOP instance already stored",
-                    calling_ae,
-                    address,
-                    sop_uid=sop_uid,
+                    DUPLICATE_SOP, "duplicate", "SOP instance already stored", calling_ae, address, sop_uid=sop_uid
                 )
             log_event(
                 self.engine,
                 "duplicate",
                 "duplicate SOP instance kept as first received",
-                level="INFO",
                 calling_ae=calling_ae,
                 sop_uid=sop_uid,
             )
             return Outcome(SUCCESS, "duplicate", sop_uid)
 
+        if self.journal is not None:
+            return self._keep_journaled(meta, data, calling_ae, address)
+        return self._keep_file(meta, data, calling_ae, address)
+
+    def _known(self, sop_uid: str) -> bool:
+        with self._pending_lock:
+            if sop_uid in self._pending:
+                return True
+        with self.reader.connect() as conn:
+            return conn.execute(select(instances.c.id).where(instances.c.sop_uid == sop_uid)).first() is not None
+
+    def _count_duplicate(self, sop_uid: str) -> None:
+        with self._pending_lock:
+            if sop_uid in self._pending:
+                self._pending[sop_uid] += 1
+                return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(instances).where(instances.c.sop_uid == sop_uid).values(duplicates=instances.c.duplicates + 1)
+            )
+
+    def _keep_journaled(self, meta: dict[str, Any], data: bytes, calling_ae: str, address: str) -> Outcome:
+        assert self.journal is not None
+        with self._pending_lock:
+            self._pending.setdefault(meta["sop_uid"], 0)
+            self._in_flight += 1
+        try:
+            segment = self.journal.append(meta, data)
+        except OSError as exc:
+            with self._pending_lock:
+                self._pending.pop(meta["sop_uid"], None)
+                self._in_flight -= 1
+            return self._refuse(
+                OUT_OF_RESOURCES,
+                "write_failed",
+                f"cannot write journal: {exc.strerror}",
+                calling_ae,
+                address,
+                sop_uid=meta["sop_uid"],
+            )
+        self._queue.put(Record(meta, data, segment))
+        with self._pending_lock:
+            self._in_flight -= 1
+        return Outcome(SUCCESS, "", meta["sop_uid"])
+
+    def _keep_file(self, meta: dict[str, Any], data: bytes, calling_ae: str, address: str) -> Outcome:
+        path = self.store.instance_path(meta["study_uid"], meta["series_uid"], meta["sop_uid"])
+        existed = path.exists()
         try:
             size = write_atomic(path, [data])
         except OSError as exc:
@@ -110,27 +177,14 @@ class Ingestor:
                 f"cannot write instance: {exc.strerror}",
                 calling_ae,
                 address,
-                sop_uid=sop_uid,
+                sop_uid=meta["sop_uid"],
             )
         try:
             with self.engine.begin() as conn:
-                self._record(
-                    conn,
-                    header,
-                    path,
-                    size,
-                    sop_uid,
-                    series_uid,
-                    study_uid,
-                    sop_class,
-                    transfer_syntax,
-                    calling_ae,
-                    called_ae,
-                    replace=existing is not None,
-                )
+                self._record(conn, meta, self.store.relative(path), size)
         except Exception as exc:  # the database refused: the peer must resend, so it must not see Success
             log.exception("cannot record instance")
-            if existing is None:
+            if not existed:
                 path.unlink(missing_ok=True)
             return self._refuse(
                 PROCESSING_FAILURE,
@@ -138,58 +192,179 @@ class Ingestor:
                 f"cannot record instance: {exc}",
                 calling_ae,
                 address,
-                sop_uid=sop_uid,
+                sop_uid=meta["sop_uid"],
             )
-        return Outcome(SUCCESS, "", sop_uid)
+        return Outcome(SUCCESS, "", meta["sop_uid"])
 
-    def _record(
-        self,
-        conn: Connection,
-        header: Dataset,
-        path: Path,
-        size: int,
-        sop_uid: str,
-        series_uid: str,
-        study_uid: str,
-        sop_class: str,
-        transfer_syntax: str,
-        calling_ae: str,
-        called_ae: str,
-        *,
-        replace: bool,
-    ) -> None:
-        t = now()
+    # -- materializing journaled instances -----------------------------------------------------------------
+    def _materialize(self, records: list[Record], *, replay: bool = False) -> None:
+        """Write files and rows for journaled records (idempotent: replays skip what is already there)."""
+        rows = []
+        for rec in records:
+            m = rec.meta
+            path = self.store.instance_path(m["study_uid"], m["series_uid"], m["sop_uid"])
+            if not (replay and path.exists() and path.stat().st_size == len(rec.data)):
+                write_atomic(path, [rec.data], sync=False)
+            rows.append((m, self.store.relative(path), len(rec.data)))
+        with self.writer.begin() as conn:
+            for m, relative, size in rows:
+                if (
+                    replay
+                    and conn.execute(select(instances.c.id).where(instances.c.sop_uid == m["sop_uid"])).first()
+                    is not None
+                ):
+                    continue
+                self._record(conn, m, relative, size)
+            with self._pending_lock:
+                duplicates = {m["sop_uid"]: self._pending.pop(m["sop_uid"], 0) for m, _, _ in rows}
+            for sop_uid, count in duplicates.items():
+                if count:
+                    conn.execute(
+                        update(instances)
+                        .where(instances.c.sop_uid == sop_uid)
+                        .values(duplicates=instances.c.duplicates + count)
+                    )
+
+    def _materialize_forever(self) -> None:
+        assert self.journal is not None
+        last_checkpoint = time.monotonic()
+        dirty = False
+        while True:
+            try:
+                first = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                first = None
+                if dirty and time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
+                    self._checkpoint()
+                    last_checkpoint, dirty = time.monotonic(), False
+                continue
+            if first is None:  # close() asks us to stop
+                self._checkpoint()
+                return
+            batch = [first]
+            stop = False
+            # Gather for a moment: fewer, larger batches keep file writes out of the journal's flushes.
+            deadline = time.monotonic() + BATCH_WINDOW_S
+            while len(batch) < BATCH:
+                try:
+                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                self._materialize(batch)
+                dirty = True
+            except Exception:  # the journal still holds them: the next start replays them
+                log.exception("materializing %d journaled instance(s) failed; they stay in the journal", len(batch))
+            if stop:
+                self._checkpoint()
+                return
+
+    def _checkpoint(self) -> None:
+        """Retire journal segments whose instances are all materialized and durable."""
+        assert self.journal is not None
+        closed = self.journal.rotate()
+        # Appends that started before the rotation must reach the queue and be materialized first.
+        while True:
+            with self._pending_lock:
+                busy = self._in_flight
+            if not busy and self._queue.empty():
+                break
+            try:
+                item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if item is None:
+                self._queue.put(None)  # keep the stop request for the main loop
+                break
+            self._materialize([item])
+        self._sync_all()
+        self.journal.retire(closed)
+
+    def _sync_all(self) -> None:
+        """Flush the instance files and, for SQLite, the database file system too."""
+        syncfs(self.store.root)
+        database = self.writer.url.database if self.writer.url.get_backend_name() == "sqlite" else None
+        if database and Path(database).parent.stat().st_dev != self.store.root.stat().st_dev:
+            syncfs(Path(database).parent)
+
+    def _replay(self) -> None:
+        assert self.journal is not None
+        batch: list[Record] = []
+        count = 0
+        for rec in self.journal.replay():
+            batch.append(rec)
+            if len(batch) >= BATCH:
+                self._materialize(batch, replay=True)
+                count += len(batch)
+                batch = []
+        if batch:
+            self._materialize(batch, replay=True)
+            count += len(batch)
+        if count:
+            log.warning("replayed %d journaled instance(s) after an unclean stop", count)
+        self._sync_all()
+        self.journal.retire(self.journal.current - 1)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every journaled instance has its file and row; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._pending_lock:
+                if not self._pending and not self._in_flight:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        """Materialize and checkpoint everything pending, then stop the materializer."""
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=60)
+            self._worker = None
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+            if self.writer is not self.engine:
+                self.writer.dispose()
+
+    # -- rows ----------------------------------------------------------------------------------------------
+    def _record(self, conn: Connection, m: dict[str, Any], relative: str, size: int) -> None:
+        t = float(m.get("received_at") or now())
         study = conn.execute(
-            select(studies.c.id).where(studies.c.study_uid == study_uid).with_for_update()
+            select(studies.c.id).where(studies.c.study_uid == m["study_uid"]).with_for_update()
         ).first()
         if study is None:
             conn.execute(
                 insert(studies).values(
-                    study_uid=study_uid,
-                    patient_id=_text(header, "PatientID", 64),
-                    accession=_text(header, "AccessionNumber", 64),
+                    study_uid=m["study_uid"],
+                    patient_id=m.get("patient_id"),
+                    accession=m.get("accession"),
                     first_seen=t,
                     last_seen=t,
                 )
             )
         else:
             conn.execute(update(studies).where(studies.c.id == study.id).values(last_seen=t))
-
+        existing = conn.execute(select(instances.c.id).where(instances.c.sop_uid == m["sop_uid"])).first()
         row = conn.execute(
             select(series.c.id, series.c.state, series.c.revision)
-            .where(series.c.series_uid == series_uid)
+            .where(series.c.series_uid == m["series_uid"])
             .with_for_update()
         ).first()
         if row is None:
             revision = 1
             conn.execute(
                 insert(series).values(
-                    series_uid=series_uid,
-                    study_uid=study_uid,
-                    modality=_text(header, "Modality", 16),
-                    description=_text(header, "SeriesDescription", 128),
-                    calling_ae=calling_ae,
-                    called_ae=called_ae,
+                    series_uid=m["series_uid"],
+                    study_uid=m["study_uid"],
+                    modality=m.get("modality"),
+                    description=m.get("description"),
+                    calling_ae=m["calling_ae"],
+                    called_ae=m["called_ae"],
                     instance_count=1,
                     first_seen=t,
                     last_seen=t,
@@ -204,38 +379,30 @@ class Ingestor:
                 update(series)
                 .where(series.c.id == row.id)
                 .values(
-                    instance_count=series.c.instance_count + (0 if replace else 1),
+                    instance_count=series.c.instance_count + (0 if existing else 1),
                     last_seen=t,
                     state="receiving",
                     revision=revision,
                 )
             )
         values = dict(
-            series_uid=series_uid,
-            study_uid=study_uid,
-            sop_class_uid=sop_class,
-            transfer_syntax=transfer_syntax,
-            path=self.store.relative(path),
+            series_uid=m["series_uid"],
+            study_uid=m["study_uid"],
+            sop_class_uid=m["sop_class"],
+            transfer_syntax=m["transfer_syntax"],
+            path=relative,
             size=size,
             received_at=t,
             revision=revision,
-            calling_ae=calling_ae,
+            calling_ae=m["calling_ae"],
         )
-        if replace:
-            conn.execute(update(instances).where(instances.c.sop_uid == sop_uid).values(**values))
+        if existing is not None:
+            conn.execute(update(instances).where(instances.c.id == existing.id).values(**values))
         else:
-            conn.execute(insert(instances).values(sop_uid=sop_uid, **values))
+            conn.execute(insert(instances).values(sop_uid=m["sop_uid"], **values))
 
     def _refuse(
-        self,
-        status: int,
-        kind: str,
-        reason: str,
-        calling_ae: str,
-        address: str,
-        *,
-        sop_uid: str | None = None,
-        header: Dataset | None = None,
+        self, status: int, kind: str, reason: str, calling_ae: str, address: str, *, sop_uid: str | None = None
     ) -> Outcome:
         log.warning("C-STORE from %s (%s) refused with 0x%04X: %s", calling_ae, address, status, reason)
         log_event(
@@ -249,6 +416,26 @@ class Ingestor:
             address=address,
         )
         return Outcome(status, reason, sop_uid)
+
+
+def describe(header: Dataset, calling_ae: str, called_ae: str) -> dict[str, Any]:
+    """The validated identity of an instance and what its rows need (raises InvalidUID)."""
+    return {
+        "sop_uid": check_uid(header.get("SOPInstanceUID"), "SOPInstanceUID"),
+        "series_uid": check_uid(header.get("SeriesInstanceUID"), "SeriesInstanceUID"),
+        "study_uid": check_uid(header.get("StudyInstanceUID"), "StudyInstanceUID"),
+        "sop_class": check_uid(
+            header.get("SOPClassUID") or header.file_meta.get("MediaStorageSOPClassUID"), "SOPClassUID"
+        ),
+        "transfer_syntax": check_uid(header.file_meta.get("TransferSyntaxUID"), "TransferSyntaxUID"),
+        "calling_ae": calling_ae,
+        "called_ae": called_ae,
+        "received_at": now(),
+        "patient_id": _text(header, "PatientID", 64),
+        "accession": _text(header, "AccessionNumber", 64),
+        "modality": _text(header, "Modality", 16),
+        "description": _text(header, "SeriesDescription", 128),
+    }
 
 
 def parse_header(data: bytes) -> Dataset:

@@ -55,9 +55,7 @@ class AssociationPolicy:
         """Check one request; ``active`` counts the associations already open (this one excluded)."""
         called_ae, calling_ae = called_ae.strip(), calling_ae.strip()
         if called_ae != self.ae_title:
-            return Decision(
-                False, REJECT_CALLED_AE, f"called AE {called_ae!r} is not this node ({self.ae_title!r})"
-            )
+            return Decision(False, REJECT_CALLED_AE, f"called AE {called_ae!r} is not this node ({self.ae_title!r})")
         hosts = self.peers.get(calling_ae)
         if hosts is None and not self.open_door:
             return Decision(False, REJECT_CALLING_AE, f"calling AE {calling_ae!r} is not in the peers list")
@@ -70,9 +68,7 @@ class AssociationPolicy:
                     f"calling AE {calling_ae!r} is not allowed from address {address}",
                 )
         if active >= self.max_associations:
-            return Decision(
-                False, REJECT_BUSY, f"{active} associations open, the maximum is {self.max_associations}"
-            )
+            return Decision(False, REJECT_BUSY, f"{active} associations open, the maximum is {self.max_associations}")
         return Decision(True)
 
 

@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 class Receiver:
     """The node's listening AE: association policy from config, instances kept by an Ingestor."""
 
-    def __init__(self, config: NodeConfig, engine: Engine, store: Store) -> None:
+    def __init__(self, config: NodeConfig, engine: Engine, store: Store, journal_name: str = "r0") -> None:
         self.config = config
         self.engine = engine
         self.policy = AssociationPolicy(config)
-        self.ingestor = Ingestor(config, engine, store)
+        self.ingestor = Ingestor(config, engine, store, journal_name)
         self.server: ThreadedAssociationServer | None = None
         # Accept private and future storage SOP classes too, not only those pynetdicom lists.
         _config.UNRESTRICTED_STORAGE_SERVICE = True
@@ -47,8 +47,11 @@ class Receiver:
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         self.ae = ae
 
-    def start(self, *, block: bool = False) -> None:
-        """Listen on the configured host and port (returns at once unless ``block``)."""
+    def start(self, *, block: bool = False, reuse_port: bool = False) -> None:
+        """Listen on the configured host and port (returns at once unless ``block``).
+
+        ``reuse_port`` is accepted for symmetry with the native receiver; pynetdicom cannot share a port.
+        """
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -74,6 +77,7 @@ class Receiver:
             self.server.shutdown()
             self.server = None
         self.ae.shutdown()
+        self.ingestor.close()
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc

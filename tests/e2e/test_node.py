@@ -71,9 +71,7 @@ def _slab() -> list[Path]:
     return sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())
 
 
-def test_ct_from_storescu_comes_back_as_seg_and_sr_in_the_same_study(
-    tmp_path: Path, pacs: OrthancPeer
-) -> None:
+def test_ct_from_storescu_comes_back_as_seg_and_sr_in_the_same_study(tmp_path: Path, pacs: OrthancPeer) -> None:
     node, port, _ = _start_node(tmp_path, pacs)
     try:
         files = _slab()
@@ -96,11 +94,12 @@ def test_ct_from_storescu_comes_back_as_seg_and_sr_in_the_same_study(
         node.stop()
 
 
+@pytest.mark.parametrize("durability", ["journal", "file"])
 def test_kill_9_mid_ingest_loses_nothing_acknowledged_and_resends_the_same_uids(
-    tmp_path: Path, pacs: OrthancPeer
+    tmp_path: Path, pacs: OrthancPeer, durability: str
 ) -> None:
     files = _slab()
-    node, port, db_url = _start_node(tmp_path, pacs, quiet_period_s=2.0)
+    node, port, db_url = _start_node(tmp_path, pacs, quiet_period_s=2.0, extra_node=f'durability = "{durability}"')
     proc = subprocess.Popen(
         [
             "storescu",
@@ -127,16 +126,22 @@ def test_kill_9_mid_ingest_loses_nothing_acknowledged_and_resends_the_same_uids(
                 node.kill()
                 break
     proc.wait(timeout=60)
+    if durability == "file":  # every acknowledged instance has its file and row before the answer
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(select(instances.c.sop_uid, instances.c.path)).all()
+        assert len(rows) >= 5, "every instance that got Success must be recorded"
+        engine.dispose()
+
+    node.start()  # restart on the same storage and database (the journal is replayed first)
+    wait_for(lambda: _echo(port), timeout=60, what="the node to come back")
     engine = create_engine(db_url)
     with engine.connect() as conn:
         rows = conn.execute(select(instances.c.sop_uid, instances.c.path)).all()
-    assert len(rows) >= 5, "every instance that got Success must be recorded"
+    assert len(rows) >= 5, "every instance that got Success must be on disk and recorded after the restart"
     for row in rows:
         assert (tmp_path / "storage" / row.path).stat().st_size > 500_000
     engine.dispose()
-
-    node.start()  # restart on the same storage and database
-    wait_for(lambda: _echo(port), timeout=60, what="the node to come back")
     try:
         sent = _storescu(port, files)  # the modality resends the whole series
         assert sent.returncode == 0, sent.stderr
@@ -167,9 +172,7 @@ def _all_sent(engine: object) -> bool:
     return bool(states) and all(s == "sent" for s in states) and all(s == "succeeded" for s in job_states)
 
 
-def test_pacs_down_results_wait_and_are_all_delivered_when_it_returns(
-    tmp_path: Path, pacs: OrthancPeer
-) -> None:
+def test_pacs_down_results_wait_and_are_all_delivered_when_it_returns(tmp_path: Path, pacs: OrthancPeer) -> None:
     pacs.stop()
     node, port, db_url = _start_node(tmp_path, pacs)
     try:
@@ -183,9 +186,7 @@ def test_pacs_down_results_wait_and_are_all_delivered_when_it_returns(
 
         wait_for(pending_with_errors, timeout=120, what=f"failed delivery attempts\n{node.log_tail()}")
         pacs.start()
-        wait_for(
-            lambda: _all_sent(engine), timeout=60, what=f"deliveries after PACS restart\n{node.log_tail()}"
-        )
+        wait_for(lambda: _all_sent(engine), timeout=60, what=f"deliveries after PACS restart\n{node.log_tail()}")
         with engine.connect() as conn:
             uids = {r.sop_uid for r in conn.execute(select(results.c.sop_uid))}
         assert uids and uids <= pacs.sop_instance_uids()

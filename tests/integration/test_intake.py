@@ -32,9 +32,12 @@ def _setup(tmp_path: Path, db_url: str, routes: str = "") -> tuple[Ingestor, Sta
     config = parse_config(text)
     engine = connect(config.node.database_url())
     store = Store(config.node.storage)
-    return Ingestor(config, engine, store), StabilitySweep(
-        config, engine, store, JobQueue(engine, config.queue)
-    )
+    return Ingestor(config, engine, store), StabilitySweep(config, engine, store, JobQueue(engine, config.queue))
+
+
+def _keep(ingestor: Ingestor, data: bytes) -> None:
+    assert ingestor.keep(data, calling_ae="STORESCU", called_ae="NODE").status == 0
+    assert ingestor.flush()
 
 
 def _series_states(sweep: StabilitySweep) -> dict[str, tuple[str, int]]:
@@ -47,15 +50,12 @@ def _jobs(sweep: StabilitySweep) -> list[tuple[str, int]]:
         return [(r.route, r.revision) for r in conn.execute(select(jobs).order_by(jobs.c.id))]
 
 
-def test_quiet_series_is_routed_and_a_late_instance_starts_a_new_revision(
-    tmp_path: Path, db_url: str
-) -> None:
+def test_quiet_series_is_routed_and_a_late_instance_starts_a_new_revision(tmp_path: Path, db_url: str) -> None:
     ingestor, sweep = _setup(tmp_path, db_url)
     slab = sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())
     for f in slab[:6]:
-        assert ingestor.keep(f.read_bytes(), calling_ae="STORESCU", called_ae="NODE").status == 0
-    us = sorted(require(US_CLINICAL).glob("*.dcm"))[0]
-    assert ingestor.keep(us.read_bytes(), calling_ae="STORESCU", called_ae="NODE").status == 0
+        _keep(ingestor, f.read_bytes())
+    _keep(ingestor, sorted(require(US_CLINICAL).glob("*.dcm"))[0].read_bytes())
 
     assert sweep.sweep(at=now()) == 0  # still inside the quiet period
     assert _jobs(sweep) == []
@@ -67,7 +67,7 @@ def test_quiet_series_is_routed_and_a_late_instance_starts_a_new_revision(
     assert "Modality='US' does not match 'CT'" in note
 
     # A late instance re-opens the series as revision 2; it is routed again, not dropped.
-    assert ingestor.keep(slab[6].read_bytes(), calling_ae="STORESCU", called_ae="NODE").status == 0
+    _keep(ingestor, slab[6].read_bytes())
     assert _series_states(sweep)["CT"] == ("receiving", 2)
     assert sweep.sweep(at=now() + 6) == 1
     assert _jobs(sweep) == [("chest-ct", 1), ("chest-ct", 2)]
@@ -96,12 +96,12 @@ SeriesDescription = "study-*"
         return _bytes(ds)
 
     first, second = generate_uid(), generate_uid()
-    ingestor.keep(instance(first), calling_ae="STORESCU", called_ae="NODE")
+    _keep(ingestor, instance(first))
     t0 = now()
     # Only the first series has been quiet for 5 s at t0 + 5.5; the second arrives "later".
     with sweep.engine.begin() as conn:
         conn.execute(series.update().where(series.c.series_uid == first).values(last_seen=t0 - 10))
-    ingestor.keep(instance(second), calling_ae="STORESCU", called_ae="NODE")
+    _keep(ingestor, instance(second))
     assert sweep.sweep(at=t0 + 1) == 0
     assert [r for r, _ in _jobs(sweep)] == []
     assert sweep.sweep(at=t0 + 6) == 2

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from dicom_node.config import NodeConfig
 from dicom_node.db import connect, events, instances, series
-from dicom_node.net.scp import Receiver
+from dicom_node.net.receivers import make_receiver
 from dicom_node.store import Store
 from tests.nodes import make_config, tcp_env
 from tests.peers.dicomfiles import CT_LIDC_SLAB, REAL, US_CLINICAL, US_PHANTOM, require
@@ -26,13 +26,22 @@ class Running:
         self.config = config
         self.engine = connect(config.node.database_url())
         self.store = Store(config.node.storage)
-        self.receiver = Receiver(config, self.engine, self.store)
+        self.receiver = make_receiver(config, self.engine, self.store)
         self.receiver.start()
         self.port = self.receiver.port
 
     def count(self) -> int:
+        self.settle()
         with self.engine.connect() as conn:
             return len(conn.execute(select(instances.c.id)).all())
+
+    def settle(self) -> None:
+        """Let journaled instances reach their rows (the materializer batches for up to half a second)."""
+        assert self.receiver.ingestor.flush()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        self.receiver.stop()
+        self.engine.dispose()
 
     def events(self, kind: str | None = None) -> list[str]:
         with self.engine.connect() as conn:
@@ -45,12 +54,18 @@ def _node(tmp_path: Path, db_url: str = "", **kwargs: object) -> Running:
     return Running(config)
 
 
-@pytest.fixture
-def node(tmp_path: Path, db_url: str) -> Iterator[Running]:
-    running = _node(tmp_path, db_url)
+RECEIVERS = [
+    'receiver = "native"\ndurability = "journal"',
+    'receiver = "native"\ndurability = "file"',
+    'receiver = "pynetdicom"\ndurability = "journal"',
+]
+
+
+@pytest.fixture(params=RECEIVERS, ids=["native-journal", "native-file", "pynetdicom-journal"])
+def node(request: pytest.FixtureRequest, tmp_path: Path, db_url: str) -> Iterator[Running]:
+    running = _node(tmp_path, db_url, extra_node=request.param)
     yield running
-    running.receiver.stop()
-    running.engine.dispose()
+    running.stop()
 
 
 def storescu(
@@ -79,9 +94,7 @@ def test_echo_and_ct_series_from_storescu(node: Running) -> None:
     assert ser.instance_count == 12 and ser.state == "receiving" and ser.modality == "CT"
     for row in rows:
         stored = dcmread(node.store.absolute(row.path))
-        original = dcmread(
-            next(f for f in files if dcmread(f, stop_before_pixels=True).SOPInstanceUID == row.sop_uid)
-        )
+        original = dcmread(next(f for f in files if dcmread(f, stop_before_pixels=True).SOPInstanceUID == row.sop_uid))
         assert stored.PixelData == original.PixelData  # bytes kept exactly as sent
         assert stored.SOPInstanceUID == row.sop_uid
 
@@ -126,9 +139,7 @@ def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(node: Running) -> N
     assert node.count() == 1
 
 
-def _part10(
-    dataset_bytes: bytes, sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str = "1.2.3.4.5"
-) -> bytes:
+def _part10(dataset_bytes: bytes, sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str = "1.2.3.4.5") -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -218,13 +229,14 @@ def test_duplicate_policy(tmp_path: Path, db_url: str, policy: str, status: int,
         second.SeriesDescription = "resent"
         assert c_store([first], running.port, called_aet="NODE") == [0]
         assert c_store([second], running.port, called_aet="NODE") == [status]
+        running.settle()
         with running.engine.connect() as conn:
             row = conn.execute(select(instances)).one()
         stored = dcmread(running.store.absolute(row.path), stop_before_pixels=True)
         assert (stored.get("SeriesDescription") == "resent") is (stored_bytes == "second")
         assert row.duplicates == (0 if policy == "overwrite" else 1)
     finally:
-        running.receiver.stop()
+        running.stop()
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -238,4 +250,4 @@ def test_disk_under_watermark_answers_out_of_resources(tmp_path: Path, db_url: s
         assert running.count() == 0
         assert any("watermark" in e for e in running.events("disk_full"))
     finally:
-        running.receiver.stop()
+        running.stop()

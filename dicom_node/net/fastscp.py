@@ -1,0 +1,289 @@
+"""The node's native storage SCP: the DICOM Upper Layer and DIMSE C-STORE / C-ECHO done directly on sockets.
+
+pynetdicom spends most of its per-message time in general-purpose encoding of tiny command sets and
+file meta; this acceptor parses exactly what a storage SCP needs by hand, keeps every PDV as the raw
+bytes the peer sent, and hands the data set (with a file meta header prepended, never re-encoded) to
+the same :class:`~dicom_node.net.ingest.Ingestor` as the pynetdicom receiver. Association policy,
+A-ASSOCIATE-RJ reasons and status codes are the same too. One thread per association; TCP_NODELAY on
+every socket; the maximum PDU we accept is unlimited.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from typing import Any
+
+from sqlalchemy import Engine
+
+from dicom_node.config import NodeConfig
+from dicom_node.db.engine import log_event
+from dicom_node.net import dimse, ul
+from dicom_node.net.ingest import Ingestor
+from dicom_node.net.policy import AssociationPolicy
+from dicom_node.store import Store
+
+log = logging.getLogger(__name__)
+
+VERIFICATION = "1.2.840.10008.1.1"
+# Well-known non-storage services under the storage branch a storage SCP must not accept.
+NOT_STORAGE_PREFIXES = ("1.2.840.10008.5.1.4.1.2.", "1.2.840.10008.5.1.4.31", "1.2.840.10008.5.1.4.32")
+MAX_PDU_BODY = 1 << 30  # refuse PDUs over 1 GiB as malformed
+
+
+def acceptable_abstract_syntax(uid: str) -> bool:
+    """Verification, every storage SOP class (standard, retired, private): not query/retrieve or worklist."""
+    if uid == VERIFICATION:
+        return True
+    if uid.startswith("1.2.840.10008."):
+        return uid.startswith("1.2.840.10008.5.1.4.1.1.") or uid.startswith("1.2.840.10008.5.1.4.34.")
+    return bool(uid) and not uid.startswith(NOT_STORAGE_PREFIXES)
+
+
+def choose_transfer_syntax(proposed: list[str]) -> str | None:
+    """The first proposed DICOM transfer syntax: the data set is stored as sent, so any is fine."""
+    for syntax in proposed:
+        if syntax.startswith("1.2.840.10008.1.2"):
+            return syntax
+    return None
+
+
+class NativeReceiver:
+    """Listens on the configured port and serves associations, one thread each."""
+
+    def __init__(self, config: NodeConfig, engine: Engine, store: Store, journal_name: str = "r0") -> None:
+        self.config = config
+        self.engine = engine
+        self.policy = AssociationPolicy(config)
+        self.ingestor = Ingestor(config, engine, store, journal_name)
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._active: set[_Association] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def start(self, *, block: bool = False, reuse_port: bool = False) -> None:
+        """Bind and listen; with ``reuse_port`` several processes can share the port (SO_REUSEPORT)."""
+        family = socket.AF_INET6 if ":" in self.config.node.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((self.config.node.host, self.config.node.port))
+        sock.listen(128)
+        self._sock = sock
+        log.info("listening as %s on %s:%d", self.config.node.ae_title, self.config.node.host, self.port)
+        if block:
+            self._serve()
+        else:
+            self._thread = threading.Thread(target=self._serve, name="scp-accept", daemon=True)
+            self._thread.start()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when the config asked for port 0)."""
+        assert self._sock is not None
+        return int(self._sock.getsockname()[1])
+
+    def stop(self) -> None:
+        """Stop listening and close open associations."""
+        self._stopping.set()
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+        with self._lock:
+            active = list(self._active)
+        for assoc in active:
+            assoc.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.ingestor.close()
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, addr = self._sock.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            assoc = _Association(self, conn, str(addr[0]))
+            threading.Thread(target=assoc.run, name=f"assoc-{addr[0]}:{addr[1]}", daemon=True).start()
+
+    def _register(self, assoc: _Association) -> int:
+        with self._lock:
+            others = len(self._active)
+            self._active.add(assoc)
+        return others
+
+    def _unregister(self, assoc: _Association) -> None:
+        with self._lock:
+            self._active.discard(assoc)
+
+
+class _Association:
+    """One association, from A-ASSOCIATE-RQ to release or abort."""
+
+    def __init__(self, server: NativeReceiver, conn: socket.socket, address: str) -> None:
+        self.server = server
+        self.conn = conn
+        self.address = address
+        self.calling_ae = ""
+        self.called_ae = ""
+        self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, transfer syntax)
+        conn.settimeout(120)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        others = self.server._register(self)
+        try:
+            if self._negotiate(others):
+                self._serve_messages()
+        except (ul.ProtocolError, ValueError) as exc:
+            log.warning("association from %s aborted: %s", self.address, exc)
+            self._send_quietly(ul.build_abort())
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            if not self.server._stopping.is_set():
+                log.info("association from %s ended: %s", self.address, exc)
+        finally:
+            self.server._unregister(self)
+            self.close()
+
+    # -- transport ------------------------------------------------------------------------------------
+    def _recv_exact(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.conn.recv_into(view[got:], n - got)
+            if k == 0:
+                raise ConnectionError("peer closed the connection")
+            got += k
+        return buf
+
+    def _read_pdu(self) -> tuple[int, bytearray]:
+        header = self._recv_exact(6)
+        pdu_type, _, length = struct.unpack(">BBI", header)
+        if length > MAX_PDU_BODY:
+            raise ul.ProtocolError(f"PDU of {length} bytes")
+        return pdu_type, self._recv_exact(length)
+
+    def _send_quietly(self, data: bytes) -> None:
+        try:
+            self.conn.sendall(data)
+        except OSError:
+            pass
+
+    # -- association establishment --------------------------------------------------------------------
+    def _negotiate(self, others: int) -> bool:
+        pdu_type, body = self._read_pdu()
+        if pdu_type != ul.ASSOCIATE_RQ:
+            raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
+        request = ul.parse_associate_rq(bytes(body))
+        self.calling_ae, self.called_ae = request.calling_ae, request.called_ae
+        decision = self.server.policy.decide(request.called_ae, request.calling_ae, self.address, others)
+        if not decision.accept:
+            assert decision.reject is not None
+            log.warning("association from %s refused: %s", self.address, decision.reason)
+            log_event(
+                self.server.engine,
+                "association_rejected",
+                decision.reason,
+                level="WARNING",
+                calling_ae=request.calling_ae[:16],
+                address=self.address,
+            )
+            self._send_quietly(ul.build_associate_rj(*decision.reject))
+            return False
+        results = []
+        for ctx in request.contexts:
+            if not acceptable_abstract_syntax(ctx.abstract_syntax):
+                results.append((ctx.id, ul.ABSTRACT_SYNTAX_NOT_SUPPORTED, ""))
+                continue
+            syntax = choose_transfer_syntax(ctx.transfer_syntaxes)
+            if syntax is None:
+                results.append((ctx.id, ul.TRANSFER_SYNTAXES_NOT_SUPPORTED, ""))
+                continue
+            results.append((ctx.id, ul.ACCEPTANCE, syntax))
+            self.contexts[ctx.id] = (ctx.abstract_syntax, syntax)
+        self.conn.sendall(ul.build_associate_ac(request, results, self.server.config.node.max_pdu))
+        return True
+
+    # -- DIMSE ------------------------------------------------------------------------------------------
+    def _serve_messages(self) -> None:
+        command: list[memoryview] = []
+        data: list[memoryview] = []
+        parsed: dict[int, int | str] | None = None
+        context_id = 0
+        while True:
+            pdu_type, body = self._read_pdu()
+            if pdu_type == ul.RELEASE_RQ:
+                self.conn.sendall(ul.build_release_rp())
+                return
+            if pdu_type == ul.ABORT:
+                log.info("association from %s aborted by the peer", self.address)
+                return
+            if pdu_type != ul.P_DATA_TF:
+                raise ul.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X} during the association")
+            for ctx_id, control, value in ul.iter_pdvs(body):
+                if ctx_id not in self.contexts:
+                    raise ul.ProtocolError(f"PDV on presentation context {ctx_id}, which was not accepted")
+                if control & 0x01:  # command fragment
+                    command.append(value)
+                    if control & 0x02:
+                        parsed = dimse.decode_command(b"".join(command))
+                        command = []
+                        context_id = ctx_id
+                        if parsed.get(dimse.DATA_SET_TYPE, dimse.NO_DATA_SET) == dimse.NO_DATA_SET:
+                            self._dispatch(parsed, context_id, None)
+                            parsed = None
+                else:
+                    if parsed is None:
+                        raise ul.ProtocolError("data set fragment before its command")
+                    data.append(value)
+                    if control & 0x02:
+                        self._dispatch(parsed, context_id, data)
+                        parsed, data = None, []
+
+    def _dispatch(self, command: dict[int, int | str], context_id: int, data: list[memoryview] | None) -> None:
+        field = command.get(dimse.COMMAND_FIELD)
+        message_id = int(command.get(dimse.MESSAGE_ID, 0))
+        if field == dimse.C_ECHO_RQ:
+            response = dimse.encode_response(dimse.C_ECHO_RSP, message_id, 0x0000, VERIFICATION)
+        elif field == dimse.C_STORE_RQ and data is not None:
+            response = self._store(command, context_id, message_id, data)
+        else:
+            # Unrecognised operation (0x0211) on an otherwise healthy association.
+            response = dimse.encode_response((int(field or 0) | 0x8000) & 0xFFFF, message_id, 0x0211)
+        self.conn.sendall(ul.build_p_data(context_id, True, True, response))
+
+    def _store(self, command: dict[int, Any], context_id: int, message_id: int, data: list[memoryview]) -> bytes:
+        sop_class = str(command.get(dimse.AFFECTED_SOP_CLASS, ""))
+        sop_instance = str(command.get(dimse.AFFECTED_SOP_INSTANCE, ""))
+        _, syntax = self.contexts[context_id]
+        meta = dimse.file_meta(
+            sop_class, sop_instance, syntax, self.calling_ae, ul.IMPLEMENTATION_CLASS_UID, ul.IMPLEMENTATION_VERSION
+        )
+        outcome = self.server.ingestor.keep(
+            b"".join([meta, *data]), calling_ae=self.calling_ae, called_ae=self.called_ae, address=self.address
+        )
+        return dimse.encode_response(
+            dimse.C_STORE_RSP,
+            message_id,
+            outcome.status,
+            sop_class,
+            sop_instance,
+            outcome.reason if outcome.status else "",
+        )
