@@ -166,12 +166,12 @@ class Worker:
         kinds = sorted({k for ks in self.output_kinds(job).values() for k in ks})
         objects: list[tuple[str, Dataset]] = []
         if kinds:
-            from dicom_node.outputs import encode
+            from dicom_node.outputs import encode, kind_of
 
             t = time.perf_counter()
             datasets = encode(findings, volume, kinds)
             timings["encode_s"] = time.perf_counter() - t
-            objects = [(object_kind(ds), ds) for ds in datasets]
+            objects = [(kind_of(ds), ds) for ds in datasets]
         return Outcome(findings, objects, timings, findings.summary())
 
     def _commit(self, job: Job, outcome: Outcome) -> None:
@@ -186,9 +186,7 @@ class Worker:
         retry_for = {name: self.config.destination(name).retry_for_hours * 3600 for name in wanted}
         with self.engine.begin() as conn:
             for kind, ds, path in written:
-                existing = conn.execute(
-                    select(results.c.id).where(results.c.sop_uid == str(ds.SOPInstanceUID))
-                ).first()
+                existing = conn.execute(select(results.c.id).where(results.c.sop_uid == str(ds.SOPInstanceUID))).first()
                 if existing is not None:
                     result_id = int(existing.id)  # same deterministic UID: the same object, already known
                 else:
@@ -233,18 +231,6 @@ class Worker:
 def read_headers(paths: Sequence[Path]) -> list[Dataset]:
     """Headers (no pixel data) of the given files, in the given order."""
     return [dcmread(p, stop_before_pixels=True) for p in paths]
-
-
-def object_kind(ds: Dataset) -> str:
-    """The output kind of an encoded object, from its SOP class."""
-    uid = str(ds.SOPClassUID)
-    return {
-        "1.2.840.10008.5.1.4.1.1.66.4": "seg",
-        "1.2.840.10008.5.1.4.1.1.88.34": "sr",
-        "1.2.840.10008.5.1.4.1.1.88.33": "sr",
-        "1.2.840.10008.5.1.4.1.1.88.22": "sr",
-        "1.2.840.10008.5.1.4.1.1.11.1": "gsps",
-    }.get(uid, "overlay")
 
 
 def encode_file(ds: Dataset) -> bytes:

@@ -199,3 +199,42 @@ def test_pacs_down_results_wait_and_are_all_delivered_when_it_returns(tmp_path: 
         assert "deliveries  sent" in status.stdout
     finally:
         node.stop()
+
+
+def test_several_receiver_processes_share_the_port(tmp_path: Path, pacs: OrthancPeer) -> None:
+    node, port, db_url = _start_node(tmp_path, pacs, extra_node="receiver_processes = 3", quiet_period_s=60.0)
+    try:
+        files = _slab()
+        procs = [
+            subprocess.Popen(
+                [
+                    "storescu",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "NODE",
+                    "127.0.0.1",
+                    str(port),
+                    *[str(f) for f in files[i::4]],
+                ],
+                env=tcp_env(),
+                stderr=subprocess.PIPE,
+            )
+            for i in range(4)
+        ]
+        assert all(p.wait(timeout=120) == 0 for p in procs)
+        engine = create_engine(db_url)
+
+        def all_recorded() -> bool:
+            with engine.connect() as conn:
+                return len(conn.execute(select(instances.c.id)).all()) == len(files)
+
+        wait_for(all_recorded, timeout=30, what="all instances recorded")
+        journal_root = tmp_path / "storage" / "journal"
+        wait_for(
+            lambda: sorted(p.name for p in journal_root.iterdir()) == ["r0", "r1", "r2"],
+            timeout=30,
+            what=f"one journal per receiver process\n{node.log_tail()}",
+        )
+    finally:
+        node.stop()

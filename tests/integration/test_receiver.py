@@ -139,6 +139,49 @@ def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(node: Running) -> N
     assert node.count() == 1
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_protocol_garbage_is_dropped_and_the_node_keeps_serving(node: Running) -> None:
+    import socket
+    import struct
+
+    junk = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # a port scanner or a browser
+        struct.pack(">BBI", 0x01, 0, 10) + b"short",  # an A-ASSOCIATE-RQ cut off mid-PDU
+        struct.pack(">BBI", 0x04, 0, 8) + b"\x00" * 8,  # P-DATA before any association
+        struct.pack(">BBI", 0x01, 0, 0xFFFFFFF0),  # a PDU that claims 4 GiB
+    ]
+    for payload in junk:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+            try:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass  # the node may close or reset the connection first: that is fine
+    files = sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())[:2]
+    assert storescu(node.port, *files).returncode == 0
+    assert node.count() == 2
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_association_limit_answers_local_limit_exceeded(tmp_path: Path, db_url: str) -> None:
+    from pynetdicom import AE
+
+    running = _node(tmp_path, db_url, extra_node="max_associations = 1")
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        first = ae.associate("127.0.0.1", running.port, ae_title="NODE")
+        assert first.is_established
+        second = ae.associate("127.0.0.1", running.port, ae_title="NODE")
+        assert second.is_rejected
+        first.release()
+        assert any("maximum is 1" in e for e in running.events("association_rejected"))
+    finally:
+        running.stop()
+
+
 def _part10(dataset_bytes: bytes, sop_class: str = "1.2.840.10008.5.1.4.1.1.2", sop_uid: str = "1.2.3.4.5") -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
