@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Float,
     ForeignKey,
@@ -65,7 +66,7 @@ instances = Table(
     Column("sop_class_uid", UID, nullable=False),
     Column("transfer_syntax", UID, nullable=False),
     Column("path", String(512), nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
     Column("received_at", Float, nullable=False),
     Column("revision", Integer, nullable=False),
     Column("calling_ae", String(16)),
