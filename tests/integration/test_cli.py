@@ -1,0 +1,106 @@
+"""The `dicom-node` command line as an admin uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+
+from dicom_node.cli import main
+from dicom_node.config import parse_config
+from dicom_node.db import connect, jobs, now
+from dicom_node.net.receivers import make_receiver
+from dicom_node.store import Store
+from tests.nodes import node_config_text
+from tests.peers.dicomfiles import CT_LIDC_SLAB, US_CLINICAL, require
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(node_config_text(tmp_path / "storage", port=0, dest_port=4242))
+    return path
+
+
+def test_init_writes_a_config_that_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "node.toml"
+    assert main(["init", str(target)]) == 0
+    assert main(["init", str(target)]) == 1  # never overwrites without --force
+    assert main(["check-config", "--config", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "route     chest-ct" in out and "dest      pacs" in out
+
+
+def test_check_config_names_the_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[node]\nae_title = "NODE"\nport = "eleven"\n')
+    assert main(["check-config", "--config", str(bad)]) == 2
+    assert f"{bad}:3: node.port" in capsys.readouterr().err
+
+
+def test_route_test_explains_each_file(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ct = sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())[0]
+    us = sorted(require(US_CLINICAL).glob("*.dcm"))[0]
+    assert main(["route-test", "--config", str(config_file), str(ct), str(us)]) == 0
+    out = capsys.readouterr().out
+    assert f"{ct}: -> chest-ct" in out
+    assert f"{us}: matches NO route" in out and "Modality='US' does not match 'CT'" in out
+
+
+def test_send_status_and_jobs(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = parse_config(config_file.read_text(), config_file)
+    engine = connect(config.node.database_url())
+    receiver = make_receiver(config, engine, Store(config.node.storage))
+    receiver.start()
+    try:
+        folder = require(CT_LIDC_SLAB) / "dicom"
+        code = main(
+            [
+                "send",
+                str(folder),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(receiver.port),
+                "--aec",
+                "NODE",
+                "--aet",
+                "TESTSCU",
+                "--quiet",
+            ]
+        )
+        assert code == 0
+        assert "sent 12 of 12 file(s)" in capsys.readouterr().out
+        assert receiver.ingestor.flush()  # type: ignore[attr-defined]
+    finally:
+        receiver.stop()
+    with engine.begin() as conn:
+        t = now()
+        for state in ("dead", "queued"):
+            conn.execute(
+                insert(jobs).values(
+                    series_uid="1.2.3",
+                    study_uid="1.2",
+                    route="chest-ct",
+                    pipeline="ct_lung_field",
+                    revision=1 if state == "dead" else 2,
+                    state=state,
+                    attempts=2,
+                    max_attempts=2,
+                    run_after=t,
+                    created_at=t,
+                    last_error="model exploded" if state == "dead" else None,
+                )
+            )
+    assert main(["status", "--config", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    assert "instances   12" in out and "dead jobs:" in out and "model exploded" in out
+    assert main(["jobs", "list", "--config", str(config_file), "--state", "dead"]) == 0
+    assert "model exploded" in capsys.readouterr().out
+    assert main(["jobs", "retry", "1", "--config", str(config_file)]) == 0
+    assert main(["jobs", "cancel", "2", "--config", str(config_file)]) == 0
+    assert main(["jobs", "cancel", "2", "--config", str(config_file)]) == 1
+    capsys.readouterr()
+    assert main(["status", "--json", "--config", str(config_file)]) == 0
+    assert '"cancelled": 1' in capsys.readouterr().out
