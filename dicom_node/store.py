@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,6 +44,8 @@ class Store:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
+        self._free = 0.0
+        self._free_at = -1e9
         (self.root / "instances").mkdir(parents=True, exist_ok=True)
         (self.root / "results").mkdir(parents=True, exist_ok=True)
 
@@ -70,9 +73,13 @@ class Store:
             raise ValueError(f"path {relative!r} escapes the storage root")
         return path
 
-    def free_mb(self) -> float:
-        """Free space on the storage file system, in MiB."""
-        return shutil.disk_usage(self.root).free / (1024 * 1024)
+    def free_mb(self, max_age_s: float = 1.0) -> float:
+        """Free space on the storage file system, in MiB (re-read at most every ``max_age_s``)."""
+        t = time.monotonic()
+        if t - self._free_at > max_age_s:
+            self._free = shutil.disk_usage(self.root).free / (1024 * 1024)
+            self._free_at = t
+        return self._free
 
 
 def write_atomic(path: Path, chunks: Iterable[bytes], *, sync: bool = True) -> int:
