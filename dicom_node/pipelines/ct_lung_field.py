@@ -157,9 +157,14 @@ def _split_left_right(lungs: np.ndarray, volume: Volume) -> tuple[np.ndarray, np
             left = lungs & left_cols[None, None, :]
             return left, lungs & ~left
         return (lungs, np.zeros_like(lungs)) if side_left else (np.zeros_like(lungs), lungs)
-    # Grow the two seeds back over the lung mask (nearest seed).
-    _, idx = ndi.distance_transform_edt(seeds == 0, return_indices=True, sampling=volume.spacing)
-    grown = seeds[tuple(idx)] * lungs
+    # Grow the two seeds back over the lung mask (nearest seed), inside the lungs' bounding box only.
+    box = ndi.find_objects(lungs.astype(np.int8))[0]
+    sub_seeds = seeds[box]
+    idx = ndi.distance_transform_edt(
+        sub_seeds == 0, return_distances=False, return_indices=True, sampling=volume.spacing
+    )
+    grown = np.zeros(seeds.shape, dtype=seeds.dtype)
+    grown[box] = sub_seeds[tuple(idx)] * lungs[box]
     ids = [i for i in np.unique(seeds) if i != 0][:2]
     xs = []
     for i in ids:
@@ -208,9 +213,7 @@ def _fill_slices(mask: np.ndarray, pixel_mm: float) -> np.ndarray:
         c0, c1 = max(cols[0] - radius - 1, 0), min(cols[-1] + radius + 2, mask.shape[2])
         sub = mask[k, r0:r1, c0:c1]
         padded = np.pad(sub, radius + 1)
-        closed = ndi.binary_closing(padded, structure=disk)[
-            radius + 1 : -radius - 1, radius + 1 : -radius - 1
-        ]
+        closed = ndi.binary_closing(padded, structure=disk)[radius + 1 : -radius - 1, radius + 1 : -radius - 1]
         out[k, r0:r1, c0:c1] = ndi.binary_fill_holes(closed | sub)
     return out
 

@@ -1,0 +1,442 @@
+"""Chest CT lung nodules: lung field -> 2.5-D U-Net -> 3-D components -> Res-MTNet -> Findings.
+
+1. Lung fields from :mod:`dicom_node.pipelines.ct_lung_field`; the search region is each lung's
+   per-slice convex hull (so juxtapleural nodules, which notch the lung outline, stay inside).
+2. The lung bounding box is resampled in-plane to 1 mm pixels and every slice goes through a 2.5-D
+   U-Net (3 adjacent slices in, nodule probability out).
+3. Probabilities >= ``threshold`` inside the region are grouped into 3-D connected components.
+4. Each component's patch (3 slices + its mask on the key slice) goes through Res-MTNet: nodule vs.
+   false positive (vessels, bronchial walls), malignancy, composition, diameter.
+5. Components scoring >= ``min_score`` become Findings (Category.NODULE) with the mask on the
+   original grid, long/short axis (mm) on the key slice, volume (mm3), mean HU, diameter (network),
+   evaluations ``malignancy_likelihood`` in {"low", "intermediate", "high"} and ``composition`` in
+   {"solid", "part_solid", "ground_glass"}; ``score`` = the detection score.
+
+Research use only, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from scipy import ndimage as ndi
+
+from dicom_node.findings import Category, Evaluation, Finding, Findings, Measurement, Quantity
+from dicom_node.imaging.ct import load_ct_series
+from dicom_node.imaging.series import normalize_hu, resample_inplane, resize_to, stack_25d
+from dicom_node.imaging.volume import Volume
+from dicom_node.pipelines.base import register
+from dicom_node.pipelines.ct_lung_field import ct_applies_to, segment_lungs
+
+logger = logging.getLogger(__name__)
+
+WORK_MM = 1.0
+PATCH = 48
+COMPOSITIONS = ("solid", "part_solid", "ground_glass")
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "ct_lung_nodule"
+MALIGNANCY_CUTS = (0.3, 0.7)
+
+
+@dataclass
+class Candidate:
+    """One detected component on the working grid (1 mm pixels) of the lung crop."""
+
+    box: tuple[slice, slice, slice]  # bounding box on the working grid
+    local: np.ndarray  # bool mask inside ``box``
+    shape: tuple[int, int, int]  # working grid shape
+    prob_max: float
+    prob_mean: float
+    key_slice: int
+    center: tuple[int, int, int]
+    p_nodule: float = 1.0
+    p_malignant: float = 0.5
+    composition: dict[str, float] = field(default_factory=dict)
+    diameter: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return float(np.sqrt(self.prob_max * self.p_nodule))
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The full-size mask on the working grid (allocates; prefer ``box``/``local``)."""
+        full = np.zeros(self.shape, dtype=bool)
+        full[self.box] = self.local
+        return full
+
+    def plane(self, k: int) -> np.ndarray:
+        """The mask on working-grid slice ``k`` (rows, cols)."""
+        out = np.zeros(self.shape[1:], dtype=bool)
+        if self.box[0].start <= k < self.box[0].stop:
+            out[self.box[1], self.box[2]] = self.local[k - self.box[0].start]
+        return out
+
+
+def long_short_axes(mask2d: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[float, float]:
+    """Longest in-plane diameter (max Feret) and the largest extent perpendicular to it, in mm.
+
+    Each pixel counts with its full width (a one-pixel mask measures one pixel).
+    """
+    rows, cols = np.nonzero(mask2d)
+    if rows.size == 0:
+        return 0.0, 0.0
+    pts = np.stack([rows * pixel_mm[0], cols * pixel_mm[1]], axis=1).astype(float)
+    if len(pts) > 3:
+        from scipy.spatial import ConvexHull, QhullError
+
+        try:
+            hull = pts[ConvexHull(pts).vertices]
+        except QhullError:
+            hull = pts
+    else:
+        hull = pts
+    d = np.linalg.norm(hull[:, None, :] - hull[None, :, :], axis=-1)
+    i, j = np.unravel_index(int(np.argmax(d)), d.shape)
+    pix = float(np.mean(pixel_mm))
+    long_axis = float(d[i, j])
+    if long_axis == 0:
+        return pix, pix
+    u = (hull[j] - hull[i]) / long_axis
+    perp = np.array([-u[1], u[0]])
+    proj = pts @ perp
+    return long_axis + pix, float(proj.max() - proj.min()) + pix
+
+
+def search_region(lung: np.ndarray, left: np.ndarray | None = None, right: np.ndarray | None = None) -> np.ndarray:
+    """Per-slice convex hull of each lung (juxtapleural nodules included)."""
+    from skimage.morphology import convex_hull_image
+
+    parts = [m for m in (left, right) if m is not None] or [lung]
+    out = np.zeros(lung.shape, dtype=bool)
+    for m in parts:
+        for k in range(m.shape[0]):
+            if m[k].sum() >= 3:
+                try:
+                    out[k] |= convex_hull_image(m[k])
+                except ValueError:
+                    out[k] |= m[k]
+    return out
+
+
+def extract_patch(norm: np.ndarray, plane: np.ndarray, k: int, cy: int, cx: int, size: int = PATCH) -> np.ndarray:
+    """Res-MTNet input (4, size, size): slices k-1, k, k+1 of ``norm`` and the mask ``plane`` of slice k."""
+    half = size // 2
+    out = np.zeros((4, size, size), dtype=np.float32)
+    n, h, w = norm.shape
+    y0, x0 = cy - half, cx - half
+    ys, xs = max(y0, 0), max(x0, 0)
+    ye, xe = min(y0 + size, h), min(x0 + size, w)
+    if ye <= ys or xe <= xs:
+        return out
+    for c, kk in enumerate((max(k - 1, 0), k, min(k + 1, n - 1))):
+        out[c, ys - y0 : ye - y0, xs - x0 : xe - x0] = norm[kk, ys:ye, xs:xe]
+    out[3, ys - y0 : ye - y0, xs - x0 : xe - x0] = plane[ys:ye, xs:xe]
+    return out
+
+
+class NoduleModel:
+    """The networks plus the numeric steps, on arrays (no DICOM): used by the pipeline and by evaluation."""
+
+    def __init__(
+        self,
+        unet: Any,
+        resmtnet: Any | None,
+        device: str = "cpu",
+        threshold: float = 0.5,
+        min_volume_mm3: float = 8.0,
+        batch: int = 16,
+    ) -> None:
+        self.unet = unet
+        self.resmtnet = resmtnet
+        self.device = device
+        self.threshold = threshold
+        self.min_volume_mm3 = min_volume_mm3
+        self.batch = batch
+
+    def probabilities(self, norm: np.ndarray, slices: Sequence[int] | None = None) -> np.ndarray:
+        """U-Net nodule probability for every slice of a normalized working-grid volume."""
+        import torch
+
+        n, h, w = norm.shape
+        prob = np.zeros(norm.shape, dtype=np.float32)
+        todo = list(range(n)) if slices is None else list(slices)
+        if not todo:
+            return prob
+        ph, pw = (-h) % 16, (-w) % 16
+        inputs = stack_25d(norm)
+        use_amp = self.device.startswith("cuda")
+        with torch.inference_mode():
+            for i in range(0, len(todo), self.batch):
+                idx = todo[i : i + self.batch]
+                x = torch.from_numpy(np.pad(inputs[idx], ((0, 0), (0, 0), (0, ph), (0, pw)))).to(self.device)
+                with torch.autocast("cuda", enabled=use_amp):
+                    logits = self.unet(x)
+                prob[idx] = torch.sigmoid(logits.float())[:, 0, :h, :w].cpu().numpy()
+        return prob
+
+    def components(self, prob: np.ndarray, region: np.ndarray, spacing: tuple[float, float, float]) -> list[Candidate]:
+        """3-D connected components of ``prob >= threshold`` inside ``region``."""
+        binary = (prob >= self.threshold) & region
+        labels, n = ndi.label(binary)
+        if n == 0:
+            return []
+        voxel = float(np.prod(spacing))
+        out = []
+        for i, sl in enumerate(ndi.find_objects(labels), start=1):
+            if sl is None:
+                continue
+            comp = labels[sl] == i
+            if comp.sum() * voxel < self.min_volume_mm3:
+                continue
+            p = prob[sl][comp]
+            areas = comp.reshape(comp.shape[0], -1).sum(axis=1)
+            k_local = int(np.argmax(areas))
+            k = k_local + sl[0].start
+            rr, cc = np.nonzero(comp[k_local])
+            rr = rr + sl[1].start
+            cc = cc + sl[2].start
+            out.append(
+                Candidate(
+                    box=(sl[0], sl[1], sl[2]),
+                    local=comp,
+                    shape=(int(prob.shape[0]), int(prob.shape[1]), int(prob.shape[2])),
+                    prob_max=float(p.max()),
+                    prob_mean=float(p.mean()),
+                    key_slice=k,
+                    center=(k, round(float(rr.mean())), round(float(cc.mean()))),
+                )
+            )
+        return out
+
+    def classify(self, norm: np.ndarray, candidates: list[Candidate]) -> None:
+        """Fill each candidate's Res-MTNet outputs in place (no-op without a Res-MTNet)."""
+        if self.resmtnet is None or not candidates:
+            return
+        import torch
+
+        patches = np.stack([extract_patch(norm, c.plane(c.center[0]), *c.center) for c in candidates])
+        with torch.inference_mode():
+            out = self.resmtnet(torch.from_numpy(patches).to(self.device))
+        p_nod = torch.sigmoid(out["nodule"]).cpu().numpy()
+        p_mal = torch.sigmoid(out["malignancy"]).cpu().numpy()
+        comp = torch.softmax(out["composition"], dim=1).cpu().numpy()
+        diam = out["diameter"].cpu().numpy()
+        for i, c in enumerate(candidates):
+            c.p_nodule = float(p_nod[i])
+            c.p_malignant = float(p_mal[i])
+            c.composition = {name: float(comp[i, j]) for j, name in enumerate(COMPOSITIONS)}
+            c.diameter = float(max(diam[i], 0.0))
+
+    def detect(self, norm: np.ndarray, region: np.ndarray, spacing: tuple[float, float, float]) -> list[Candidate]:
+        """Probabilities, components and classification for a normalized working-grid volume."""
+        slices = [int(k) for k in np.nonzero(region.any(axis=(1, 2)))[0]]
+        prob = self.probabilities(norm, slices)
+        cands = self.components(prob, region, spacing)
+        self.classify(norm, cands)
+        return cands
+
+
+@dataclass
+class Detection:
+    """A candidate mapped back onto the original volume grid."""
+
+    candidate: Candidate
+    mask: np.ndarray  # bool, original volume shape
+
+
+def detect_in_volume(
+    model: NoduleModel,
+    hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    lung: np.ndarray,
+    left: np.ndarray | None = None,
+    right: np.ndarray | None = None,
+    margin_mm: float = 8.0,
+    min_score: float = 0.0,
+) -> list[Detection]:
+    """Run ``model`` on an HU volume with its lung mask.
+
+    Masks of the candidates scoring at least ``min_score`` come back on the volume's grid.
+    """
+    region = search_region(lung, left, right)
+    if not region.any():
+        return []
+    idx = np.nonzero(region)
+    my = int(np.ceil(margin_mm / spacing[1]))
+    mx = int(np.ceil(margin_mm / spacing[2]))
+    z0, z1 = int(idx[0].min()), int(idx[0].max()) + 1
+    y0, y1 = max(int(idx[1].min()) - my, 0), min(int(idx[1].max()) + my + 1, hu.shape[1])
+    x0, x1 = max(int(idx[2].min()) - mx, 0), min(int(idx[2].max()) + mx + 1, hu.shape[2])
+    crop = hu[z0:z1, y0:y1, x0:x1]
+    zoom = (spacing[1] / WORK_MM, spacing[2] / WORK_MM)
+    work = resample_inplane(crop, zoom, order=1)
+    reg_w = resample_inplane(region[z0:z1, y0:y1, x0:x1].astype(np.float32), zoom, order=1) >= 0.5
+    work_spacing = (
+        spacing[0],
+        crop.shape[1] * spacing[1] / work.shape[1],
+        crop.shape[2] * spacing[2] / work.shape[2],
+    )
+    cands = model.detect(normalize_hu(work), reg_w, work_spacing)
+    out = []
+    fy, fx = crop.shape[1] / work.shape[1], crop.shape[2] / work.shape[2]
+    for c in cands:
+        if c.score < min_score:
+            continue
+        bz, by, bx = c.box
+        # Native rows/cols covered by the working box (pixel edges scaled), then the local mask resized.
+        ny0, ny1 = int(np.floor(by.start * fy)), min(int(np.ceil(by.stop * fy)), crop.shape[1])
+        nx0, nx1 = int(np.floor(bx.start * fx)), min(int(np.ceil(bx.stop * fx)), crop.shape[2])
+        local = resize_to(c.local.astype(np.float32), (ny1 - ny0, nx1 - nx0), order=1)
+        back = local >= 0.5
+        if not back.any():
+            back = resize_to(c.local.astype(np.float32), (ny1 - ny0, nx1 - nx0), order=0) > 0
+        full = np.zeros(hu.shape, dtype=bool)
+        full[z0 + bz.start : z0 + bz.stop, y0 + ny0 : y0 + ny1, x0 + nx0 : x0 + nx1] = back
+        out.append(Detection(candidate=c, mask=full))
+    return out
+
+
+def malignancy_key(p: float) -> str:
+    """ "low" / "intermediate" / "high" from the malignancy probability."""
+    if p < MALIGNANCY_CUTS[0]:
+        return "low"
+    if p < MALIGNANCY_CUTS[1]:
+        return "intermediate"
+    return "high"
+
+
+def load_model(bundle: str | Path | None, device: str) -> tuple[NoduleModel, str]:
+    """A :class:`NoduleModel` from a bundle folder or a TorchScript/export file; returns (model, version).
+
+    A single-network file is taken as the U-Net (2.5-D, 3 channels in, 1 logit out); classification
+    then falls back to the shipped bundle's Res-MTNet when that exists.
+    """
+    from dicom_node.nets.bundle import load_bundle
+
+    path = Path(bundle) if bundle else DEFAULT_BUNDLE
+    b = load_bundle(path, device=device)
+    unet = b.network("unet") or b.network("network")
+    if unet is None:
+        raise ValueError(f"{path}: the bundle has no 'unet' network (has {sorted(b.networks)})")
+    resmtnet = b.network("resmtnet")
+    if resmtnet is None and path != DEFAULT_BUNDLE and (DEFAULT_BUNDLE / "models" / "model.pt").exists():
+        resmtnet = load_bundle(DEFAULT_BUNDLE, device=device).network("resmtnet")
+    cfg = b.metadata.get("inference", {}) if isinstance(b.metadata.get("inference"), dict) else {}
+    model = NoduleModel(
+        unet,
+        resmtnet,
+        device=device,
+        threshold=float(cfg.get("threshold", 0.5)),
+        min_volume_mm3=float(cfg.get("min_volume_mm3", 8.0)),
+    )
+    model_min_score = float(cfg.get("min_score", 0.5))
+    setattr(model, "min_score", model_min_score)  # noqa: B010
+    return model, b.version
+
+
+@register("ct_lung_nodule")
+class CtLungNodule:
+    """Lung nodule detection, segmentation and characterisation on chest CT (research use only)."""
+
+    name = "ct_lung_nodule"
+
+    def __init__(self, bundle: str | None = None, min_score: float | None = None, min_slices: int = 3) -> None:
+        self.bundle = bundle
+        self.min_slices = int(min_slices)
+        self._min_score = min_score
+        self._model: NoduleModel | None = None
+        self._device = ""
+        self.version = self._bundle_version()
+
+    def _bundle_version(self) -> str:
+        import json
+
+        path = Path(self.bundle) if self.bundle else DEFAULT_BUNDLE
+        meta = path / "configs" / "metadata.json"
+        if meta.exists():
+            return str(json.loads(meta.read_text()).get("version", "0"))
+        return path.stem if path.exists() else "unavailable"
+
+    def applies_to(self, series: Sequence[Dataset]) -> str | None:
+        """None for an axial CT stack of at least ``min_slices`` slices, else the reason."""
+        return ct_applies_to(series, self.min_slices)
+
+    def load(self, paths: Sequence[str]) -> Volume:
+        """HU volume of the series (see :func:`dicom_node.imaging.ct.load_ct_series`)."""
+        return load_ct_series(paths)
+
+    def model(self, device: str) -> NoduleModel:
+        """The loaded networks for ``device`` (loaded once per pipeline instance and device)."""
+        if self._model is None or self._device != device:
+            self._model, self.version = load_model(self.bundle, device)
+            self._device = device
+        return self._model
+
+    def run(self, volume: Volume, device: str = "cpu") -> Findings:
+        """Detect nodules; "nothing found" is an empty findings list with a conclusion."""
+        import torch
+
+        torch_threads = torch.get_num_threads()
+        t0 = time.perf_counter()
+        model = self.model(device)
+        result = Findings(pipeline=self.name, version=self.version)
+        fields = segment_lungs(volume)
+        t1 = time.perf_counter()
+        result.timings["lung_s"] = t1 - t0
+        if not fields.both.any():
+            result.conclusions.append("No aerated lung found: no nodule search was done.")
+            return result
+        min_score = self._min_score
+        if min_score is None:
+            min_score = float(getattr(model, "min_score", 0.5))
+        detections = detect_in_volume(
+            model, volume.pixels, volume.spacing, fields.both, fields.left, fields.right, min_score=min_score
+        )
+        result.timings["detect_s"] = time.perf_counter() - t1
+        kept = [d for d in detections if d.candidate.score >= min_score]
+        kept.sort(key=lambda d: -d.candidate.score)
+        for i, d in enumerate(kept, start=1):
+            result.findings.append(self._finding(volume, d, i, model.resmtnet is not None))
+        if result.findings:
+            result.conclusions.append(f"{len(result.findings)} lung nodule candidate(s) detected.")
+        else:
+            result.conclusions.append("No lung nodule detected.")
+        result.timings["total_s"] = time.perf_counter() - t0
+        logger.debug("ct_lung_nodule done", extra={"threads": torch_threads, "timings": result.timings})
+        return result
+
+    @staticmethod
+    def _finding(volume: Volume, det: Detection, index: int, classified: bool) -> Finding:
+        c = det.candidate
+        mask = det.mask
+        areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+        k = int(np.argmax(areas))
+        long_ax, short_ax = long_short_axes(mask[k], (volume.spacing[1], volume.spacing[2]))
+        voxel = float(np.prod(volume.spacing))
+        measurements = [
+            Measurement(Quantity.LONG_AXIS, long_ax),
+            Measurement(Quantity.SHORT_AXIS, short_ax),
+            Measurement(Quantity.VOLUME, float(mask.sum()) * voxel),
+            Measurement(Quantity.MEAN_HU, float(volume.pixels[mask].mean())),
+        ]
+        evaluations: dict[Evaluation, str] = {}
+        if classified:
+            measurements.append(Measurement(Quantity.DIAMETER, c.diameter))
+            evaluations[Evaluation.MALIGNANCY_LIKELIHOOD] = malignancy_key(c.p_malignant)
+            evaluations[Evaluation.COMPOSITION] = max(c.composition, key=lambda n: c.composition[n])
+        return Finding(
+            category=Category.NODULE,
+            mask=mask,
+            label=f"nodule {index}",
+            measurements=measurements,
+            evaluations=evaluations,
+            score=float(np.clip(c.score, 0.0, 1.0)),
+            key_slice=k,
+        )
