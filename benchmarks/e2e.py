@@ -61,6 +61,7 @@ def run_e2e(
     index: int = 0,
     quiet_period_s: float = 5.0,
     timeout_s: float = 600.0,
+    node_options: dict[str, str] | None = None,
 ) -> E2ERun:
     """Send ``files`` to a fresh node that routes them through ``pipeline`` to a fresh Orthanc."""
     from tests.peers.orthanc import OrthancPeer
@@ -79,6 +80,7 @@ def run_e2e(
             quiet_period_s=quiet_period_s,
             pipelines=[pipeline],
             dest_port=pacs.dicom_port,
+            extra=node_options,
         )
         node = start_node(root, text, port)
         wait_cpu_quiet(node.pid)
@@ -94,6 +96,8 @@ def run_e2e(
                 f"SEG and SR of {study} in Orthanc",
             )
             t_seen = time.time()
+            # Orthanc can hold the objects a moment before the node has recorded them as sent.
+            wait_for(lambda: _all_sent(engine), 60, "the node to record its deliveries as sent")
             records = _records(engine)
         finally:
             engine.dispose()
@@ -129,6 +133,14 @@ def _results_in(pacs: Any, engine: Any, node_log: Any) -> list[str] | None:
     if dead is not None:
         raise RuntimeError(f"the node's job failed: {dead.last_error}\n{node_log()}")
     return None
+
+
+def _all_sent(engine: Any) -> bool:
+    from dicom_node.db import deliveries
+
+    with engine.connect() as conn:
+        states = [r.state for r in conn.execute(select(deliveries.c.state))]
+    return bool(states) and all(s == "sent" for s in states)
 
 
 def _records(engine: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from sqlalchemy import create_engine, func, select
 
-from benchmarks.common import Group, echo, free_port, tcp_env, wait_cpu_quiet, wait_for
+from benchmarks.common import Group, echo, free_port, group_cpu_seconds, tcp_env, wait_cpu_quiet, wait_for
 from benchmarks.nodecfg import node_config, start_node
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ class Target(Protocol):
 
     def stored(self) -> int: ...
 
+    def pgid(self) -> int: ...
+
     def stop(self) -> None: ...
 
 
@@ -49,17 +51,22 @@ class NodeTarget:
     durability = "Success only after fsync (the node's contract); SQLite (WAL, synchronous=FULL) index"
     aet = "NODE"
 
-    def __init__(self) -> None:
+    def __init__(self, options: dict[str, str] | None = None) -> None:
         self.port = 0
         self.root: Path | None = None
         self.group: Group | None = None
+        self.options = dict(options or {})
 
     def start(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="bench-node-"))
         self.port = free_port()
-        text = node_config(self.root / "storage", port=self.port, workers=1)
+        text = node_config(self.root / "storage", port=self.port, workers=1, extra=self.options)
+        self.durability = describe_node(text)
         self.group = start_node(self.root, text, self.port)
         wait_cpu_quiet(self.group.pid)  # the worker process has finished importing
+
+    def pgid(self) -> int:
+        return self.group.pid if self.group is not None else 0
 
     def stored(self) -> int:
         assert self.root is not None
@@ -77,6 +84,17 @@ class NodeTarget:
             self.group.stop()
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def describe_node(config_text: str) -> str:
+    """The node's durability and receiver settings, as its config validates them."""
+    from dicom_node.config import parse_config
+
+    node = parse_config(config_text).node
+    settings = [
+        f"{key} {getattr(node, key)}" for key in ("durability", "receiver", "receiver_processes") if hasattr(node, key)
+    ]
+    return "Success only after fsync (node contract); SQLite WAL synchronous=FULL; " + ", ".join(settings)
 
 
 class StorescpTarget:
@@ -106,6 +124,9 @@ class StorescpTarget:
         except BaseException:
             self.stop()
             raise
+
+    def pgid(self) -> int:
+        return self.group.pid if self.group is not None else 0
 
     def stored(self) -> int:
         assert self.root is not None
@@ -137,6 +158,13 @@ class OrthancTarget:
         self.port = peer.dicom_port
         wait_cpu_quiet(peer._proc.pid if peer._proc else 0, timeout=10)
 
+    def pgid(self) -> int:
+        from tests.peers.orthanc import OrthancPeer
+
+        if isinstance(self.peer, OrthancPeer) and self.peer._proc is not None:
+            return self.peer._proc.pid
+        return 0
+
     def stored(self) -> int:
         from tests.peers.orthanc import OrthancPeer
 
@@ -164,6 +192,7 @@ class Run:
     images: int
     megabytes: float
     settle_s: float = 0.0  # after the senders exit, until the server lists every instance
+    server_cpu_s: float = float("nan")  # the server's CPU seconds from before the push to all listed
 
     @property
     def images_per_s(self) -> float:
@@ -172,6 +201,10 @@ class Run:
     @property
     def mb_per_s(self) -> float:
         return self.megabytes / self.seconds
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return 1000.0 * self.server_cpu_s / self.images
 
 
 @dataclass
@@ -230,6 +263,7 @@ def run_ingest(
     associations: tuple[int, ...] = (1, 4),
     targets: tuple[str, ...] = ("node", "storescp", "orthanc"),
     runs_multi: int | None = None,
+    node_options: dict[str, str] | None = None,
 ) -> IngestResult:
     """Time ``runs`` pushes of ``files`` per (associations, target) cell, interleaving the targets."""
     total_mb = sum(f.stat().st_size for f in files) / 1e6
@@ -240,10 +274,11 @@ def run_ingest(
             n_runs = runs if n_assoc == 1 or runs_multi is None else runs_multi
             for index in range(n_runs):
                 for name in targets:
-                    target = TARGETS[name]()
-                    result.durability[name] = target.durability
+                    target = NodeTarget(node_options) if name == "node" else TARGETS[name]()
                     target.start()
+                    result.durability[name] = target.durability
                     try:
+                        cpu0 = group_cpu_seconds(target.pgid())
                         seconds = push(files, target.aet, target.port, n_assoc, workdir)
                         t_sent = time.perf_counter()
                         try:
@@ -251,15 +286,16 @@ def run_ingest(
                         except TimeoutError:
                             pass
                         settle = time.perf_counter() - t_sent
+                        cpu = group_cpu_seconds(target.pgid()) - cpu0
                         stored = target.stored()
                     finally:
                         target.stop()
                     if stored != len(files):
                         raise RuntimeError(f"{name}: {stored} of {len(files)} instances stored")
-                    run = Run(name, n_assoc, index, seconds, len(files), total_mb, settle)
+                    run = Run(name, n_assoc, index, seconds, len(files), total_mb, settle, cpu)
                     result.runs.append(run)
                     log.info(
-                        "ingest %-8s x%d run %d: %.2f s, %.0f images/s, %.1f MB/s (all listed +%.2f s)",
+                        "ingest %-8s x%d run %d: %.2f s, %.0f images/s, %.1f MB/s (listed +%.2f s), %.1f CPU ms/image",
                         name,
                         n_assoc,
                         index,
@@ -267,6 +303,7 @@ def run_ingest(
                         run.images_per_s,
                         run.mb_per_s,
                         settle,
+                        run.cpu_ms_per_image,
                     )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -19,8 +19,12 @@ def node_config(
     dest_port: int | None = None,
     dest_aet: str = "ORTHANC",
     outputs: tuple[str, ...] = ("seg", "sr"),
+    extra: dict[str, str] | None = None,
 ) -> str:
-    """A complete node config; a route only when ``pipelines`` is given (CT, to the destination if any)."""
+    """A complete node config; a route only when ``pipelines`` is given (CT, to the destination if any).
+
+    ``extra`` adds ``[node]`` keys as TOML source (``{"receiver_processes": "2"}``).
+    """
     dest = ""
     if dest_port is not None:
         dest = f"""
@@ -51,7 +55,7 @@ database = "{database}"
 min_free_disk_mb = 0
 workers = {workers}
 device = "auto"
-
+{"".join(f"{k} = {v}{chr(10)}" for k, v in (extra or {}).items())}
 [intake]
 quiet_period_s = {quiet_period_s}
 

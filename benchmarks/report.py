@@ -120,7 +120,9 @@ def _ingest_md(res: IngestResult) -> list[str]:
         "the clock runs from starting the senders to the last one exiting, and the run only counts when the "
         "server holds every instance ('listed +s': the longest wait, after the senders exited, until the "
         "server's index listed them all; a node that acknowledges from a journal indexes later). "
-        "Runs are interleaved node, storescp, Orthanc so each node/peer pair "
+        "Server CPU ms/image: CPU time of the server's process group (all threads and processes) from "
+        "before the push until all were listed, per image: less sensitive to other load on the machine than "
+        "wall time. Runs are interleaved node, storescp, Orthanc so each node/peer pair "
         "shares the same moment's machine load. MB/s counts file bytes. Median of "
         + ", ".join(f"{runs_per[a]} run(s) with {a} association(s)" for a in per_assoc)
         + ".",
@@ -140,11 +142,21 @@ def _ingest_md(res: IngestResult) -> list[str]:
                     _fmt(median([r.mb_per_s for r in cell]), 0),
                     ", ".join(_fmt(r.images_per_s, 0) for r in cell),
                     _fmt(max(r.settle_s for r in cell), 2),
+                    _fmt(median([r.cpu_ms_per_image for r in cell]), 1),
                     res.durability.get(target, ""),
                 ]
             )
     lines += _table(
-        ["receiver", "assoc.", "images/s (median)", "MB/s", "each run (images/s)", "listed +s", "durability"],
+        [
+            "receiver",
+            "assoc.",
+            "images/s (median)",
+            "MB/s",
+            "each run (images/s)",
+            "listed +s",
+            "server CPU ms/image",
+            "durability",
+        ],
         rows,
     )
     lines += ["", "Node / peer, per pair of runs (same run index, back to back):", ""]
@@ -291,7 +303,7 @@ def _scale_md(runs: list[ScaleRun]) -> list[str]:
             f"**{_fmt(r.jobs_per_s, 1)}**",
             _fmt(r.jobs_per_s / base[r.pipeline], 2) if r.pipeline in base else "-",
         ]
-        for r in runs
+        for r in sorted(runs, key=lambda r: (r.pipeline, r.workers))
     ]
     lines += _table(["pipeline", "workers", "jobs", "seconds", "jobs/s", "x 1 worker"], rows)
     return [*lines, ""]

@@ -46,6 +46,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--e2e-runs-large", type=int, default=1, help="end-to-end runs of the 500-slice study")
     p.add_argument("--pipeline", default="ct_lung_field", help="pipeline of the end-to-end route")
     p.add_argument("--inference-pipelines", default="", help="comma-separated (default: every CT pipeline)")
+    p.add_argument(
+        "--node-option",
+        action="append",
+        default=[],
+        metavar="KEY=TOML",
+        help="extra [node] setting for the node under test, e.g. receiver_processes=2 or durability='\"file\"'",
+    )
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where generated studies are kept")
     p.add_argument("--out", type=Path, help=f"results folder (default {RESULTS}; quick: {QUICK_OUT})")
     args = p.parse_args(argv)
@@ -56,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.runs = args.runs or (1 if args.quick else 3)
     args.e2e_runs = args.e2e_runs or (1 if args.quick else 3)
     args.out = args.out or (QUICK_OUT if args.quick else RESULTS)
+    args.node_options = {}
+    for item in args.node_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            p.error(f"--node-option wants KEY=VALUE, got {item!r}")
+        args.node_options[key.strip()] = value.strip()
     return args
 
 
@@ -118,7 +131,7 @@ def _ingest(rep: Report, studies: Studies, args: Any) -> None:
 
     study = studies.large()
     warm_page_cache(study.files)
-    rep.ingest = run_ingest(study.files, runs=args.runs, runs_multi=args.runs_multi)
+    rep.ingest = run_ingest(study.files, runs=args.runs, runs_multi=args.runs_multi, node_options=args.node_options)
 
 
 def _e2e(rep: Report, studies: Studies, args: Any) -> None:
@@ -129,7 +142,9 @@ def _e2e(rep: Report, studies: Studies, args: Any) -> None:
         warm_page_cache(study.files)
         runs = args.e2e_runs if study.slices <= 133 or args.quick else args.e2e_runs_large
         for index in range(runs):
-            rep.e2e.append(run_e2e(study.files, study.name, pipeline=args.pipeline, index=index))
+            rep.e2e.append(
+                run_e2e(study.files, study.name, pipeline=args.pipeline, index=index, node_options=args.node_options)
+            )
             write(rep, args.out)
     rep.notes["e2e"] = [
         f"{s.slices} slices: {s.thickness:g} mm synthetic chest CT phantom (lungs, vessels, 2 nodules), "
