@@ -389,6 +389,7 @@ def _plot_e2e(ax: Any, runs: list[E2ERun] | None) -> None:
         bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     for i, g in enumerate(labels):
         ax.text(bottoms[i], i, f" {median([r.total_s for r in groups[g]]):.1f} s", va="center")
+    ax.set_xlim(0, max(bottoms) * 1.15)
     ax.set_xlabel("seconds from last instance sent to SEG + SR in Orthanc")
     ax.set_title("End to end (node's own stage records)")
     ax.set_ylim(-0.6, len(labels) - 0.4 + 0.5 * len(labels))
