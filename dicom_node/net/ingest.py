@@ -18,7 +18,6 @@ stable storage:
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import threading
@@ -27,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
 
@@ -36,6 +33,7 @@ from dicom_node.config import DuplicatePolicy, NodeConfig
 from dicom_node.db import instances, now, series, studies
 from dicom_node.db.engine import connect, log_event, reader
 from dicom_node.journal import Journal, Record, syncfs
+from dicom_node.net.header import Header, read_header
 from dicom_node.store import InvalidUID, Store, check_uid, write_atomic
 
 log = logging.getLogger(__name__)
@@ -94,7 +92,9 @@ class Ingestor:
     def keep(self, data: bytes, *, calling_ae: str, called_ae: str, address: str = "") -> Outcome:
         """Validate one instance and make it durable; returns the status to answer with."""
         try:
-            header = parse_header(data)
+            header = read_header(data)
+            if header.pixel_offset >= 0:
+                check_pixel_data(data, header.pixel_offset, header.transfer_syntax, header.native_pixel_bytes)
             meta = describe(header, calling_ae, called_ae)
         except (InvalidUID, ValueError) as exc:
             return self._refuse(CANNOT_UNDERSTAND, "rejected", str(exc), calling_ae, address)
@@ -418,49 +418,22 @@ class Ingestor:
         return Outcome(status, reason, sop_uid)
 
 
-def describe(header: Dataset, calling_ae: str, called_ae: str) -> dict[str, Any]:
+def describe(header: Header, calling_ae: str, called_ae: str) -> dict[str, Any]:
     """The validated identity of an instance and what its rows need (raises InvalidUID)."""
     return {
-        "sop_uid": check_uid(header.get("SOPInstanceUID"), "SOPInstanceUID"),
-        "series_uid": check_uid(header.get("SeriesInstanceUID"), "SeriesInstanceUID"),
-        "study_uid": check_uid(header.get("StudyInstanceUID"), "StudyInstanceUID"),
-        "sop_class": check_uid(
-            header.get("SOPClassUID") or header.file_meta.get("MediaStorageSOPClassUID"), "SOPClassUID"
-        ),
-        "transfer_syntax": check_uid(header.file_meta.get("TransferSyntaxUID"), "TransferSyntaxUID"),
+        "sop_uid": check_uid(header.sop_uid, "SOPInstanceUID"),
+        "series_uid": check_uid(header.series_uid, "SeriesInstanceUID"),
+        "study_uid": check_uid(header.study_uid, "StudyInstanceUID"),
+        "sop_class": check_uid(header.sop_class or header.meta_sop_class, "SOPClassUID"),
+        "transfer_syntax": check_uid(header.transfer_syntax, "TransferSyntaxUID"),
         "calling_ae": calling_ae,
         "called_ae": called_ae,
         "received_at": now(),
-        "patient_id": _text(header, "PatientID", 64),
-        "accession": _text(header, "AccessionNumber", 64),
-        "modality": _text(header, "Modality", 16),
-        "description": _text(header, "SeriesDescription", 128),
+        "patient_id": header.patient_id[:64] or None,
+        "accession": header.accession[:64] or None,
+        "modality": header.modality[:16] or None,
+        "description": header.description[:128] or None,
     }
-
-
-def parse_header(data: bytes) -> Dataset:
-    """Parse a Part 10 byte string up to (not including) the pixel data, and check it is complete.
-
-    Raises ValueError with a readable reason for anything pydicom cannot parse and for a data set
-    whose pixel data is cut short.
-    """
-    stream = io.BytesIO(data)
-    try:
-        ds = dcmread(stream, stop_before_pixels=True)
-        # Touch the elements we need now, so deferred parse errors surface here.
-        for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID", "Modality"):
-            ds.get(keyword)
-        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-        samples, bits = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0)
-        frames = int(ds.get("NumberOfFrames") or 1)
-        if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
-            samples = 2  # two chroma samples shared by each pair of pixels
-    except Exception as exc:  # pydicom raises many types for malformed input
-        raise ValueError(f"cannot parse dataset: {type(exc).__name__}: {exc}") from None
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    if syntax != "1.2.840.10008.1.2.1.99":  # deflated: the stream position is not a byte offset
-        check_pixel_data(data, stream.tell(), syntax, rows * cols * samples * frames * bits // 8)
-    return ds
 
 
 PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
@@ -489,13 +462,3 @@ def check_pixel_data(data: bytes, offset: int, syntax: str, expected: int) -> No
         raise ValueError(f"truncated data set: pixel data declares {length} bytes, {available} present")
     if expected and length < expected:
         raise ValueError(f"truncated data set: pixel data holds {length} bytes, the image needs {expected}")
-
-
-def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # a malformed optional attribute must not lose the instance
-        return None
-    if value is None:
-        return None
-    return str(value)[:limit] or None

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from dicom_node.db import instances
 from dicom_node.journal import Journal
-from dicom_node.net.ingest import Ingestor, describe, parse_header
+from dicom_node.net.header import read_header
+from dicom_node.net.ingest import Ingestor, describe
 from dicom_node.store import Store
 from tests.nodes import make_config
 from tests.peers.dicomfiles import CT_LIDC_SLAB, require
@@ -59,7 +60,7 @@ def test_instances_journaled_before_a_crash_are_materialized_on_restart(tmp_path
     journal = Journal(store.root / "journal" / "r0")
     for f in files:
         data = f.read_bytes()
-        journal.append(describe(parse_header(data), "STORESCU", "NODE"), data)
+        journal.append(describe(read_header(data), "STORESCU", "NODE"), data)
     journal.close()
 
     from dicom_node.db import connect

@@ -1,0 +1,204 @@
+"""What the receiver needs from an instance's header, read straight from the bytes the peer sent.
+
+The fast path walks the top-level data elements of a Part 10 byte string by hand (explicit and
+implicit VR little endian, explicit big endian; sequences skipped by length or by delimiter), stops
+at the pixel data, and never decodes anything else. Anything it does not understand (deflated
+data, a malformed element, a missing attribute) falls back to pydicom, which reads leniently and
+raises readable errors. Both paths return the same :class:`Header`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+from pydicom import dcmread
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+PIXEL_DATA = 0x7FE00010
+
+TEXT = {
+    0x00080016: "sop_class",
+    0x00080018: "sop_uid",
+    0x00080050: "accession",
+    0x00080060: "modality",
+    0x0008103E: "description",
+    0x00100020: "patient_id",
+    0x0020000D: "study_uid",
+    0x0020000E: "series_uid",
+    0x00280004: "photometric",
+    0x00280008: "frames",
+}
+NUMBERS = {0x00280002: "samples", 0x00280010: "rows", 0x00280011: "columns", 0x00280100: "bits"}
+
+
+@dataclass
+class Header:
+    """The identity and image size of one instance, and where its pixel data starts (the data set's end
+    if it has none; -1 if unknown, for deflated data)."""
+
+    transfer_syntax: str
+    meta_sop_class: str = ""
+    sop_class: str = ""
+    sop_uid: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    modality: str = ""
+    description: str = ""
+    patient_id: str = ""
+    accession: str = ""
+    photometric: str = ""
+    frames: str = ""
+    samples: int = 1
+    rows: int = 0
+    columns: int = 0
+    bits: int = 0
+    pixel_offset: int = -1
+
+    @property
+    def native_pixel_bytes(self) -> int:
+        """Bytes the pixel data needs uncompressed (0 if the size is unknown)."""
+        samples = 2 if self.photometric == "YBR_FULL_422" else self.samples
+        try:
+            frames = int(self.frames or 1)
+        except ValueError:
+            frames = 1
+        return self.rows * self.columns * samples * frames * self.bits // 8
+
+
+class _Unsupported(Exception):
+    """The fast path cannot read this; pydicom will."""
+
+
+def read_header(data: bytes) -> Header:
+    """The header of a Part 10 byte string; raises ValueError with a readable reason."""
+    try:
+        return _fast(data)
+    except (_Unsupported, struct.error, IndexError, UnicodeDecodeError):
+        return _with_pydicom(data)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("latin-1").rstrip("\x00 ").strip()
+
+
+def _fast(data: bytes) -> Header:
+    if len(data) < 144 or data[128:132] != b"DICM":
+        raise _Unsupported
+    group, elem, vr, length = struct.unpack_from("<HH2sH", data, 132)
+    if (group, elem, vr) != (2, 0, b"UL"):
+        raise _Unsupported
+    meta_end = 144 + struct.unpack_from("<I", data, 140)[0]
+    meta: dict[int, bytes] = {}
+    pos = 144
+    while pos < meta_end:
+        tag, value, pos = _explicit(data, pos, "<")
+        meta[tag] = value
+    syntax = _text(meta.get(0x00020010, b""))
+    if not syntax or syntax in DEFLATED:
+        raise _Unsupported
+    header = Header(transfer_syntax=syntax, meta_sop_class=_text(meta.get(0x00020002, b"")))
+    implicit, order = syntax == IMPLICIT_LE, (">" if syntax == EXPLICIT_BE else "<")
+    header.pixel_offset = len(data)  # where the data set ends when it has no pixel data
+    while pos < len(data):
+        start = pos
+        if implicit:
+            group, elem, length = struct.unpack_from("<HHI", data, pos)
+            tag, pos = (group << 16) | elem, pos + 8
+            if tag == PIXEL_DATA:
+                header.pixel_offset = start
+                break
+            if length == 0xFFFFFFFF:
+                pos = _skip_undefined(data, pos, implicit=True, order="<")
+                continue
+            value = data[pos : pos + length]
+            pos += length
+        else:
+            group, elem = struct.unpack_from(order + "HH", data, pos)
+            tag = (group << 16) | elem
+            if tag == PIXEL_DATA:
+                header.pixel_offset = start
+                break
+            tag, value, pos = _explicit(data, pos, order)
+        if pos > len(data):
+            raise _Unsupported
+        if tag in TEXT:
+            setattr(header, TEXT[tag], _text(value))
+        elif tag in NUMBERS and len(value) == 2:
+            setattr(header, NUMBERS[tag], struct.unpack(order + "H", value)[0])
+    if not header.sop_uid:
+        raise _Unsupported  # let pydicom tell what is wrong
+    return header
+
+
+def _explicit(data: bytes, pos: int, order: str) -> tuple[int, bytes, int]:
+    group, elem, vr = struct.unpack_from(order + "HH2s", data, pos)
+    tag = (group << 16) | elem
+    if vr in LONG_VRS:
+        (length,) = struct.unpack_from(order + "I", data, pos + 8)
+        pos += 12
+        if length == 0xFFFFFFFF:
+            return tag, b"", _skip_undefined(data, pos, implicit=vr == b"UN", order=order)
+    elif vr.isalpha() and vr.isupper():
+        (length,) = struct.unpack_from(order + "H", data, pos + 6)
+        pos += 8
+    else:
+        raise _Unsupported  # not explicit VR after all
+    end = pos + length
+    if end > len(data):
+        raise _Unsupported
+    return tag, data[pos:end], end
+
+
+def _skip_undefined(data: bytes, pos: int, *, implicit: bool, order: str) -> int:
+    """Skip a sequence of undefined length: items until the sequence delimiter (FFFE,E0DD)."""
+    while True:
+        group, elem, length = struct.unpack_from(order + "HHI", data, pos)
+        pos += 8
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            return pos
+        if (group, elem) != (0xFFFE, 0xE000):
+            raise _Unsupported
+        if length != 0xFFFFFFFF:
+            pos += length
+            continue
+        # An item of undefined length: its elements, until the item delimiter (FFFE,E00D).
+        while True:
+            group, elem = struct.unpack_from(order + "HH", data, pos)
+            if (group, elem) == (0xFFFE, 0xE00D):
+                pos += 8
+                break
+            if implicit:
+                (length,) = struct.unpack_from(order + "I", data, pos + 4)
+                pos += 8
+                pos = _skip_undefined(data, pos, implicit=True, order=order) if length == 0xFFFFFFFF else pos + length
+            else:
+                _, _, pos = _explicit(data, pos, order)
+        if pos > len(data):
+            raise _Unsupported
+
+
+def _with_pydicom(data: bytes) -> Header:
+    stream = io.BytesIO(data)
+    try:
+        ds = dcmread(stream, stop_before_pixels=True)
+        meta = ds.file_meta
+        syntax = str(meta.get("TransferSyntaxUID", ""))
+        header = Header(transfer_syntax=syntax, meta_sop_class=str(meta.get("MediaStorageSOPClassUID", "")))
+        for tag, name in TEXT.items():
+            value = ds.get(tag)
+            if value is not None and value.value is not None:
+                setattr(header, name, str(value.value).strip())
+        for tag, name in NUMBERS.items():
+            value = ds.get(tag)
+            if value is not None and value.value is not None:
+                setattr(header, name, int(value.value))
+    except Exception as exc:  # pydicom raises many types for malformed input
+        raise ValueError(f"cannot parse dataset: {type(exc).__name__}: {exc}") from None
+    if syntax not in DEFLATED:  # deflated: the stream position is not a byte offset into ``data``
+        header.pixel_offset = stream.tell()
+    return header
