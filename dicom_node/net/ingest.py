@@ -181,7 +181,7 @@ class Ingestor:
             )
         try:
             with self.engine.begin() as conn:
-                self._record(conn, meta, self.store.relative(path), size)
+                self._record(conn, [(meta, self.store.relative(path), size)])
         except Exception as exc:  # the database refused: the peer must resend, so it must not see Success
             log.exception("cannot record instance")
             if not existed:
@@ -207,14 +207,7 @@ class Ingestor:
                 write_atomic(path, [rec.data], sync=False)
             rows.append((m, self.store.relative(path), len(rec.data)))
         with self.writer.begin() as conn:
-            for m, relative, size in rows:
-                if (
-                    replay
-                    and conn.execute(select(instances.c.id).where(instances.c.sop_uid == m["sop_uid"])).first()
-                    is not None
-                ):
-                    continue
-                self._record(conn, m, relative, size)
+            self._record(conn, rows, skip_known=replay)
             with self._pending_lock:
                 duplicates = {m["sop_uid"]: self._pending.pop(m["sop_uid"], 0) for m, _, _ in rows}
             for sop_uid, count in duplicates.items():
@@ -332,74 +325,115 @@ class Ingestor:
                 self.writer.dispose()
 
     # -- rows ----------------------------------------------------------------------------------------------
-    def _record(self, conn: Connection, m: dict[str, Any], relative: str, size: int) -> None:
-        t = float(m.get("received_at") or now())
-        study = conn.execute(
-            select(studies.c.id).where(studies.c.study_uid == m["study_uid"]).with_for_update()
-        ).first()
-        if study is None:
-            conn.execute(
-                insert(studies).values(
-                    study_uid=m["study_uid"],
-                    patient_id=m.get("patient_id"),
-                    accession=m.get("accession"),
-                    first_seen=t,
-                    last_seen=t,
-                )
+    def _record(
+        self, conn: Connection, rows: list[tuple[dict[str, Any], str, int]], *, skip_known: bool = False
+    ) -> None:
+        """Rows for a batch of kept instances: a few statements per study and series, not per instance.
+
+        ``rows`` holds (meta from :func:`describe`, path relative to the store, size). An instance that
+        is already recorded is updated in place (the overwrite policy), or skipped with ``skip_known``
+        (journal replay). An instance of a series that was already routed opens a new revision of it.
+        """
+        latest: dict[str, tuple[dict[str, Any], str, int]] = {}
+        for row in rows:  # the same instance twice in one batch: the later one wins
+            latest[row[0]["sop_uid"]] = row
+        known = {
+            r.sop_uid: r.id
+            for r in conn.execute(
+                select(instances.c.sop_uid, instances.c.id).where(instances.c.sop_uid.in_(list(latest)))
             )
-        else:
-            conn.execute(update(studies).where(studies.c.id == study.id).values(last_seen=t))
-        existing = conn.execute(select(instances.c.id).where(instances.c.sop_uid == m["sop_uid"])).first()
-        row = conn.execute(
-            select(series.c.id, series.c.state, series.c.revision)
-            .where(series.c.series_uid == m["series_uid"])
-            .with_for_update()
-        ).first()
-        if row is None:
-            revision = 1
-            conn.execute(
-                insert(series).values(
-                    series_uid=m["series_uid"],
-                    study_uid=m["study_uid"],
-                    modality=m.get("modality"),
-                    description=m.get("description"),
-                    calling_ae=m["calling_ae"],
-                    called_ae=m["called_ae"],
-                    instance_count=1,
-                    first_seen=t,
-                    last_seen=t,
-                    state="receiving",
-                    revision=1,
+        }
+        if skip_known:
+            latest = {uid: row for uid, row in latest.items() if uid not in known}
+        if not latest:
+            return
+        by_study: dict[str, list[dict[str, Any]]] = {}
+        by_series: dict[str, list[dict[str, Any]]] = {}
+        for m, _, _ in latest.values():
+            m.setdefault("received_at", now())
+            by_study.setdefault(m["study_uid"], []).append(m)
+            by_series.setdefault(m["series_uid"], []).append(m)
+
+        for study_uid, metas in by_study.items():
+            t = max(float(m["received_at"]) for m in metas)
+            found = conn.execute(select(studies.c.id).where(studies.c.study_uid == study_uid).with_for_update()).first()
+            if found is None:
+                first = metas[0]
+                conn.execute(
+                    insert(studies).values(
+                        study_uid=study_uid,
+                        patient_id=first.get("patient_id"),
+                        accession=first.get("accession"),
+                        first_seen=t,
+                        last_seen=t,
+                    )
                 )
-            )
-        else:
-            # An instance after the series was routed starts a new revision: new jobs, not a silent drop.
-            revision = row.revision if row.state == "receiving" else row.revision + 1
-            conn.execute(
-                update(series)
-                .where(series.c.id == row.id)
-                .values(
-                    instance_count=series.c.instance_count + (0 if existing else 1),
-                    last_seen=t,
-                    state="receiving",
-                    revision=revision,
+            else:
+                conn.execute(update(studies).where(studies.c.id == found.id).values(last_seen=t))
+
+        revisions: dict[str, int] = {}
+        for series_uid, metas in by_series.items():
+            t = max(float(m["received_at"]) for m in metas)
+            new = sum(m["sop_uid"] not in known for m in metas)
+            current = conn.execute(
+                select(series.c.id, series.c.state, series.c.revision)
+                .where(series.c.series_uid == series_uid)
+                .with_for_update()
+            ).first()
+            if current is None:
+                first = metas[0]
+                revisions[series_uid] = 1
+                conn.execute(
+                    insert(series).values(
+                        series_uid=series_uid,
+                        study_uid=first["study_uid"],
+                        modality=first.get("modality"),
+                        description=first.get("description"),
+                        calling_ae=first["calling_ae"],
+                        called_ae=first["called_ae"],
+                        instance_count=new,
+                        first_seen=t,
+                        last_seen=t,
+                        state="receiving",
+                        revision=1,
+                    )
                 )
+            else:
+                # An instance after the series was routed starts a new revision: new jobs, not a silent drop.
+                revisions[series_uid] = current.revision if current.state == "receiving" else current.revision + 1
+                conn.execute(
+                    update(series)
+                    .where(series.c.id == current.id)
+                    .values(
+                        instance_count=series.c.instance_count + new,
+                        last_seen=t,
+                        state="receiving",
+                        revision=revisions[series_uid],
+                    )
+                )
+
+        inserts: list[dict[str, Any]] = []
+        updates: list[tuple[int, dict[str, Any]]] = []
+        for uid, (m, relative, size) in latest.items():
+            values = dict(
+                series_uid=m["series_uid"],
+                study_uid=m["study_uid"],
+                sop_class_uid=m["sop_class"],
+                transfer_syntax=m["transfer_syntax"],
+                path=relative,
+                size=size,
+                received_at=float(m["received_at"]),
+                revision=revisions[m["series_uid"]],
+                calling_ae=m["calling_ae"],
             )
-        values = dict(
-            series_uid=m["series_uid"],
-            study_uid=m["study_uid"],
-            sop_class_uid=m["sop_class"],
-            transfer_syntax=m["transfer_syntax"],
-            path=relative,
-            size=size,
-            received_at=t,
-            revision=revision,
-            calling_ae=m["calling_ae"],
-        )
-        if existing is not None:
-            conn.execute(update(instances).where(instances.c.id == existing.id).values(**values))
-        else:
-            conn.execute(insert(instances).values(sop_uid=m["sop_uid"], **values))
+            if uid in known:
+                updates.append((known[uid], values))
+            else:
+                inserts.append(dict(sop_uid=uid, duplicates=0, **values))
+        if inserts:
+            conn.execute(insert(instances), inserts)
+        for row_id, values in updates:
+            conn.execute(update(instances).where(instances.c.id == row_id).values(**values))
 
     def _refuse(
         self, status: int, kind: str, reason: str, calling_ae: str, address: str, *, sop_uid: str | None = None
