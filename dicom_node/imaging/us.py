@@ -195,9 +195,7 @@ def _geometry_key(ds: Dataset) -> tuple[object, ...]:
     return (int(ds.Rows), int(ds.Columns), region)
 
 
-def _volume(
-    sources: list[Dataset], gray: np.ndarray, notes: list[str], frame_numbers: list[int] | None
-) -> Volume:
+def _volume(sources: list[Dataset], gray: np.ndarray, notes: list[str], frame_numbers: list[int] | None) -> Volume:
     ds = sources[0]
     region = main_region(ds)
     crop: tuple[int, int, int, int] | None = None

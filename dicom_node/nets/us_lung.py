@@ -30,7 +30,7 @@ class NetConfig:
     """Shape of the U-Net (stored in the bundle so the weights can be rebuilt)."""
 
     channels: tuple[int, ...] = (8, 16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2, 2)
+    strides: tuple[int, ...] = (1, 2, 2, 2)
     num_res_units: int = 1
     input_size: tuple[int, int] = (128, 128)
     hidden: int = 64

@@ -231,9 +231,7 @@ def _frame(
     shred: np.ndarray,
 ) -> dict[str, np.ndarray]:
     u, d = geo.u, geo.d
-    pleura_d: np.ndarray = sc.pleura0 + sc.pleura_amp * np.sin(
-        2 * np.pi * u / sc.pleura_period + sc.pleura_phase
-    )
+    pleura_d: np.ndarray = sc.pleura0 + sc.pleura_amp * np.sin(2 * np.pi * u / sc.pleura_period + sc.pleura_phase)
     if sc.cons is not None:
         inside = (u > sc.cons[0]) & (u < sc.cons[1])
         pleura_d = pleura_d + inside * 0.6 * shred
@@ -353,9 +351,7 @@ def generate(
         px = round(shift / geo.spacing)
         lung_speckle = lung_base[:, pad - px : pad - px + cols]
         fresh = _speckle(rng, (rows, cols)) if frames > 1 else lung_speckle
-        lung_speckle = (
-            np.sqrt(0.85) * lung_speckle + (1 - np.sqrt(0.85)) * fresh if frames > 1 else lung_speckle
-        )
+        lung_speckle = np.sqrt(0.85) * lung_speckle + (1 - np.sqrt(0.85)) * fresh if frames > 1 else lung_speckle
         frame = _frame(rng, geo, sc, shift, wall_speckle, lung_speckle, shred)
         for k in keys:
             out[k].append(frame[k])
@@ -375,9 +371,7 @@ def generate(
     )
 
 
-def generate_set(
-    n: int, seed: int, size: tuple[int, int] = (128, 128)
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate_set(n: int, seed: int, size: tuple[int, int] = (128, 128)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` still frames for training: images (n, 1, H, W), labels (n, H, W) int64, classes (n,).
 
     Labels: 0 background, 1 rib (cortex and shadow), 2 pleural line, 3 B-line. Classes index :data:`PATTERNS`.

@@ -56,7 +56,7 @@ class Budget:
     table_sizes: tuple[int, ...] = (25, 50, 100, 200)
     val_frames: int = 120
     final_frames: int = 800
-    final_steps: int = 1400
+    final_steps: int = 1200
     cls_frames: int = 800
     cls_steps: int = 900
     batch: int = 16
@@ -87,9 +87,7 @@ def _say(progress: bool, message: str) -> None:
         print(f"[us-lung] {message}", file=sys.stderr, flush=True)
 
 
-def augment(
-    x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def augment(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Flip, zoom/shift, gain, gamma and noise on a batch (labels follow the geometry)."""
     n = x.shape[0]
     flip = torch.rand(n, generator=gen) < 0.5
@@ -182,27 +180,27 @@ def dice_scores(pred: np.ndarray, truth: np.ndarray, labels: Iterable[int] = (1,
 @torch.no_grad()
 def _segment(unet: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
     unet.eval()
-    out = [
-        unet(torch.from_numpy(images[i : i + batch])).argmax(1).numpy() for i in range(0, len(images), batch)
-    ]
+    out = [unet(torch.from_numpy(images[i : i + batch])).argmax(1).numpy() for i in range(0, len(images), batch)]
     return np.concatenate(out).astype(np.uint8)
 
 
-def pretrain_whole(config: NetConfig, budget: Budget, seed: int, progress: bool) -> dict[str, torch.Tensor]:
-    """Whole U-Net on grayscale salient-object segmentation (3 labels); returns its state dict."""
+def pretrain_whole(
+    config: NetConfig, budget: Budget, seed: int, progress: bool
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Whole U-Net on grayscale salient-object segmentation (3 labels); its state dict and object Dice."""
     images, labels = salient_set(max(64, budget.table_sizes[-1] * 2), seed=seed + 11)
     unet = build_unet(config, out_channels=3)
     losses = train_segmentation(unet, images, labels, budget.pretrain_steps, budget.batch, seed, True)
     val_x, val_y = salient_set(32, seed=seed + 12)
     d = dice_scores(_segment(unet, val_x), val_y, (1, 2))
-    _say(
-        progress, f"pre-trained whole U-Net (salient objects): loss {losses[-1]:.3f}, object Dice {d[1]:.3f}"
-    )
-    return unet.state_dict()
+    _say(progress, f"pre-trained whole U-Net (salient objects): loss {losses[-1]:.3f}, object Dice {d[1]:.3f}")
+    return unet.state_dict(), d[1]
 
 
-def pretrain_encoder(config: NetConfig, budget: Budget, seed: int, progress: bool) -> dict[str, torch.Tensor]:
-    """U-Net encoder on photograph recognition; returns a U-Net state dict (encoder entries only)."""
+def pretrain_encoder(
+    config: NetConfig, budget: Budget, seed: int, progress: bool
+) -> tuple[dict[str, torch.Tensor], float]:
+    """U-Net encoder on photograph recognition; a U-Net state dict (encoder entries only) and accuracy."""
     images, classes = recognition_set(max(64, budget.table_sizes[-1] * 3), seed=seed + 21)
     n_classes = int(classes.max()) + 1
     unet = build_unet(config)
@@ -227,7 +225,7 @@ def pretrain_encoder(config: NetConfig, budget: Budget, seed: int, progress: boo
         acc = float((model(torch.from_numpy(vx)).argmax(1).numpy() == vy).mean())
     _say(progress, f"pre-trained encoder (photograph recognition, {n_classes} classes): accuracy {acc:.3f}")
     names = encoder_parameter_names(unet)
-    return {k: v for k, v in unet.state_dict().items() if k in names}
+    return {k: v for k, v in unet.state_dict().items() if k in names}, acc
 
 
 def transfer(unet: UNet, source: dict[str, torch.Tensor]) -> int:
@@ -259,9 +257,7 @@ def _table_specs(sizes: tuple[int, ...]) -> list[tuple[str, str, int, bool]]:
     return specs
 
 
-def _initialised(
-    config: NetConfig, init: str, freeze: str, sources: dict[str, dict[str, torch.Tensor]]
-) -> UNet:
+def _initialised(config: NetConfig, init: str, freeze: str, sources: dict[str, dict[str, torch.Tensor]]) -> UNet:
     unet = build_unet(config)
     if init != "scratch":
         transfer(unet, sources[init])
@@ -347,14 +343,25 @@ def classification_scores(probs: np.ndarray, classes: np.ndarray) -> dict[str, f
     }
 
 
-def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool = True) -> dict[str, object]:
+TABLE_CONFIG = NetConfig(strides=(2, 2, 2, 2))
+"""The comparison table's network: the shipped one with a stride-2 first level (4x cheaper per step)."""
+
+
+def train(
+    bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool = True, reuse_table: bool = False
+) -> dict[str, object]:
     """Pre-train, compare transfer strategies, train the shipped models and write the bundle.
+
+    The comparison table runs on :data:`TABLE_CONFIG`; the shipped U-Net (:class:`NetConfig`
+    defaults, full-resolution first level) starts from the table's best initialisation at the
+    largest training size (pre-trained again for its own shape when that is not "scratch").
 
     Args:
         bundle_dir: the bundle folder (``models/us_lung``); configs/, models/ and docs/ are written.
         seed: seeds data generation, initialisation and batching.
         quick: a seconds-long smoke run with tiny sets (for CI; not a usable model).
         progress: print progress lines to stderr.
+        reuse_table: keep the comparison already in ``docs/table.json`` instead of re-running it.
 
     Returns:
         The evaluation metrics (as :func:`evaluate` returns them) plus ``table`` and timings.
@@ -363,19 +370,31 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
     budget = QUICK if quick else Budget()
     config = NetConfig()
     bundle_dir = Path(bundle_dir)
+    record_path = bundle_dir / "docs" / "table.json"
     t0 = time.perf_counter()
-    sources = {
-        "whole": pretrain_whole(config, budget, seed, progress),
-        "encoder": pretrain_encoder(config, budget, seed, progress),
-    }
-    table = comparison_table(config, budget, seed, sources, progress)
-    biggest = [
-        r for r in table if r.n_train == budget.table_sizes[-1] and r.augmentation and r.freeze == "none"
-    ]
+    if reuse_table and record_path.is_file():
+        previous = json.loads(record_path.read_text())
+        table = [TableRow(**row) for row in previous["segmentation"]]
+        table_seconds = float(previous.get("table_seconds", 0.0))
+        pretraining = previous.get("pretraining", {})
+        _say(progress, f"reusing the comparison table in {record_path} ({len(table)} runs)")
+    else:
+        whole, whole_dice = pretrain_whole(TABLE_CONFIG, budget, seed, progress)
+        encoder, encoder_acc = pretrain_encoder(TABLE_CONFIG, budget, seed, progress)
+        pretraining = {"salient_object_dice": whole_dice, "photo_recognition_accuracy": encoder_acc}
+        sources = {"whole": whole, "encoder": encoder}
+        table = comparison_table(TABLE_CONFIG, budget, seed, sources, progress)
+        table_seconds = time.perf_counter() - t0
+    biggest = [r for r in table if r.n_train == budget.table_sizes[-1] and r.augmentation and r.freeze == "none"]
     best = max(biggest, key=lambda r: r.rib_dice + r.pleura_dice)
     _say(progress, f"best initialisation at n={best.n_train}: {best.init}")
+    final_sources: dict[str, dict[str, torch.Tensor]] = {}
+    if best.init == "whole":
+        final_sources["whole"] = pretrain_whole(config, budget, seed, progress)[0]
+    elif best.init == "encoder":
+        final_sources["encoder"] = pretrain_encoder(config, budget, seed, progress)[0]
     x, y, c = generate_set(budget.final_frames, seed=seed + 3)
-    unet = _initialised(config, best.init, "none", sources)
+    unet = _initialised(config, best.init, "none", final_sources)
     train_segmentation(unet, x, y, budget.final_steps, budget.batch, seed, True)
     val_x, val_y, val_c = generate_set(budget.val_frames, seed=seed + 2)
     d = dice_scores(_segment(unet, val_x), val_y)
@@ -394,11 +413,17 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
         "classifier": cls_rows,
         "best_init": best.init,
         "budget": asdict(budget),
-        "training_seconds": time.perf_counter() - t0,
+        "table_network": TABLE_CONFIG.to_json(),
+        "network": config.to_json(),
+        "table_seconds": table_seconds,
+        "pretraining": pretraining,
+        "training_seconds": time.perf_counter() - t0 + (table_seconds if reuse_table else 0.0),
+        "final_validation_dice": {"rib": d[1], "pleura": d[2], "b_line": d[3]},
+        "table_reused": bool(reuse_table and record_path.is_file()),
         "quick": quick,
     }
-    (bundle_dir / "docs").mkdir(parents=True, exist_ok=True)
-    (bundle_dir / "docs" / "table.json").write_text(json.dumps(record, indent=2) + "\n")
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
     metrics = write_card(bundle_dir, progress=progress)
     metrics["table"] = record["segmentation"]
     return metrics
@@ -415,10 +440,10 @@ def write_card(bundle_dir: Path, progress: bool = False) -> dict[str, object]:
     metrics["best_init"] = record.get("best_init", "")
     _say(
         progress,
-        "evaluation: "
-        + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
+        "evaluation: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
     )
-    card = render_card(metrics, record["segmentation"], record["classifier"], record["budget"], VERSION)
+    real = real_data_check(bundle_dir)
+    card = render_card(metrics, {**record, "real_data": real}, VERSION)
     (bundle_dir / "docs" / "README.md").write_text(card)
     meta_path = bundle_dir / METADATA_FILE
     meta = json.loads(meta_path.read_text())
@@ -427,13 +452,31 @@ def write_card(bundle_dir: Path, progress: bool = False) -> dict[str, object]:
     return metrics
 
 
+REAL_US = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
+
+
+def real_data_check(bundle_dir: Path, root: Path = REAL_US) -> list[dict[str, str]]:
+    """Run the pipeline on the real (non-lung) ultrasound files, if present: file and verdict per row."""
+    from dicom_node.imaging.us import load_us
+    from dicom_node.pipelines.us_lung import UsLungPipeline
+
+    pipeline = UsLungPipeline(bundle_dir=bundle_dir)
+    rows: list[dict[str, str]] = []
+    for path in sorted(root.resolve().glob("us_*/*.dcm")) if root.exists() else []:
+        try:
+            result = pipeline.run(load_us([path]), "cpu")
+        except ValueError as exc:
+            rows.append({"file": f"{path.parent.name}/{path.name}", "verdict": f"load error: {exc}"})
+            continue
+        verdict = f"not applicable: {result.not_applicable}" if result.not_applicable else result.summary()
+        rows.append({"file": f"{path.parent.name}/{path.name}", "verdict": verdict})
+    return rows
+
+
 @torch.no_grad()
 def _classify(model: HierarchicalClassifier, images: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(
-        [
-            model.probabilities(torch.from_numpy(images[i : i + batch])).numpy()
-            for i in range(0, len(images), batch)
-        ]
+        [model.probabilities(torch.from_numpy(images[i : i + batch])).numpy() for i in range(0, len(images), batch)]
     )
 
 
@@ -517,7 +560,7 @@ def evaluate(
     budget = QUICK if quick else Budget()
     model = LungUsModel.load(Path(bundle_dir), device="cpu")
     size = (256, 256)
-    frames, truth, classes = [], [], []
+    frames, truth, classes, spacing = [], [], [], []
     for i in range(budget.eval_frames):
         sample = generate(seed * 100_003 + i, size=size, pattern=PATTERNS[i % len(PATTERNS)])
         labels = np.zeros(size, dtype=np.uint8)
@@ -525,16 +568,34 @@ def evaluate(
         labels[sample.rib[0]] = 1
         labels[sample.pleura[0]] = 2
         frames.append(sample.image[0])
+        spacing.append(sample.spacing_mm)
         truth.append(labels)
         classes.append(PATTERNS.index(sample.pattern))
     x = np.stack(frames)
     pred = model.predict(x)
+    from pydicom.dataset import Dataset
+
+    from dicom_node.imaging.volume import Volume
+    from dicom_node.pipelines.us_lung import check_lung
+
+    header = Dataset()
+    header.Modality = "US"
+    lung_like = [
+        check_lung(
+            Volume(x[i : i + 1], (0.0, spacing[i], spacing[i]), "US", [header], frame_numbers=[1]),
+            pred.labels[i : i + 1],
+            pred.confidence[i : i + 1],
+            pred.classes[i : i + 1],
+        ).plausible
+        for i in range(len(x))
+    ]
     d = dice_scores(pred.labels, np.stack(truth))
     metrics: dict[str, object] = {
         "rib_dice": d[1],
         "pleura_dice": d[2],
         "b_line_dice": d[3],
         **classification_scores(pred.classes, np.asarray(classes)),
+        "lung_like_fraction": float(np.mean(lung_like)),
         "eval_frames": budget.eval_frames,
         "eval_seed": seed,
     }
@@ -580,8 +641,11 @@ def measure_speed(
     start = timing()
     pipeline.run(volume, "cpu")
     cine_s = (timing() - start) * (100 / cine_frames)
+    import os
+
     return {
         "ms_per_frame_256": per_frame,
         "seconds_per_100_frame_cine": cine_s,
         "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
     }

@@ -24,7 +24,7 @@ def test_encoder_blocks_are_the_down_path() -> None:
     x = torch.zeros(1, 1, 64, 64)
     for block in blocks:
         x = block(x)
-    assert x.shape == (1, 128, 4, 4)
+    assert x.shape == (1, 128, 8, 8)  # first level at full resolution (stride 1)
     names = encoder_parameter_names(unet)
     assert names and all(n in unet.state_dict() for n in names)
     assert len(encoder_parameter_names(unet, depth=2)) < len(names)

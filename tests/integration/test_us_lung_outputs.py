@@ -1,0 +1,81 @@
+"""A synthetic lung-US cine file through load_us, the us_lung pipeline and the SEG/SR encoders.
+
+Proves what a PACS gets back for a lung cine: a valid multi-frame SEG (dciodvfy, highdicom
+read-back by source frame, masks padded back from the region crop) with rib / pleural-line /
+B-line segments, and a TID 1500 SR carrying the pleural-line length and the B-line count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_node.findings import Category, Findings, Quantity
+from dicom_node.imaging.volume import Volume
+from dicom_node.outputs import encode
+from dicom_node.pipelines.base import create
+from dicom_node.synth.us_dicom import write_lung_cine
+from dicom_node.synth.us_lung import LungPattern, Probe
+from tests.peers.dicomcheck import dciodvfy, dsrdump
+
+ACCEPTED = (r"Unrecognized defined term <99DICOMNODE>", r"attribute <Laterality>")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Volume, Findings, list[Path]]:
+    folder = tmp_path_factory.mktemp("uslung")
+    source = folder / "cine.dcm"
+    write_lung_cine(source, 21, frames=5, size=(256, 256), pattern=LungPattern.B_LINES, probe=Probe.LINEAR)
+    pipeline = create("us_lung")
+    volume = pipeline.load([str(source)])
+    findings = pipeline.run(volume, "cpu")
+    assert findings.not_applicable is None, findings.not_applicable
+    paths = []
+    for k, ds in enumerate(encode(findings, volume, ["seg", "sr"])):
+        path = folder / f"{k:02d}_{ds.Modality}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return source, volume, findings, paths
+
+
+def test_objects_are_valid(run: tuple[Path, Volume, Findings, list[Path]]) -> None:
+    import re
+
+    _, _, _, paths = run
+    assert [p.stem.split("_")[1] for p in paths] == ["SEG", "SR"]
+    for path in paths:
+        verdict = dciodvfy(path)
+        assert verdict.errors == [], (path.name, verdict.errors)
+        assert [w for w in verdict.warnings if not any(re.search(a, w) for a in ACCEPTED)] == []
+
+
+def test_seg_round_trip_by_source_frame(run: tuple[Path, Volume, Findings, list[Path]]) -> None:
+    source, volume, findings, paths = run
+    seg = hd.seg.segread(paths[0])
+    src = pydicom.dcmread(source, stop_before_pixels=True)
+    numbers = [f for f in range(1, 6)]
+    segments = list(range(1, len(findings.findings) + 1))
+    pixels = seg.get_pixels_by_source_frame(
+        str(src.SOPInstanceUID), source_frame_numbers=numbers, segment_numbers=segments
+    )
+    for i, finding in enumerate(findings.findings):
+        assert np.array_equal(pixels[..., i].astype(bool), volume.uncrop(finding.mask))
+        assert finding.mask.shape == volume.shape
+    assert volume.crop is not None and not pixels[:, : volume.crop[0]].any()  # nothing in the text band
+    cats = {f.category for f in findings.findings}
+    assert {Category.PLEURAL_LINE, Category.B_LINE} <= cats
+
+
+def test_sr_has_pleural_length_and_b_line_count(run: tuple[Path, Volume, Findings, list[Path]]) -> None:
+    _, _, findings, paths = run
+    pleura = next(f for f in findings.findings if f.category is Category.PLEURAL_LINE)
+    length = pleura.measurement(Quantity.LENGTH)
+    assert length is not None and length > 10.0
+    text = dsrdump(paths[1], "+Pt", "+Pl")
+    assert "TID 1500" in text
+    assert f"{length:.1f}"[:3] in text
+    assert "b_lines" in text or "B-line" in text
