@@ -99,13 +99,16 @@ class Journal:
         """Append one record and return once it is on stable storage; returns its segment number."""
         header = json.dumps(meta, separators=(",", ":")).encode()
         crc = zlib.crc32(data, zlib.crc32(header))
-        record = HEAD.pack(MAGIC, len(header), crc, len(data)) + header + data
+        parts = [HEAD.pack(MAGIC, len(header), crc, len(data)), header, data]
+        size = sum(len(p) for p in parts)
         with self._lock:
-            if self._written + len(record) > self.segment_bytes and self._written > 0:
+            if self._written + size > self.segment_bytes and self._written > 0:
                 self._rotate_locked()
             segment = self.current
-            os.pwrite(self._fd, record, self._written)
-            self._written += len(record)
+            written = os.pwritev(self._fd, parts, self._written)  # no copy of the data into one buffer
+            if written != size:
+                raise OSError(f"short write to the journal ({written} of {size} bytes)")
+            self._written += size
             end = self._written
             # Group commit: one fdatasync covers every append that happened before it started.
             while self._durable < end and self.current == segment:
