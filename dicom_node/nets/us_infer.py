@@ -41,7 +41,10 @@ class Prediction:
 
 
 def pick_device(requested: str | None = None) -> str:
-    """``requested`` if given, else CUDA when available, else CPU."""
+    """``requested`` if given and usable, else CUDA when available, else CPU."""
+    if requested and requested.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA requested but not available; running the lung-US model on the CPU")
+        return "cpu"
     if requested:
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -113,3 +113,28 @@ def test_unknown_spacing_gives_no_length(pipeline: UsLungPipeline, tmp_path: Pat
     pleura = [f for f in result.findings if f.category is Category.PLEURAL_LINE]
     assert pleura and pleura[0].measurement(Quantity.LENGTH) is None
     assert any("spacing unknown" in c for c in result.conclusions)
+
+
+def test_cuda_request_falls_back_to_cpu_without_a_gpu() -> None:
+    import torch
+
+    from dicom_node.nets.us_infer import pick_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device("cuda") == expected
+    assert pick_device(None) == expected
+    assert pick_device("cpu") == "cpu"
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_shipped_card() -> None:
+    import json
+
+    from dicom_node.training.us_lung import evaluate
+
+    meta = json.loads((DEFAULT_BUNDLE / "configs" / "metadata.json").read_text())["metrics"]
+    card = (DEFAULT_BUNDLE / "docs" / "README.md").read_text()
+    again = evaluate(DEFAULT_BUNDLE, seed=int(meta["eval_seed"]))
+    for key in ("rib_dice", "pleura_dice", "b_line_dice", "level1_accuracy", "level2_accuracy", "lung_like_fraction"):
+        assert again[key] == pytest.approx(meta[key], abs=0.005), key
+        assert f"{meta[key]:.3f}" in card
