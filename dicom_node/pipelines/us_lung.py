@@ -295,10 +295,9 @@ class UsLungPipeline:
         self, volume: Volume, labels: np.ndarray, classes: np.ndarray, ok: np.ndarray, result: Findings
     ) -> None:
         counts = [count_b_lines(labels[i]) if ok[i] else 0 for i in range(len(ok))]
-        worst = int(np.argmax([(c, 1.0 - classes[i, 0]) for i, c in enumerate(counts)], axis=0)[0])
+        worst = int(np.argmax(counts))  # the first frame with the most B-lines
         worst_abnormal = int(np.argmax(np.where(ok, 1.0 - classes[:, 0], -1.0)))
         most = counts[worst]
-        result.classification["b_line_count_max"] = float(most)
         mask = (labels == B_LINE) & ok[:, None, None]
         if most > 0:
             result.findings.append(
@@ -320,6 +319,9 @@ class UsLungPipeline:
             f"B-lines: at most {most} in one frame (frame {frame_no(worst)}); "
             f"most abnormal-looking frame: {frame_no(worst_abnormal)}."
         )
+        if len(ok) > 1:
+            shown = [f"{frame_no(i)}:{c}" for i, c in enumerate(counts) if ok[i]][:60]
+            result.conclusions.append("B-lines per frame (frame:count): " + ", ".join(shown) + ".")
 
 
 def _bundle_version(bundle_dir: Path) -> str:
