@@ -41,10 +41,12 @@ class _ResBlock(nn.Module):
 class ResMTNet(nn.Module):
     """Shared residual extractor (4 stages) + classification heads + diameter regression head."""
 
-    def __init__(self, in_channels: int = 4, width: int = 16) -> None:
+    def __init__(self, in_channels: int = 4, width: int = 16, stem_stride: int = 1) -> None:
         super().__init__()
         w = width
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True)
+        )
         self.features = nn.Sequential(
             _ResBlock(w, w, 1), _ResBlock(w, 2 * w, 2), _ResBlock(2 * w, 4 * w, 2), _ResBlock(4 * w, 8 * w, 2)
         )

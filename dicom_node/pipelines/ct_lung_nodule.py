@@ -59,10 +59,13 @@ class Candidate:
     p_malignant: float = 0.5
     composition: dict[str, float] = field(default_factory=dict)
     diameter: float = 0.0
+    nodule_weight: float = 0.5
 
     @property
     def score(self) -> float:
-        return float(np.sqrt(self.prob_max * self.p_nodule))
+        """Detection score: U-Net peak probability and Res-MTNet nodule probability, geometrically weighted."""
+        w = self.nodule_weight
+        return float(self.prob_max ** (1.0 - w) * self.p_nodule**w)
 
     @property
     def mask(self) -> np.ndarray:
@@ -152,6 +155,7 @@ class NoduleModel:
         threshold: float = 0.5,
         min_volume_mm3: float = 8.0,
         batch: int = 16,
+        nodule_weight: float = 0.5,
     ) -> None:
         self.unet = unet
         self.resmtnet = resmtnet
@@ -159,6 +163,7 @@ class NoduleModel:
         self.threshold = threshold
         self.min_volume_mm3 = min_volume_mm3
         self.batch = batch
+        self.nodule_weight = nodule_weight
 
     def probabilities(self, norm: np.ndarray, slices: Sequence[int] | None = None) -> np.ndarray:
         """U-Net nodule probability for every slice of a normalized working-grid volume."""
@@ -233,6 +238,7 @@ class NoduleModel:
             c.p_malignant = float(p_mal[i])
             c.composition = {name: float(comp[i, j]) for j, name in enumerate(COMPOSITIONS)}
             c.diameter = float(max(diam[i], 0.0))
+            c.nodule_weight = self.nodule_weight
 
     def detect(self, norm: np.ndarray, region: np.ndarray, spacing: tuple[float, float, float]) -> list[Candidate]:
         """Probabilities, components and classification for a normalized working-grid volume."""
@@ -335,6 +341,7 @@ def load_model(bundle: str | Path | None, device: str) -> tuple[NoduleModel, str
         device=device,
         threshold=float(cfg.get("threshold", 0.5)),
         min_volume_mm3=float(cfg.get("min_volume_mm3", 8.0)),
+        nodule_weight=float(cfg.get("nodule_weight", 0.5)),
     )
     model_min_score = float(cfg.get("min_score", 0.5))
     setattr(model, "min_score", model_min_score)  # noqa: B010

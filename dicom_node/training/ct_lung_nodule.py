@@ -263,13 +263,25 @@ def train_resmtnet(
     patches: np.ndarray, targets: dict[str, np.ndarray], steps: int, seed: int, device: str, progress: bool
 ) -> Any:
     """Joint training: nodule-vs-FP and malignancy (BCE), composition (CE), diameter (smooth L1)."""
+    return _train_mt(patches, targets, steps, seed, device, progress)
+
+
+def _train_mt(
+    patches: np.ndarray,
+    targets: dict[str, np.ndarray],
+    steps: int,
+    seed: int,
+    device: str,
+    progress: bool,
+    stem_stride: int = 1,
+) -> Any:
     import torch
     import torch.nn.functional as F
 
     from dicom_node.nets.resmtnet import build_resmtnet
 
     torch.manual_seed(seed)
-    net = build_resmtnet().to(device)
+    net = build_resmtnet(stem_stride=stem_stride).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(steps, 1), pct_start=0.1)
     rng = np.random.default_rng(seed + 2)
@@ -732,3 +744,108 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ------------------------------------------------------------------- more nodules for Res-MTNet
+
+
+def synthetic_nodule_patches(
+    cases: list[Case], rng: np.random.Generator, n: int, progress: bool = False
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``n`` extra Res-MTNet training patches: a random nodule rendered into the lung of a random case
+    (phantom or real-inserted background), its truth mask on the key slice as the mask channel."""
+    from dicom_node.imaging.series import normalize_hu
+    from dicom_node.pipelines.ct_lung_nodule import long_short_axes
+    from dicom_node.synth.ct_nodule import blend, random_spec, render_occupancy
+
+    patches: list[np.ndarray] = []
+    targets: dict[str, list[float]] = {"nodule": [], "malignant": [], "composition": [], "diameter": []}
+    free = [np.argwhere(c.region & (c.labels == 0) & (c.hu < -500)) for c in cases]
+    bar = _progress(range(n * 3), progress, desc="nodule patches", leave=False)
+    for _ in bar:
+        if len(patches) >= n:
+            break
+        ci = int(rng.integers(len(cases)))
+        case = cases[ci]
+        if len(free[ci]) == 0:
+            continue
+        k, cy, cx = (int(v) for v in free[ci][int(rng.integers(len(free[ci])))])
+        spec = random_spec(rng, (0.0, 0.0, 0.0))
+        dz, dy, dx = case.spacing
+        half_z = int(np.ceil((spec.radius * 1.5 + dz) / dz)) + 1
+        z0, z1 = max(k - half_z, 0), min(k + half_z + 1, case.hu.shape[0])
+        y0, y1 = max(cy - PATCH // 2, 0), min(cy + PATCH // 2, case.hu.shape[1])
+        x0, x1 = max(cx - PATCH // 2, 0), min(cx + PATCH // 2, case.hu.shape[2])
+        z = (np.arange(z0, z1) + 0.5) * dz
+        y = (np.arange(y0, y1) + 0.5) * dy
+        x = (np.arange(x0, x1) + 0.5) * dx
+        spec.center = (
+            float((k + 0.5) * dz + rng.uniform(-0.4, 0.4) * dz),
+            float((cy + 0.5) * dy),
+            float((cx + 0.5) * dx),
+        )
+        occ, core, calc = render_occupancy(spec, z, y, x, dz)
+        box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+        lung = ndi.binary_dilation(case.region[box], iterations=1).astype(np.float32)
+        occ, core, calc = occ * lung, core * lung, calc * lung
+        gt = occ >= 0.5
+        if not gt.any():
+            continue
+        hu = blend(case.hu[box].copy(), spec, occ, core, calc)
+        hu += (rng.normal(0.0, rng.uniform(5.0, 30.0), size=hu.shape) * occ).astype(np.float32)
+        areas = gt.reshape(gt.shape[0], -1).sum(axis=1)
+        kk = int(np.argmax(areas))
+        rr, cc = np.nonzero(gt[kk])
+        mask = gt
+        r = rng.random()
+        if r < 0.25:
+            mask = ndi.binary_dilation(gt)
+        elif r < 0.5:
+            eroded = ndi.binary_erosion(gt)
+            mask = eroded if eroded[kk].any() else gt
+        patch = extract_patch(normalize_hu(hu), mask[kk], kk, int(rr.mean()), int(cc.mean()))
+        patches.append(patch)
+        targets["nodule"].append(1)
+        targets["malignant"].append(int(spec.malignant))
+        targets["composition"].append(COMPOSITIONS.index(spec.composition))
+        targets["diameter"].append(long_short_axes(gt[kk], (dy, dx))[0])
+    arr = np.stack(patches) if patches else np.zeros((0, 4, PATCH, PATCH), np.float32)
+    return arr, {k: np.asarray(v, dtype=np.float32) for k, v in targets.items()}
+
+
+def retrain_classifier(
+    bundle_dir: Path, cases: list[Case], seed: int, steps: int, n_extra: int, progress: bool = True
+) -> dict[str, Any]:
+    """Keep the bundle's U-Net; retrain Res-MTNet (stride-2 stem) on mined candidates + ``n_extra`` new
+    nodule patches, and rewrite the bundle."""
+    import torch
+
+    t0 = time.perf_counter()
+    device = _device()
+    model, _ = load_model(bundle_dir, device)
+    rng = np.random.default_rng(seed + 5)
+    patches, targets = mtnet_samples(cases, NoduleModel(model.unet, None, device=device), rng, progress)
+    extra, extra_t = synthetic_nodule_patches(cases, rng, n_extra, progress)
+    patches = np.concatenate([patches, extra])
+    targets = {k: np.concatenate([v, extra_t[k]]) for k, v in targets.items()}
+    torch.manual_seed(seed)
+    net = _train_mt(patches, targets, steps, seed, device, progress, stem_stride=2)
+    meta = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
+    training = dict(meta.get("training", {}))
+    training["resmtnet_steps"] = steps
+    training["resmtnet_patches"] = {
+        "nodule": int((targets["nodule"] > 0).sum()),
+        "false_positive": int((targets["nodule"] == 0).sum()),
+        "extra_rendered_nodules": len(extra),
+    }
+    training.setdefault("seconds", {})["resmtnet_retrain"] = round(time.perf_counter() - t0, 1)
+    from dicom_node.nets.bundle import save_state
+
+    save_state(
+        Path(bundle_dir) / "models" / "model.pt",
+        {"unet": (UNET_BUILDER, {}, model.unet.cpu()), "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, net.cpu())},
+    )
+    meta["training"] = training
+    (Path(bundle_dir) / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_card(Path(bundle_dir))
+    return training

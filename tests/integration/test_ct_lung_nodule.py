@@ -1,0 +1,71 @@
+"""The shipped lung-nodule bundle on real CT: the LIDC slab (a real nodule tip), lower chest, a head CT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_node.findings import Category, Evaluation, Quantity
+from dicom_node.imaging.ct import load_ct_series
+from dicom_node.pipelines import create
+from dicom_node.pipelines.ct_lung_nodule import DEFAULT_BUNDLE
+from dicom_node.training.ct_lidc import lidc_nodule_masks
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL = (ROOT / ".." / "shared" / "data" / "real").resolve()
+LIDC = REAL / "ct_lidc0002_slab12"
+
+pytestmark = [
+    pytest.mark.skipif(not REAL.is_dir(), reason="shared real data not present"),
+    pytest.mark.skipif(not (DEFAULT_BUNDLE / "models" / "model.pt").exists(), reason="bundle not trained"),
+]
+
+
+@pytest.fixture(scope="module")
+def lidc():  # type: ignore[no-untyped-def]
+    import torch
+
+    torch.set_num_threads(1)
+    pipe = create("ct_lung_nodule")
+    paths = [str(p) for p in sorted((LIDC / "dicom").glob("*.dcm"))]
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    assert pipe.applies_to(headers) is None
+    vol = pipe.load(paths)
+    return vol, pipe.run(vol, "cpu")
+
+
+def test_findings_contract(lidc) -> None:  # type: ignore[no-untyped-def]
+    vol, result = lidc
+    assert result.pipeline == "ct_lung_nodule" and result.version
+    assert result.not_applicable is None and result.conclusions
+    for f in result.findings:
+        assert f.category is Category.NODULE and f.mask.shape == vol.shape and f.mask.any()
+        assert 0.0 <= f.score <= 1.0
+        long_axis = f.measurement(Quantity.LONG_AXIS) or 0.0
+        assert long_axis >= (f.measurement(Quantity.SHORT_AXIS) or 0.0) > 0
+        assert (f.measurement(Quantity.VOLUME) or 0.0) > 0
+        assert f.evaluations[Evaluation.MALIGNANCY_LIKELIHOOD] in ("low", "intermediate", "high")
+        assert f.evaluations[Evaluation.COMPOSITION] in ("solid", "part_solid", "ground_glass")
+
+
+def test_real_lidc_nodule_tip_found(lidc) -> None:  # type: ignore[no-untyped-def]
+    vol, result = lidc
+    truth = lidc_nodule_masks(LIDC / "annotations" / "071.xml", vol)
+    hits = [f for f in result.findings if (f.mask & truth).any()]
+    assert hits, "the readers' nodule (LIDC-IDRI 0002, upper tip) was not detected"
+    # Measured with bundle 1.0.0: found with a high score but under-segmented (the faint, partial-volume
+    # tip: Dice about 0.2 against the union of the two readers' outlines), and nothing else in the slab.
+    mask = np.any([f.mask for f in hits], axis=0)
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.1
+    assert len(result.findings) - len(hits) <= 1
+
+
+def test_no_lung_no_nodules() -> None:
+    pipe = create("ct_lung_nodule")
+    vol = load_ct_series([REAL / "ct_misc" / "eCT_Supplemental.dcm"])
+    result = pipe.run(vol, "cpu")
+    assert result.nothing_found and result.conclusions
