@@ -11,7 +11,7 @@ under ribs), below it one of four lung patterns - normal (A-line reverberations 
 pleural depth), B-lines (vertical comet tails from the pleura to the bottom, erasing A-lines),
 consolidation (tissue-like, hypoechoic-to-isoechoic region with an irregular "shred" border and air
 bronchograms) or effusion (anechoic layer under the parietal pleura with the lung line below).
-Then speckle (Rayleigh, laterally correlated), depth attenuation with partial gain compensation,
+Then speckle (Rayleigh, laterally correlated), depth attenuation (the residual after time-gain compensation),
 overall gain, and for cines lung sliding (lung texture and B-lines move laterally, the chest wall
 and ribs do not). Everything is deterministic by seed.
 
@@ -299,7 +299,7 @@ def _frame(
     echo[cortex] = 0.95 * (0.85 + 0.15 * wall_speckle[cortex])
     shadow = rib_mask & ~cortex
     echo[shadow] = 0.03 * wall_speckle[shadow]
-    # depth attenuation with partial compensation, gain, compression
+    # residual depth attenuation (after TGC), overall gain, soft compression
     echo *= np.exp(-sc.atten * d)
     echo = 1.0 - np.exp(-2.2 * sc.gain * echo)
     echo = np.clip(echo / (1.0 - np.exp(-2.2)), 0.0, 1.0)

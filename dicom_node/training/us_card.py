@@ -126,6 +126,22 @@ def render_card(metrics: Mapping[str, object], record: Mapping[str, object], ver
             f"{'yes' if r['augmentation'] else 'no'} | {_f(r['rib_dice'])} | {_f(r['pleura_dice'])} | "
             f"{_f(r['b_line_dice'])} | {_f(r['seconds'], 0)} |"
         )
+    long_rows: Sequence[Mapping[str, object]] = record.get("segmentation_long", [])  # type: ignore[assignment]
+    if long_rows:
+        lines += [
+            "",
+            f"Longer schedule: the same comparison at the largest size with {budget.get('long_steps')} steps instead of "
+            f"{budget.get('table_steps')} (is a transfer only slower to converge?).",
+            "",
+            "| initialisation | freeze | n train | augmentation | rib Dice | pleural-line Dice | B-line Dice | s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in long_rows:
+            lines.append(
+                f"| {_INIT_NAMES.get(str(r['init']), r['init'])} | {r['freeze']} | {r['n_train']} | "
+                f"{'yes' if r['augmentation'] else 'no'} | {_f(r['rib_dice'])} | {_f(r['pleura_dice'])} | "
+                f"{_f(r['b_line_dice'])} | {_f(r['seconds'], 0)} |"
+            )
     lines += [
         "",
         "## Classifier: transfer from the segmentation encoder",

@@ -53,6 +53,7 @@ class Budget:
 
     pretrain_steps: int = 400
     table_steps: int = 200
+    long_steps: int = 600
     table_sizes: tuple[int, ...] = (25, 50, 100, 200)
     val_frames: int = 120
     final_frames: int = 800
@@ -68,6 +69,7 @@ class Budget:
 QUICK = Budget(
     pretrain_steps=3,
     table_steps=3,
+    long_steps=6,
     table_sizes=(8, 16),
     val_frames=8,
     final_frames=16,
@@ -271,15 +273,20 @@ def comparison_table(
     seed: int,
     sources: dict[str, dict[str, torch.Tensor]],
     progress: bool,
+    specs: list[tuple[str, str, int, bool]] | None = None,
+    steps: int | None = None,
 ) -> list[TableRow]:
-    """Every run: same steps, training frames from one pool (the first n), scored on the same validation."""
+    """Every run: same steps, training frames from one pool (the first n), scored on the same validation.
+
+    ``specs`` (init, freeze, n, augmentation) default to the full comparison; ``steps`` to the table's.
+    """
     pool_x, pool_y, _ = generate_set(budget.table_sizes[-1], seed=seed + 1)
     val_x, val_y, _ = generate_set(budget.val_frames, seed=seed + 2)
     rows: list[TableRow] = []
-    for init, freeze, n, aug in _table_specs(budget.table_sizes):
+    for init, freeze, n, aug in specs if specs is not None else _table_specs(budget.table_sizes):
         start = time.perf_counter()
         unet = _initialised(config, init, freeze, sources)
-        train_segmentation(unet, pool_x[:n], pool_y[:n], budget.table_steps, budget.batch, seed, aug)
+        train_segmentation(unet, pool_x[:n], pool_y[:n], steps or budget.table_steps, budget.batch, seed, aug)
         d = dice_scores(_segment(unet, val_x), val_y)
         row = TableRow(init, freeze, n, aug, d[1], d[2], d[3], time.perf_counter() - start)
         rows.append(row)
@@ -377,6 +384,7 @@ def train(
         table = [TableRow(**row) for row in previous["segmentation"]]
         table_seconds = float(previous.get("table_seconds", 0.0))
         pretraining = previous.get("pretraining", {})
+        long_rows = [TableRow(**row) for row in previous.get("segmentation_long", [])]
         _say(progress, f"reusing the comparison table in {record_path} ({len(table)} runs)")
     else:
         whole, whole_dice = pretrain_whole(TABLE_CONFIG, budget, seed, progress)
@@ -384,6 +392,9 @@ def train(
         pretraining = {"salient_object_dice": whole_dice, "photo_recognition_accuracy": encoder_acc}
         sources = {"whole": whole, "encoder": encoder}
         table = comparison_table(TABLE_CONFIG, budget, seed, sources, progress)
+        long_rows = comparison_table(
+            TABLE_CONFIG, budget, seed, sources, progress, _long_specs(budget), budget.long_steps
+        )
         table_seconds = time.perf_counter() - t0
     biggest = [r for r in table if r.n_train == budget.table_sizes[-1] and r.augmentation and r.freeze == "none"]
     best = max(biggest, key=lambda r: r.rib_dice + r.pleura_dice)
@@ -410,6 +421,7 @@ def train(
     _write_bundle(bundle_dir, unet, classifier, config, seed, quick)
     record = {
         "segmentation": [asdict(r) for r in table],
+        "segmentation_long": [asdict(r) for r in long_rows],
         "classifier": cls_rows,
         "best_init": best.init,
         "budget": asdict(budget),
@@ -427,6 +439,31 @@ def train(
     metrics = write_card(bundle_dir, progress=progress)
     metrics["table"] = record["segmentation"]
     return metrics
+
+
+def _long_specs(budget: Budget) -> list[tuple[str, str, int, bool]]:
+    return [(init, "none", budget.table_sizes[-1], True) for init in INITS]
+
+
+def extend_table(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool = True) -> dict[str, object]:
+    """Add the longer-schedule runs (scratch / encoder / whole at the largest size) to an existing record.
+
+    Pre-trains the sources again exactly as :func:`train` does (same seed, same order), runs
+    :data:`Budget.long_steps` steps per initialisation, stores the rows in ``docs/table.json``
+    and rewrites the card.
+    """
+    torch.manual_seed(seed)
+    budget = QUICK if quick else Budget()
+    record_path = Path(bundle_dir) / "docs" / "table.json"
+    record = json.loads(record_path.read_text())
+    whole, _ = pretrain_whole(TABLE_CONFIG, budget, seed, progress)
+    encoder, _ = pretrain_encoder(TABLE_CONFIG, budget, seed, progress)
+    sources = {"whole": whole, "encoder": encoder}
+    rows = comparison_table(TABLE_CONFIG, budget, seed, sources, progress, _long_specs(budget), budget.long_steps)
+    record["segmentation_long"] = [asdict(r) for r in rows]
+    record["budget"] = {**record.get("budget", {}), "long_steps": budget.long_steps}
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return write_card(Path(bundle_dir), progress=progress)
 
 
 def write_card(bundle_dir: Path, progress: bool = False) -> dict[str, object]:
