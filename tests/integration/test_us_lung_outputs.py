@@ -79,3 +79,19 @@ def test_sr_has_pleural_length_and_b_line_count(run: tuple[Path, Volume, Finding
     assert "TID 1500" in text
     assert f"{length:.1f}"[:3] in text
     assert "b_lines" in text or "B-line" in text
+
+
+def test_orthanc_files_seg_and_sr_into_the_cine_study(run: tuple[Path, Volume, Findings, list[Path]]) -> None:
+    from tests.peers.orthanc import OrthancPeer, orthanc_available
+    from tests.peers.scu import c_store
+
+    if not orthanc_available():
+        pytest.skip("Orthanc is not installed")
+    source, volume, _, paths = run
+    datasets = [pydicom.dcmread(source)] + [pydicom.dcmread(p) for p in paths]
+    with OrthancPeer(aet="USLUNGPACS") as pacs:
+        assert c_store(datasets, pacs.dicom_port, called_aet=pacs.aet) == [0, 0, 0]
+        series = pacs.series_of_study(str(volume.sources[0].StudyInstanceUID))
+        assert {s["MainDicomTags"].get("Modality", "") for s in series} == {"US", "SEG", "SR"}
+        stored = pacs.sop_instance_uids()
+        assert {str(ds.SOPInstanceUID) for ds in datasets} <= stored
