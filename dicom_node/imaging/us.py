@@ -160,7 +160,7 @@ def load_us(paths: Sequence[str | Path]) -> Volume:
     A multi-frame instance (cine) becomes one volume with ``frame_numbers`` 1..N; when several
     cines are given, the one with the most frames is used and the others are noted. Single-frame
     instances are stacked (``sources`` one per frame); those whose size or region differs from the
-    first are left out with a note.
+    most common one are left out with a note.
 
     Args:
         paths: DICOM files of one ultrasound series.
@@ -181,9 +181,9 @@ def load_us(paths: Sequence[str | Path]) -> Volume:
         if len(loaded) > 1:
             notes.append(f"{len(loaded) - 1} other instance(s) left out; using the cine {path.name}")
         return _volume([ds], gray, notes, frame_numbers=list(range(1, gray.shape[0] + 1)))
-    first = loaded[0]
-    key = _geometry_key(first[1])
-    kept = [item for item in loaded if _geometry_key(item[1]) == key]
+    keys = [_geometry_key(item[1]) for item in loaded]
+    key = max(keys, key=keys.count)  # the most common geometry (the first of equally common ones)
+    kept = [item for item, k in zip(loaded, keys, strict=True) if k == key]
     if len(kept) < len(loaded):
         notes.append(f"{len(loaded) - len(kept)} single-frame instance(s) with other geometry left out")
     gray = np.concatenate([item[2] for item in kept], axis=0)

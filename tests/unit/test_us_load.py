@@ -102,6 +102,8 @@ def test_single_frames_stack_and_mismatched_geometry_is_left_out() -> None:
     vol = load_us([a, a, CLINICAL / "US1_UNCR.dcm"])
     assert vol.shape[0] == 2 and len(vol.sources) == 2
     assert any("other geometry" in n for n in vol.notes)
+    odd_first = load_us([CLINICAL / "US1_UNCR.dcm", a, a])  # the majority wins, not the first file
+    assert odd_first.shape == vol.shape
 
 
 def _write(tmp: Path, photometric: str, pixels: np.ndarray, **extra: object) -> Path:
