@@ -74,6 +74,7 @@ class Ingestor:
         self._pending: dict[str, int] = {}  # journaled, not yet materialized: sop uid -> duplicates seen
         self._pending_lock = threading.Lock()
         self._in_flight = 0
+        self._unmaterialized = False  # a batch failed: keep every journal segment until a restart replays it
         self._queue: queue.Queue[Record | None] = queue.Queue(maxsize=2000)
         self._worker: threading.Thread | None = None
         self.writer = engine
@@ -218,6 +219,13 @@ class Ingestor:
                         .values(duplicates=instances.c.duplicates + count)
                     )
 
+    def _materialize_safely(self, batch: list[Record]) -> None:
+        try:
+            self._materialize(batch)
+        except Exception:  # the journal still holds them: the next start replays them
+            self._unmaterialized = True
+            log.exception("materializing %d journaled instance(s) failed; they stay in the journal", len(batch))
+
     def _materialize_forever(self) -> None:
         assert self.journal is not None
         last_checkpoint = time.monotonic()
@@ -247,11 +255,8 @@ class Ingestor:
                     stop = True
                     break
                 batch.append(item)
-            try:
-                self._materialize(batch)
-                dirty = True
-            except Exception:  # the journal still holds them: the next start replays them
-                log.exception("materializing %d journaled instance(s) failed; they stay in the journal", len(batch))
+            self._materialize_safely(batch)
+            dirty = True
             if stop:
                 self._checkpoint()
                 return
@@ -273,8 +278,11 @@ class Ingestor:
             if item is None:
                 self._queue.put(None)  # keep the stop request for the main loop
                 break
-            self._materialize([item])
+            self._materialize_safely([item])
         self._sync_all()
+        if self._unmaterialized:
+            log.error("journal segments kept: some instances could not be materialized (replayed on restart)")
+            return
         self.journal.retire(closed)
 
     def _sync_all(self) -> None:
