@@ -28,6 +28,7 @@ def node_config_text(
     retry_for_hours: float = 1.0,
     pipelines: str = '["ct_lung_field"]',
     min_free_disk_mb: int = 0,
+    match: str = 'Modality = "CT"',
 ) -> str:
     """A complete config for tests: peers STORESCU/TESTSCU/ECHOSCU, one destination, one CT route."""
     dest = ""
@@ -84,7 +85,7 @@ name = "chest-ct"
 pipelines = {pipelines}
 destinations = {dest_names}
 [routes.match]
-Modality = "CT"
+{match}
 """
 
 
@@ -92,9 +93,7 @@ def make_config(storage: Path, **kwargs: object) -> NodeConfig:
     return parse_config(node_config_text(storage, **kwargs))  # type: ignore[arg-type]
 
 
-def wait_for(
-    predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.2, what: str = ""
-) -> object:
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.2, what: str = "") -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

@@ -238,3 +238,26 @@ def test_several_receiver_processes_share_the_port(tmp_path: Path, pacs: Orthanc
         )
     finally:
         node.stop()
+
+
+def test_lung_us_cine_comes_back_as_seg_and_sr(tmp_path: Path, pacs: OrthancPeer) -> None:
+    from dicom_node.synth.us_dicom import write_lung_cine
+    from dicom_node.synth.us_lung import LungPattern
+
+    cine = tmp_path / "cine.dcm"
+    write_lung_cine(cine, seed=3, pattern=LungPattern.B_LINES)
+    node, port, db_url = _start_node(tmp_path, pacs, pipelines='["us_lung"]', match='Modality = "US"')
+    try:
+        assert _storescu(port, [cine]).returncode == 0
+        study_uid = str(dcmread(cine, stop_before_pixels=True).StudyInstanceUID)
+        wait_for(
+            lambda: {s["MainDicomTags"].get("Modality") for s in pacs.series_of_study(study_uid)} >= {"SEG", "SR"},
+            timeout=180,
+            what=f"SEG and SR of the cine in Orthanc\n{node.log_tail()}",
+        )
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            summary = conn.execute(select(jobs.c.summary)).scalar_one()
+        assert "b_line" in summary or "pleural_line" in summary, summary
+    finally:
+        node.stop()
