@@ -178,9 +178,7 @@ def _load_single_frames(items: list[tuple[str, Dataset]], notes: list[str]) -> V
             continue
         slices.append(_Slice(ds, path, pos, ori))
     if not slices:
-        raise ValueError(
-            "no axial CT image with position and orientation among the given files: " + "; ".join(notes)
-        )
+        raise ValueError("no axial CT image with position and orientation among the given files: " + "; ".join(notes))
 
     # Group by series, orientation and matrix; keep the largest coherent stack.
     def key(s: _Slice) -> tuple[str, tuple[float, ...], int, int]:
@@ -195,9 +193,7 @@ def _load_single_frames(items: list[tuple[str, Dataset]], notes: list[str]) -> V
     best, _ = groups.most_common(1)[0]
     if len(groups) > 1:
         dropped = len(slices) - groups[best]
-        notes.append(
-            f"kept the largest stack of {groups[best]} slices; dropped {dropped} with other geometry/series"
-        )
+        notes.append(f"kept the largest stack of {groups[best]} slices; dropped {dropped} with other geometry/series")
         slices = [s for s in slices if key(s) == best]
 
     normal = slice_normal(slices[0].orientation)
@@ -284,9 +280,7 @@ def _check_stack_geometry(
     thickness = ref.get("SliceThickness")
     if thickness is not None and thickness != "":
         if abs(float(thickness) - median) > 0.5 * median:
-            notes.append(
-                f"slice spacing {median:.3f} mm from positions differs from SliceThickness {thickness}"
-            )
+            notes.append(f"slice spacing {median:.3f} mm from positions differs from SliceThickness {thickness}")
     return median
 
 
@@ -338,9 +332,7 @@ def _load_enhanced(path: str, ds: Dataset) -> Volume:
         slope = _frame_attr(shared, item, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = _frame_attr(shared, item, "PixelValueTransformationSequence", "RescaleIntercept")
         slopes.append(float(slope) if slope is not None else float(ds.get("RescaleSlope", 1.0)))
-        intercepts.append(
-            float(intercept) if intercept is not None else float(ds.get("RescaleIntercept", 0.0))
-        )
+        intercepts.append(float(intercept) if intercept is not None else float(ds.get("RescaleIntercept", 0.0)))
     ori_arr = np.asarray(orientations)
     if np.abs(ori_arr - ori_arr[0]).max() > 1e-3:
         raise ValueError(f"{name}: frames have different orientations; not one volume")
@@ -365,9 +357,7 @@ def _load_enhanced(path: str, ds: Dataset) -> Volume:
         raw = raw[None]
     pixels = np.empty(raw.shape, dtype=np.float32)
     for out_i, frame_i in enumerate(order):
-        pixels[out_i] = raw[frame_i].astype(np.float32) * np.float32(slopes[frame_i]) + np.float32(
-            intercepts[frame_i]
-        )
+        pixels[out_i] = raw[frame_i].astype(np.float32) * np.float32(slopes[frame_i]) + np.float32(intercepts[frame_i])
     np.clip(pixels, HU_MIN, HU_MAX, out=pixels)
     strip_pixels(ds)
     return Volume(
@@ -388,14 +378,9 @@ def voxel_to_patient(volume: Volume, index: tuple[float, float, float]) -> np.nd
         shared = _first(src, "SharedFunctionalGroupsSequence")
         frames = src.PerFrameFunctionalGroupsSequence
         item = frames[volume.frame_numbers[round(k)] - 1]
-        pos = np.asarray(
-            [float(v) for v in _frame_attr(shared, item, "PlanePositionSequence", "ImagePositionPatient")]
-        )
+        pos = np.asarray([float(v) for v in _frame_attr(shared, item, "PlanePositionSequence", "ImagePositionPatient")])
         ori = np.asarray(
-            [
-                float(v)
-                for v in _frame_attr(shared, item, "PlaneOrientationSequence", "ImageOrientationPatient")
-            ]
+            [float(v) for v in _frame_attr(shared, item, "PlaneOrientationSequence", "ImageOrientationPatient")]
         )
     else:
         src = volume.sources[round(k)]

@@ -109,10 +109,11 @@ def segment_lungs(volume: Volume) -> LungFields:
         if not LUNG_MEAN_HU_RANGE[0] <= means[i] <= LUNG_MEAN_HU_RANGE[1]:
             continue
         keep[i] = True
-    candidates = np.nonzero(keep)[0]
-    if candidates.size:
-        medians = np.atleast_1d(ndi.median(hu, labels, index=candidates))
-        keep[candidates[medians < GAS_MEDIAN_HU]] = False
+    boxes = ndi.find_objects(labels)
+    for i in (int(j) for j in np.nonzero(keep)[0]):
+        sl = boxes[i - 1]
+        if sl is not None and np.median(hu[sl][labels[sl] == i]) < GAS_MEDIAN_HU:
+            keep[i] = False
     lungs = keep[labels]
     if not lungs.any():
         return empty

@@ -35,7 +35,7 @@ from dicom_node.training.ct_data import Case, inserted_case, phantom_case, real_
 
 logger = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 UNET_PATCH = 96
 FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 UNET_BUILDER = "dicom_node.nets.unet2d:build_unet2d"
@@ -394,7 +394,7 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
     rng = np.random.default_rng(seed)
     n_ph, n_ins = (1, 1) if quick else (int(os.environ.get("CT_NODULE_PHANTOMS", 36)), 16)
     unet_steps = 4 if quick else int(os.environ.get("CT_NODULE_UNET_STEPS", 1500))
-    mt_steps = 4 if quick else int(os.environ.get("CT_NODULE_MT_STEPS", 1000))
+    mt_steps = 4 if quick else int(os.environ.get("CT_NODULE_MT_STEPS", 1200))
     small = {"size": 192, "extent_mm": 16.0, "thickness": 2.0} if quick else {}
     cache = os.environ.get("CT_NODULE_CASE_CACHE")  # a pickle path: reuse generated cases between runs
     if cache and Path(cache).exists():
@@ -413,8 +413,13 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
     unet = train_unet(cases, unet_steps, seed, device, progress)
     t_unet = time.perf_counter() - t0 - t_data
     miner = NoduleModel(unet, None, device=device)
-    patches, targets = mtnet_samples(cases, miner, np.random.default_rng(seed + 3), progress)
-    resmtnet = train_resmtnet(patches, targets, mt_steps, seed, device, progress)
+    mt_rng = np.random.default_rng(seed + 3)
+    patches, targets = mtnet_samples(cases, miner, mt_rng, progress)
+    n_extra = 8 if quick else int(os.environ.get("CT_NODULE_EXTRA_NODULES", 2500))
+    extra, extra_t = synthetic_nodule_patches(cases, mt_rng, n_extra, progress)
+    patches = np.concatenate([patches, extra])
+    targets = {k: np.concatenate([v, extra_t[k]]) for k, v in targets.items()}
+    resmtnet = _train_mt(patches, targets, mt_steps, seed, device, progress, stem_stride=2)
     elapsed = time.perf_counter() - t0
     summary = {
         "seed": seed,
@@ -427,6 +432,7 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
         "resmtnet_patches": {
             "nodule": int((targets["nodule"] > 0).sum()),
             "false_positive": int((targets["nodule"] == 0).sum()),
+            "extra_rendered_nodules": len(extra),
         },
         "seconds": {"data": round(t_data, 1), "unet": round(t_unet, 1), "total": round(elapsed, 1)},
     }
@@ -441,7 +447,10 @@ def write_bundle(bundle_dir: Path, unet: Any, resmtnet: Any, training: dict[str,
     bundle_dir = Path(bundle_dir)
     save_state(
         bundle_dir / "models" / "model.pt",
-        {"unet": (UNET_BUILDER, {}, unet.cpu()), "resmtnet": (RESMTNET_BUILDER, {}, resmtnet.cpu())},
+        {
+            "unet": (UNET_BUILDER, {}, unet.cpu()),
+            "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, resmtnet.cpu()),
+        },
     )
     meta_path = bundle_dir / "configs" / "metadata.json"
     meta_path.parent.mkdir(parents=True, exist_ok=True)
@@ -662,10 +671,12 @@ def write_card(bundle_dir: Path) -> None:
         "  a genuine test.",
         f"- U-Net: {tr.get('unet_steps', '?')} steps x 16 patches of 96 x 96 (focal + Dice loss; half of",
         "  the patches around nodules, half in the lungs, half of those on dense structures).",
-        f"- Res-MTNet: {tr.get('resmtnet_steps', '?')} steps x 64 patches (U-Net candidates as hard",
-        "  negatives, plus jittered truth masks).",
+        f"- Res-MTNet: {tr.get('resmtnet_steps', '?')} steps x 64 patches: U-Net candidates as hard",
+        f"  negatives, jittered truth masks and {tr.get('resmtnet_patches', {}).get('extra_rendered_nodules', 0)}",
+        "  extra nodules rendered into the training backgrounds (malignancy/composition/diameter).",
         f"- Seed {tr.get('seed', '?')}, device {tr.get('device', '?')}, "
         f"{tr.get('seconds', {}).get('total', '?')} s in all.",
+        *([f"- History: {tr['history']}"] if tr.get("history") else []),
         "",
         "## Measured (held-out synthetic phantoms, a seed training never used)",
         "",
@@ -703,6 +714,9 @@ def write_card(bundle_dir: Path) -> None:
         ]
     else:
         lines += ["Not evaluated yet: run `dicom-node evaluate ct-lung-nodule`.", ""]
+    bench = meta.get("benchmark")
+    if isinstance(bench, dict):
+        lines += ["## Speed", "", *[f"- {k}: {v}" for k, v in bench.items()], ""]
     lines += [
         "## Limits",
         "",

@@ -61,9 +61,7 @@ def test_transfer_syntaxes_decode_or_refuse_clearly(path: Path) -> None:
     vol = load_ct_series([path])
     assert vol.shape == (1, 512, 512)
     reference = load_ct_series([SYNTAX / "CTImage.dcm"]).pixels
-    tol = (
-        60.0 if uid in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.91") else 3.0
-    )
+    tol = 60.0 if uid in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.91") else 3.0
     assert np.abs(vol.pixels - reference).mean() < tol
 
 
@@ -76,9 +74,7 @@ def test_enhanced_ct_frames_sorted_by_position() -> None:
     assert "PixelData" not in vol.sources[0]
 
 
-def _write_modified(
-    tmp: Path, paths: list[Path], shifts: dict[int, tuple[float, float, float]]
-) -> list[Path]:
+def _write_modified(tmp: Path, paths: list[Path], shifts: dict[int, tuple[float, float, float]]) -> list[Path]:
     out = []
     for i, p in enumerate(paths):
         ds = pydicom.dcmread(str(p))
