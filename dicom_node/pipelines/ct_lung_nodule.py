@@ -120,11 +120,15 @@ def search_region(lung: np.ndarray, left: np.ndarray | None = None, right: np.nd
     out = np.zeros(lung.shape, dtype=bool)
     for m in parts:
         for k in range(m.shape[0]):
-            if m[k].sum() >= 3:
-                try:
-                    out[k] |= convex_hull_image(m[k])
-                except ValueError:
-                    out[k] |= m[k]
+            if m[k].sum() < 3:
+                continue
+            rows = np.nonzero(m[k].any(axis=1))[0]
+            cols = np.nonzero(m[k].any(axis=0))[0]
+            box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            try:
+                out[k][box] |= convex_hull_image(m[k][box])
+            except ValueError:
+                out[k][box] |= m[k][box]
     return out
 
 
