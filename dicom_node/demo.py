@@ -78,9 +78,7 @@ def demo_config(out: Path, pacs: DemoPacs) -> NodeConfig:
     )
     intake = example.intake.model_copy(update={"quiet_period_s": 2.0, "sweep_interval_s": 0.25})
     queue = example.queue.model_copy(update={"poll_s": 0.2})
-    return example.model_copy(
-        update={"node": node, "destinations": [pacs_dest], "intake": intake, "queue": queue}
-    )
+    return example.model_copy(update={"node": node, "destinations": [pacs_dest], "intake": intake, "queue": queue})
 
 
 def make_study(folder: Path, seed: int) -> list[Path]:
@@ -148,16 +146,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"    +{at - t_sent:6.2f} s  {ds.Modality:<4} {ds.SOPClassUID.name:<45} "
                 f"series '{ds.get('SeriesDescription', '')}'{_describe(ds)}"
             )
+        for _, ds in pacs.received:
+            if ds.Modality == "SR":
+                for line in sr_lines(ds):
+                    print(f"      {line}")
         for job in job_rows:
-            print(
-                f"    job {job.id} {job.route}/{job.pipeline}: {job.state}; {job.summary or job.last_error}"
-            )
+            print(f"    job {job.id} {job.route}/{job.pipeline}: {job.state}; {job.summary or job.last_error}")
             timings = job.timings or {}
             if timings:
-                print(
-                    "      timings: "
-                    + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in timings.items())
-                )
+                print("      timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in timings.items()))
         if not states or any(s != "sent" for s in states):
             print(f"    deliveries not complete within {args.timeout:.0f} s: {states}")
             return 1
@@ -182,11 +179,37 @@ def _settled(node: Node) -> bool:
     return all(s in ("sent", "dead") for s in delivery_states)
 
 
+def sr_lines(ds: Dataset) -> list[str]:
+    """What a radiologist would read in the SR: one line per measurement group, plus the conclusions."""
+    lines: list[str] = []
+
+    def walk(items: Any, group: list[str]) -> None:
+        for item in items:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+            kind = item.get("ValueType", "")
+            if kind == "CONTAINER" and name == "Measurement Group":
+                parts: list[str] = []
+                walk(item.get("ContentSequence", []), parts)
+                lines.append("; ".join(parts))
+                continue
+            if kind == "TEXT" and name == "Tracking Identifier" and not group:
+                group.append(str(item.TextValue))
+            elif kind == "NUM" and "MeasuredValueSequence" in item:
+                value = item.MeasuredValueSequence[0]
+                unit = value.MeasurementUnitsCodeSequence[0].CodeValue
+                group.append(f"{name} {float(value.NumericValue):.1f} {unit}")
+            elif kind == "CODE" and name in ("Malignancy likelihood", "Composition", "Finding"):
+                group.append(f"{name}: {item.ConceptCodeSequence[0].CodeMeaning}")
+            if "ContentSequence" in item:
+                walk(item.ContentSequence, group)
+
+    walk(ds.get("ContentSequence", []), [])
+    return [line for line in lines if line]
+
+
 def _describe(ds: Dataset) -> str:
     if ds.Modality == "SEG":
-        return f", {len(ds.SegmentSequence)} segment(s): " + ", ".join(
-            s.SegmentLabel for s in ds.SegmentSequence
-        )
+        return f", {len(ds.SegmentSequence)} segment(s): " + ", ".join(s.SegmentLabel for s in ds.SegmentSequence)
     if ds.Modality == "SR":
         groups = [item for item in ds.get("ContentSequence", []) if item.get("ValueType") == "CONTAINER"]
         return f", {len(groups)} container(s)"
