@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs-multi", type=int, help="ingest runs per cell with 4 associations (default --runs)")
     p.add_argument("--e2e-runs", type=int, help="end-to-end runs of the 133-slice study (default 3; quick 1)")
     p.add_argument("--e2e-runs-large", type=int, default=1, help="end-to-end runs of the 500-slice study")
-    p.add_argument("--pipeline", default="ct_lung_field", help="pipeline of the end-to-end route")
+    p.add_argument("--pipeline", default="ct_lung_nodule", help="pipeline of the end-to-end route")
     p.add_argument("--inference-pipelines", default="", help="comma-separated (default: every CT pipeline)")
     p.add_argument(
         "--node-option",
