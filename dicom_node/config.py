@@ -184,6 +184,7 @@ class NodeConfig(_Model):
     @model_validator(mode="after")
     def _references(self) -> NodeConfig:
         from dicom_node.pipelines import available
+        from dicom_node.pipelines.base import check_options
 
         names = [d.name for d in self.destinations]
         for i, name in enumerate(names):
@@ -197,6 +198,15 @@ class NodeConfig(_Model):
             for pipeline in route.pipelines:
                 if pipeline not in known:
                     raise ValueError(f"routes[{i}]: unknown pipeline {pipeline!r} (known: {', '.join(sorted(known))})")
+            for pipeline, options in route.options.items():
+                if pipeline not in route.pipelines or not isinstance(options, dict):
+                    raise ValueError(
+                        f"routes[{i}]: options must be a table per pipeline of the route, got {pipeline!r}"
+                    )
+                try:
+                    check_options(pipeline, options)
+                except ValueError as exc:
+                    raise ValueError(f"routes[{i}]: {exc}") from None
         return self
 
     def destination(self, name: str) -> Destination:

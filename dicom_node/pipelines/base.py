@@ -50,6 +50,17 @@ def available() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def check_options(name: str, options: dict[str, object]) -> None:
+    """Raise ValueError if ``options`` are not keyword arguments the pipeline ``name`` accepts."""
+    import inspect
+
+    _import_builtin()
+    try:
+        inspect.signature(_FACTORIES[name]).bind(**options)
+    except TypeError as exc:
+        raise ValueError(f"options for pipeline {name!r}: {exc}") from None
+
+
 def create(name: str, **options: object) -> Pipeline:
     """Instantiate the pipeline registered under ``name`` (options come from the route)."""
     _import_builtin()

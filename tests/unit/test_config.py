@@ -63,6 +63,15 @@ def test_errors_name_the_line(text: str, line: int, words: str) -> None:
     assert words in message
 
 
+def test_route_options_are_checked_against_the_pipeline() -> None:
+    good = "[[routes]]\nname = 'r'\npipelines = ['ct_lung_nodule']\n[routes.options.ct_lung_nodule]\nbundle = '/x'\n"
+    assert parse_config(good).routes[0].options == {"ct_lung_nodule": {"bundle": "/x"}}
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'bundel'"):
+        parse_config(good.replace("bundle =", "bundel ="))
+    with pytest.raises(ConfigError, match="options must be a table per pipeline"):
+        parse_config(good.replace("options.ct_lung_nodule", "options.us_lung"))
+
+
 def test_defaults_live_in_one_place() -> None:
     config = parse_config("")
     assert config.intake.quiet_period_s == 5.0
