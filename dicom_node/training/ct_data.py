@@ -212,3 +212,52 @@ def real_case(name: str, vol: Volume, truth: np.ndarray | None) -> Case:
         meta.append((-1, -1))
     region = search_region(lung, left, right)
     return Case(name, normalize_hu(hu), hu, spacing, region, labels, _truths(labels, spacing, meta))
+
+
+def add_nodules(case: Case, rng: np.random.Generator, n: int, max_diameter: float = 16.0) -> Case:
+    """Render ``n`` more (mostly small: 4 mm to ``max_diameter``) nodules into ``case`` in place; returns it."""
+    from dicom_node.imaging.series import normalize_hu
+
+    dz, dy, dx = case.spacing
+    inside = ndi.distance_transform_edt(case.region & (case.labels == 0), sampling=case.spacing)
+    z = (np.arange(case.hu.shape[0]) + 0.5) * dz
+    y = (np.arange(case.hu.shape[1]) + 0.5) * dy
+    x = (np.arange(case.hu.shape[2]) + 0.5) * dx
+    added = 0
+    for _ in range(n * 10):
+        if added >= n:
+            break
+        d = float(np.exp(rng.uniform(np.log(4.0), np.log(max_diameter))))
+        spec = random_spec(rng, (0.0, 0.0, 0.0), diameter=d)
+        r = spec.radius
+        cand = np.nonzero((inside > r + 3.0) & (case.hu > -950))
+        if cand[0].size == 0:
+            continue
+        i = int(rng.integers(cand[0].size))
+        cen = np.array([z[cand[0][i]] + rng.uniform(-0.4, 0.4) * dz, y[cand[1][i]], x[cand[2][i]]])
+        spec.center = (float(cen[0]), float(cen[1]), float(cen[2]))
+        rad = r * 2.8 + 2.0
+        zi = np.nonzero(np.abs(z - cen[0]) <= rad)[0]
+        yi = np.nonzero(np.abs(y - cen[1]) <= rad)[0]
+        xi = np.nonzero(np.abs(x - cen[2]) <= rad)[0]
+        box = (slice(zi[0], zi[-1] + 1), slice(yi[0], yi[-1] + 1), slice(xi[0], xi[-1] + 1))
+        if (case.labels[box] != 0).any():
+            continue
+        occ, core, calc = render_occupancy(spec, z[box[0]], y[box[1]], x[box[2]], dz)
+        occ, core, calc = (a * case.region[box] for a in (occ, core, calc))
+        gt = occ >= 0.5
+        if not gt.any():
+            continue
+        hu = blend(case.hu[box], spec, occ, core, calc)
+        hu += (rng.normal(0.0, rng.uniform(5.0, 30.0), size=hu.shape) * occ).astype(np.float32)
+        case.hu[box] = hu
+        case.norm[box] = normalize_hu(hu)
+        index = int(case.labels.max()) + 1
+        case.labels[box][gt] = index
+        case.truths.extend(
+            _truths(case.labels == index, case.spacing, [(int(spec.malignant), COMPOSITIONS.index(spec.composition))])
+        )
+        case.truths[-1].index = index
+        inside[box][ndi.binary_dilation(gt, iterations=3)] = 0
+        added += 1
+    return case

@@ -863,3 +863,60 @@ def retrain_classifier(
     (Path(bundle_dir) / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     write_card(Path(bundle_dir))
     return training
+
+
+def finetune(
+    bundle_dir: Path,
+    cases: list[Case],
+    seed: int,
+    unet_steps: int,
+    mt_steps: int,
+    extra_per_case: int = 3,
+    n_extra: int = 2500,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Continue training the bundle's U-Net on ``cases`` with ``extra_per_case`` more (small) nodules
+    each, then retrain Res-MTNet as :func:`retrain_classifier`; rewrites the bundle."""
+    import torch
+
+    from dicom_node.training.ct_data import add_nodules
+
+    t0 = time.perf_counter()
+    device = _device()
+    model, _ = load_model(bundle_dir, device)
+    rng = np.random.default_rng(seed + 11)
+    for case in _progress(cases, progress, desc="more nodules", leave=False):
+        add_nodules(case, rng, extra_per_case)
+    net = model.unet.train()
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(unet_steps, 1))
+    sampler = UnetSampler(cases, np.random.default_rng(seed + 12), positive_fraction=0.6)
+    for _ in _progress(range(unet_steps), progress, desc="U-Net fine-tune", leave=False):
+        x, y, w = (torch.from_numpy(a).to(device) for a in sampler.sample(16))
+        loss = _seg_loss(net(x), y, w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+    from dicom_node.nets.bundle import save_state
+
+    if model.resmtnet is None:
+        raise ValueError(f"{bundle_dir}: no resmtnet to keep")
+    save_state(
+        Path(bundle_dir) / "models" / "model.pt",
+        {
+            "unet": (UNET_BUILDER, {}, net.cpu()),
+            "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, model.resmtnet.cpu()),
+        },
+    )
+    training = retrain_classifier(bundle_dir, cases, seed, mt_steps, n_extra, progress)
+    training["unet_finetune_steps"] = unet_steps
+    training["finetune_extra_nodules_per_case"] = extra_per_case
+    training.setdefault("seconds", {})["finetune_total"] = round(time.perf_counter() - t0, 1)
+    meta = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
+    meta["training"] = training
+    (Path(bundle_dir) / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_card(Path(bundle_dir))
+    return training
