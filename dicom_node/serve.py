@@ -82,16 +82,8 @@ class Node:
         shared = self.config.node.receiver_processes > 1 and self.config.node.receiver == "native"
         self.receiver.start(reuse_port=shared)
         if shared:
-            ctx = mp.get_context("spawn")
             for i in range(1, self.config.node.receiver_processes):
-                proc = ctx.Process(
-                    target=receiver_main,
-                    args=(self.config.model_dump_json(), i, self.log_level),
-                    name=f"receiver-{i}",
-                    daemon=True,
-                )
-                proc.start()
-                self.receivers.append(proc)
+                self.receivers.append(self._spawn(receiver_main, "receiver", i))
         every = self.config.intake.sweep_interval_s
         jobs = [
             (self.sweep.sweep, every),
@@ -103,7 +95,7 @@ class Node:
             self.scheduler.add_job(_guarded(func), "interval", seconds=seconds, max_instances=1, coalesce=True)
         self.scheduler.start()
         for i in range(self.config.node.workers):
-            self.workers.append(self._spawn(i))
+            self.workers.append(self._spawn(worker_main, "worker", i))
         log.info(
             "node %s up: port %d, %d worker(s), database %s",
             self.config.node.ae_title,
@@ -112,12 +104,13 @@ class Node:
             self.engine.url.render_as_string(hide_password=True),
         )
 
-    def _spawn(self, index: int) -> Any:
+    def _spawn(self, main: Any, role: str, index: int) -> Any:
+        """Start ``main(config_json, index, log_level)`` in a fresh (spawned) child process."""
         ctx = mp.get_context("spawn")
         proc = ctx.Process(
-            target=worker_main,
+            target=main,
             args=(self.config.model_dump_json(), index, self.log_level),
-            name=f"worker-{index}",
+            name=f"{role}-{index}",
             daemon=True,
         )
         proc.start()
@@ -127,7 +120,7 @@ class Node:
         for i, proc in enumerate(self.workers):
             if not proc.is_alive() and not self.stopped.is_set():
                 log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
-                self.workers[i] = self._spawn(i)
+                self.workers[i] = self._spawn(worker_main, "worker", i)
 
     def stop(self) -> None:
         """Stop everything; pending work stays in the database."""

@@ -47,19 +47,13 @@ def _echo(port: int) -> bool:
     return result.returncode == 0
 
 
+def _storescu_cmd(port: int, files: list[Path]) -> list[str]:
+    return ["storescu", "-v", "-aet", "STORESCU", "-aec", "NODE", "127.0.0.1", str(port), *map(str, files)]
+
+
 def _storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            "storescu",
-            "-v",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "NODE",
-            "127.0.0.1",
-            str(port),
-            *[str(f) for f in files],
-        ],
+        _storescu_cmd(port, files),
         capture_output=True,
         text=True,
         env=tcp_env(),
@@ -101,17 +95,7 @@ def test_kill_9_mid_ingest_loses_nothing_acknowledged_and_resends_the_same_uids(
     files = _slab()
     node, port, db_url = _start_node(tmp_path, pacs, quiet_period_s=2.0, extra_node=f'durability = "{durability}"')
     proc = subprocess.Popen(
-        [
-            "storescu",
-            "-v",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "NODE",
-            "127.0.0.1",
-            str(port),
-            *[str(f) for f in files],
-        ],
+        _storescu_cmd(port, files),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -207,18 +191,7 @@ def test_several_receiver_processes_share_the_port(tmp_path: Path, pacs: Orthanc
         files = _slab()
         procs = [
             subprocess.Popen(
-                [
-                    "storescu",
-                    "-aet",
-                    "STORESCU",
-                    "-aec",
-                    "NODE",
-                    "127.0.0.1",
-                    str(port),
-                    *[str(f) for f in files[i::4]],
-                ],
-                env=tcp_env(),
-                stderr=subprocess.PIPE,
+                _storescu_cmd(port, files[i::4]), env=tcp_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             for i in range(4)
         ]
