@@ -100,7 +100,7 @@ def segment_lungs(volume: Volume) -> LungFields:
     means = ndi.mean(hu, labels, index=np.arange(n + 1))
     border = np.zeros(n + 1, dtype=bool)
     for face in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
-        border[np.unique(face)] = True
+        border[face.ravel()] = True
     min_voxels = min(MIN_LUNG_ML / voxel_ml, 0.002 * hu[0].size * hu.shape[0])
     keep = np.zeros(n + 1, dtype=bool)
     for i in range(1, n + 1):
@@ -122,8 +122,9 @@ def segment_lungs(volume: Volume) -> LungFields:
         lab2, n2 = ndi.label(lungs[k])
         if n2 == 0:
             continue
-        areas = np.bincount(lab2.ravel(), minlength=n2 + 1) * pixel_mm2
-        mean2 = ndi.mean(hu[k], lab2, index=np.arange(n2 + 1))
+        counts = np.bincount(lab2.ravel(), minlength=n2 + 1)
+        areas = counts * pixel_mm2
+        mean2 = np.bincount(lab2.ravel(), weights=hu[k].ravel(), minlength=n2 + 1) / np.maximum(counts, 1)
         airway = (areas < AIRWAY_MAX_AREA_MM2) & (np.asarray(mean2) < AIRWAY_MEAN_HU)
         airway[0] = False
         if airway.any():
@@ -166,7 +167,7 @@ def _split_left_right(lungs: np.ndarray, volume: Volume) -> tuple[np.ndarray, np
     )
     grown = np.zeros(seeds.shape, dtype=seeds.dtype)
     grown[box] = sub_seeds[tuple(idx)] * lungs[box]
-    ids = [i for i in np.unique(seeds) if i != 0][:2]
+    ids = [int(i) for i in np.nonzero(np.bincount(seeds.ravel()))[0] if i != 0][:2]
     xs = []
     for i in ids:
         cols = np.nonzero(grown == i)[2]
