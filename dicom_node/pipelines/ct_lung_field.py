@@ -9,6 +9,7 @@ closing so juxtapleural nodules stay inside the field.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -84,7 +85,45 @@ def _patient_x_of_columns(volume: Volume) -> tuple[float, float]:
 
 
 def segment_lungs(volume: Volume) -> LungFields:
-    """Left and right lung masks of a CT volume in HU (empty masks when there is no lung)."""
+    """Left and right lung masks of a CT volume in HU (empty masks when there is no lung).
+
+    Images of 256 pixels and more are segmented at half resolution in-plane (2 x 2 mean), then refined
+    at full resolution: air-like voxels within 2 pixels of the coarse field, airways removed again, and
+    holes (vessels, nodules) filled slice by slice.
+    """
+    rows, cols = volume.pixels.shape[1:]
+    if min(rows, cols) < 256:
+        return _segment_lungs(volume)
+    hu = volume.pixels
+    r2, c2 = rows // 2 * 2, cols // 2 * 2
+    small = hu[:, :r2, :c2].reshape(hu.shape[0], r2 // 2, 2, c2 // 2, 2).mean(axis=(2, 4), dtype=np.float32)
+    dz, dy, dx = volume.spacing
+    coarse = _segment_lungs(dataclasses.replace(volume, pixels=small, spacing=(dz, dy * 2, dx * 2)))
+
+    def refine(mask: np.ndarray) -> np.ndarray:
+        full = np.zeros(hu.shape, dtype=bool)
+        full[:, :r2, :c2] = mask.repeat(2, axis=1).repeat(2, axis=2)
+        if not full.any():
+            return full
+        in_plane = np.zeros((3, 3, 3), dtype=bool)
+        in_plane[1] = ndi.generate_binary_structure(2, 1)
+        # Air-like voxels near the coarse field; vessels and nodules come back as filled holes, while thin
+        # walls that mean pooling blurred away (trachea next to a lung) separate the airways again.
+        refined = ndi.binary_dilation(full, in_plane, iterations=2) & (hu < AIR_HU)
+        labels, _ = ndi.label(refined)
+        for i, box in enumerate(ndi.find_objects(labels), start=1):  # pure gas (trachea) as in full resolution
+            if box is not None and np.median(hu[box][labels[box] == i]) < GAS_MEDIAN_HU:
+                refined[box] &= labels[box] != i
+        _remove_airways(refined, hu, dy * dx)
+        return _fill_slices(refined, dy)
+
+    left = refine(coarse.left)
+    right = refine(coarse.right) & ~left
+    return LungFields(left=left, right=right)
+
+
+def _segment_lungs(volume: Volume) -> LungFields:
+    """:func:`segment_lungs` at the volume's own resolution."""
     hu = volume.pixels
     dz, dy, dx = volume.spacing
     voxel_ml = dz * dy * dx / 1000.0
@@ -117,7 +156,16 @@ def segment_lungs(volume: Volume) -> LungFields:
     lungs = keep[labels]
     if not lungs.any():
         return empty
-    # Remove large airways: small, pure-air 2-D blobs (trachea, main bronchi) in each slice.
+    _remove_airways(lungs, hu, pixel_mm2)
+    left, right = _split_left_right(lungs, volume)
+    left = _fill_slices(left, dy)
+    right = _fill_slices(right, dy)
+    right &= ~left
+    return LungFields(left=left, right=right)
+
+
+def _remove_airways(lungs: np.ndarray, hu: np.ndarray, pixel_mm2: float) -> None:
+    """Remove large airways in place: small, pure-air 2-D blobs (trachea, main bronchi) in each slice."""
     for k in range(lungs.shape[0]):
         lab2, n2 = ndi.label(lungs[k])
         if n2 == 0:
@@ -129,11 +177,6 @@ def segment_lungs(volume: Volume) -> LungFields:
         airway[0] = False
         if airway.any():
             lungs[k] &= ~airway[lab2]
-    left, right = _split_left_right(lungs, volume)
-    left = _fill_slices(left, dy)
-    right = _fill_slices(right, dy)
-    right &= ~left
-    return LungFields(left=left, right=right)
 
 
 def _split_left_right(lungs: np.ndarray, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
