@@ -35,10 +35,6 @@ from dicom_node.store import Store, write_atomic
 log = logging.getLogger(__name__)
 
 
-class NotApplicable(Exception):
-    """The pipeline declined the series (``applies_to`` gave a reason)."""
-
-
 @dataclass
 class Outcome:
     """What one job produced."""

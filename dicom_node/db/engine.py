@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, update
+from sqlalchemy import Engine, create_engine, event, insert
 from sqlalchemy.engine import Connection
 
 log = logging.getLogger(__name__)
@@ -97,4 +97,4 @@ def log_event(engine: Engine, kind: str, message: str, **kwargs: Any) -> None:
         log.exception("could not record event %s: %s", kind, message)
 
 
-__all__ = ["connect", "log_event", "now", "reader", "record_event", "update"]
+__all__ = ["connect", "log_event", "now", "reader", "record_event"]
