@@ -31,6 +31,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 # Well-known non-storage services under the storage branch a storage SCP must not accept.
 NOT_STORAGE_PREFIXES = ("1.2.840.10008.5.1.4.1.2.", "1.2.840.10008.5.1.4.31", "1.2.840.10008.5.1.4.32")
 MAX_PDU_BODY = 1 << 30  # refuse PDUs over 1 GiB as malformed
+EAGER_ALLOCATION = 16 << 20  # larger PDUs are read in chunks
 
 
 def acceptable_abstract_syntax(uid: str) -> bool:
@@ -157,12 +158,23 @@ class _Association:
         except (TimeoutError, ConnectionError, OSError) as exc:
             if not self.server._stopping.is_set():
                 log.info("association from %s ended: %s", self.address, exc)
+        except Exception:  # whatever went wrong, this association ends and the others go on
+            log.exception("association from %s failed", self.address)
+            self._send_quietly(ul.build_abort())
         finally:
             self.server._unregister(self)
             self.close()
 
     # -- transport ------------------------------------------------------------------------------------
     def _recv_exact(self, n: int) -> bytearray:
+        if n > EAGER_ALLOCATION:  # a huge length must not reserve memory before the bytes arrive
+            grown = bytearray()
+            while len(grown) < n:
+                chunk = self.conn.recv(min(n - len(grown), EAGER_ALLOCATION))
+                if not chunk:
+                    raise ConnectionError("peer closed the connection")
+                grown += chunk
+            return grown
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
