@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +23,7 @@ def _config_path(arg: str | None) -> Path:
     for candidate in DEFAULT_CONFIGS:
         if Path(candidate).exists():
             return Path(candidate)
-    raise ConfigError(
-        "no config file: pass --config, set DICOM_NODE_CONFIG, or run `dicom-node init node.toml`"
-    )
+    raise ConfigError("no config file: pass --config, set DICOM_NODE_CONFIG, or run `dicom-node init node.toml`")
 
 
 def _load(args: argparse.Namespace) -> tuple[NodeConfig, Path]:
@@ -37,7 +36,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     if target.exists() and not args.force:
         print(f"{target} exists; use --force to overwrite", file=sys.stderr)
         return 1
-    target.write_text(default_config_text(), encoding="utf-8")
+    storage = Path(args.storage).resolve() if args.storage else target.resolve().parent / "storage"
+    text = re.sub(r'(?m)^storage = "[^"]*"', f'storage = "{storage}"', default_config_text(), count=1)
+    target.write_text(text, encoding="utf-8")
     print(
         f"wrote {target}; edit AE titles, peers, destinations and routes, then `dicom-node check-config "
         f"--config {target}`"
@@ -61,11 +62,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     else:
         print(
             "peer      (none: "
-            + (
-                "any calling AE accepted"
-                if node.accept_unknown_callers
-                else "every association will be rejected"
-            )
+            + ("any calling AE accepted" if node.accept_unknown_callers else "every association will be rejected")
             + ")"
         )
     for dest in config.destinations:
@@ -103,9 +100,7 @@ def cmd_route_test(args: argparse.Namespace) -> int:
         attrs = series_attributes(header, config, calling_ae=args.calling_ae, called_ae=config.node.ae_title)
         checks = check_routes(config, attrs)
         winners = [c.route.name for c in checks if c.matched]
-        print(
-            f"{f}: {'-> ' + ', '.join(winners) if winners else 'matches NO route (kept, listed as unrouted)'}"
-        )
+        print(f"{f}: {'-> ' + ', '.join(winners) if winners else 'matches NO route (kept, listed as unrouted)'}")
         for check in checks:
             print(
                 f"  {'+' if check.matched else '-'} {check.route.name}: {'; '.join(check.reasons) or 'no conditions'}"
@@ -162,9 +157,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     for item in args.paths:
         p = Path(item)
         files.extend(
-            sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-            if p.is_dir()
-            else [p]
+            sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
         )
     readable = []
     for f in files:
@@ -224,8 +217,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 0
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=worker_main, args=(config.model_dump_json(), i, args.log_level))
-        for i in range(args.count)
+        ctx.Process(target=worker_main, args=(config.model_dump_json(), i, args.log_level)) for i in range(args.count)
     ]
     for p in procs:
         p.start()
@@ -269,8 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--config",
             "-c",
-            help="config file (default: $DICOM_NODE_CONFIG, ./node.toml, "
-            "config/node.toml, config/node.example.toml)",
+            help="config file (default: $DICOM_NODE_CONFIG, ./node.toml, config/node.toml, config/node.example.toml)",
         )
         return p
 
@@ -286,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write a starter config")
     p.add_argument("path", nargs="?", default="node.toml")
+    p.add_argument("--storage", help="data folder (default: storage/ beside the config file)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_init)
 
