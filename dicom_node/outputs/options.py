@@ -42,6 +42,15 @@ class EncodeOptions:
     def software_versions(self) -> str:
         return f"dicom-node {NODE_VERSION}"
 
+    def equipment(self, pipeline: str, version: str) -> dict[str, str]:
+        """General Equipment keyword arguments for highdicom constructors: the same on every object."""
+        return {
+            "manufacturer": self.manufacturer,
+            "manufacturer_model_name": pipeline[:64],
+            "software_versions": f"{pipeline} {version}"[:64],
+            "device_serial_number": self.node_name[:64],
+        }
+
     def series_number_of(self, kind: str) -> int:
         """Series Number of the result series of ``kind``."""
         return self.series_number + SERIES_OFFSETS[kind]
