@@ -140,11 +140,7 @@ def inserted_case(
     n_nodules: tuple[int, int] = (2, 4),
 ) -> Case:
     """Synthetic nodules rendered into the real lung parenchyma of ``vol`` (working grid)."""
-    fields = segment_lungs(vol)
-    hu, spacing, zoom = _to_working(vol)
-    lung = resample_inplane(fields.both.astype(np.float32), zoom, order=1) >= 0.5
-    left = resample_inplane(fields.left.astype(np.float32), zoom, order=1) >= 0.5
-    right = resample_inplane(fields.right.astype(np.float32), zoom, order=1) >= 0.5
+    hu, spacing, zoom, lung, left, right = _working_lungs(vol)
     labels = np.zeros(hu.shape, dtype=np.int16)
     meta: list[tuple[int, int]] = []
     if truth is not None and truth.any():
@@ -198,13 +194,22 @@ def inserted_case(
     return Case(name, normalize_hu(hu), hu, spacing, region, labels, _truths(labels, spacing, meta))
 
 
-def real_case(name: str, vol: Volume, truth: np.ndarray | None) -> Case:
-    """A real volume on the working grid with the readers' nodule mask as label 1 (no class truth)."""
+def _working_lungs(
+    vol: Volume,
+) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float], np.ndarray, np.ndarray, np.ndarray]:
+    """``vol`` on the working grid (HU, spacing, zoom) with its lung fields (both, left, right) resampled."""
     fields = segment_lungs(vol)
     hu, spacing, zoom = _to_working(vol)
-    lung = resample_inplane(fields.both.astype(np.float32), zoom, order=1) >= 0.5
-    left = resample_inplane(fields.left.astype(np.float32), zoom, order=1) >= 0.5
-    right = resample_inplane(fields.right.astype(np.float32), zoom, order=1) >= 0.5
+    both, left, right = (
+        resample_inplane(mask.astype(np.float32), zoom, order=1) >= 0.5
+        for mask in (fields.both, fields.left, fields.right)
+    )
+    return hu, spacing, zoom, both, left, right
+
+
+def real_case(name: str, vol: Volume, truth: np.ndarray | None) -> Case:
+    """A real volume on the working grid with the readers' nodule mask as label 1 (no class truth)."""
+    hu, spacing, zoom, lung, left, right = _working_lungs(vol)
     labels = np.zeros(hu.shape, dtype=np.int16)
     meta: list[tuple[int, int]] = []
     if truth is not None and truth.any():
