@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from dicom_node.buffers import Bytes
+
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 UID_LENIENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -82,7 +84,7 @@ class Store:
         return self._free
 
 
-def write_atomic(path: Path, chunks: Iterable[bytes], *, sync: bool = True) -> int:
+def write_atomic(path: Path, chunks: Iterable[Bytes], *, sync: bool = True) -> int:
     """Write ``chunks`` to ``path`` durably; returns the number of bytes written.
 
     Readers never see a partial file: the bytes go to a temporary name beside ``path``, are

@@ -1,9 +1,11 @@
 """The node's native storage SCP: the DICOM Upper Layer and DIMSE C-STORE / C-ECHO done directly on sockets.
 
 pynetdicom spends most of its per-message time in general-purpose encoding of tiny command sets and
-file meta; this acceptor parses exactly what a storage SCP needs by hand, keeps every PDV as the raw
-bytes the peer sent, and hands the data set (with a file meta header prepended, never re-encoded) to
-the same :class:`~dicom_node.net.ingest.Ingestor` as the pynetdicom receiver. Association policy,
+file meta; this acceptor parses exactly what a storage SCP needs by hand. Data set fragments are read
+from the socket straight into the instance's page-aligned :class:`~dicom_node.buffers.InstanceBuffer`,
+after the file meta built from the command: the bytes the peer sent, never re-encoded and never copied
+again on their way to the journal and the store. The buffer goes to the same
+:class:`~dicom_node.net.ingest.Ingestor` as the pynetdicom receiver's bytes. Association policy,
 A-ASSOCIATE-RJ reasons and status codes are the same too. One thread per association; TCP_NODELAY on
 every socket; the maximum PDU we accept is unlimited.
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from dicom_node.buffers import InstanceBuffer
 from dicom_node.config import NodeConfig
 from dicom_node.db.engine import log_event
 from dicom_node.net import dimse, ul
@@ -185,11 +188,14 @@ class _Association:
             got += k
         return buf
 
-    def _read_pdu(self) -> tuple[int, bytearray]:
-        header = self._recv_exact(6)
-        pdu_type, _, length = struct.unpack(">BBI", header)
+    def _read_pdu_header(self) -> tuple[int, int]:
+        pdu_type, _, length = struct.unpack(">BBI", self._recv_exact(6))
         if length > MAX_PDU_BODY:
             raise ul.ProtocolError(f"PDU of {length} bytes")
+        return pdu_type, length
+
+    def _read_pdu(self) -> tuple[int, bytearray]:
+        pdu_type, length = self._read_pdu_header()
         return pdu_type, self._recv_exact(length)
 
     def _send_quietly(self, data: bytes) -> None:
@@ -235,61 +241,79 @@ class _Association:
 
     # -- DIMSE ------------------------------------------------------------------------------------------
     def _serve_messages(self) -> None:
-        command: list[memoryview] = []
-        data: list[memoryview] = []
+        """P-DATA-TF PDUs are read PDV by PDV: data set fragments go straight into the instance's buffer."""
+        command: list[bytes] = []
         parsed: dict[int, int | str] | None = None
+        data: InstanceBuffer | None = None
         context_id = 0
         while True:
-            pdu_type, body = self._read_pdu()
-            if pdu_type == ul.RELEASE_RQ:
-                self.conn.sendall(ul.build_release_rp())
-                return
-            if pdu_type == ul.ABORT:
-                log.info("association from %s aborted by the peer", self.address)
-                return
+            pdu_type, length = self._read_pdu_header()
             if pdu_type != ul.P_DATA_TF:
+                self._recv_exact(length)
+                if pdu_type == ul.RELEASE_RQ:
+                    self.conn.sendall(ul.build_release_rp())
+                    return
+                if pdu_type == ul.ABORT:
+                    log.info("association from %s aborted by the peer", self.address)
+                    return
                 raise ul.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X} during the association")
-            for ctx_id, control, value in ul.iter_pdvs(body):
+            while length:
+                size, ctx_id, control = ul.parse_pdv_header(self._recv_exact(6) if length >= 6 else b"", length)
+                length -= 6 + size
                 if ctx_id not in self.contexts:
                     raise ul.ProtocolError(f"PDV on presentation context {ctx_id}, which was not accepted")
                 if control & 0x01:  # command fragment
-                    command.append(value)
+                    command.append(bytes(self._recv_exact(size)))
                     if control & 0x02:
                         parsed = dimse.decode_command(b"".join(command))
-                        command = []
-                        context_id = ctx_id
+                        command, context_id = [], ctx_id
                         if parsed.get(dimse.DATA_SET_TYPE, dimse.NO_DATA_SET) == dimse.NO_DATA_SET:
                             self._dispatch(parsed, context_id, None)
                             parsed = None
+                        else:
+                            data = self._new_instance(parsed, context_id)
                 else:
-                    if parsed is None:
+                    if parsed is None or data is None:
                         raise ul.ProtocolError("data set fragment before its command")
-                    data.append(value)
+                    data.recv(self.conn, size)
                     if control & 0x02:
                         self._dispatch(parsed, context_id, data)
-                        parsed, data = None, []
+                        parsed, data = None, None
 
-    def _dispatch(self, command: dict[int, int | str], context_id: int, data: list[memoryview] | None) -> None:
+    def _new_instance(self, command: dict[int, int | str], context_id: int) -> InstanceBuffer:
+        """A buffer for the coming data set, starting with the file meta a Part 10 file needs."""
+        buf = InstanceBuffer()
+        if command.get(dimse.COMMAND_FIELD) == dimse.C_STORE_RQ:
+            _, syntax = self.contexts[context_id]
+            buf.append(
+                dimse.file_meta(
+                    str(command.get(dimse.AFFECTED_SOP_CLASS, "")),
+                    str(command.get(dimse.AFFECTED_SOP_INSTANCE, "")),
+                    syntax,
+                    self.calling_ae,
+                    ul.IMPLEMENTATION_CLASS_UID,
+                    ul.IMPLEMENTATION_VERSION,
+                )
+            )
+        return buf
+
+    def _dispatch(self, command: dict[int, int | str], context_id: int, data: InstanceBuffer | None) -> None:
         field = command.get(dimse.COMMAND_FIELD)
         message_id = int(command.get(dimse.MESSAGE_ID, 0))
         if field == dimse.C_ECHO_RQ:
             response = dimse.encode_response(dimse.C_ECHO_RSP, message_id, 0x0000, VERIFICATION)
         elif field == dimse.C_STORE_RQ and data is not None:
-            response = self._store(command, context_id, message_id, data)
+            response = self._store(command, message_id, data)
         else:
             # Unrecognised operation (0x0211) on an otherwise healthy association.
             response = dimse.encode_response((int(field or 0) | 0x8000) & 0xFFFF, message_id, 0x0211)
         self.conn.sendall(ul.build_p_data(context_id, True, True, response))
 
-    def _store(self, command: dict[int, Any], context_id: int, message_id: int, data: list[memoryview]) -> bytes:
+    def _store(self, command: dict[int, Any], message_id: int, data: InstanceBuffer) -> bytes:
         sop_class = str(command.get(dimse.AFFECTED_SOP_CLASS, ""))
         sop_instance = str(command.get(dimse.AFFECTED_SOP_INSTANCE, ""))
-        _, syntax = self.contexts[context_id]
-        meta = dimse.file_meta(
-            sop_class, sop_instance, syntax, self.calling_ae, ul.IMPLEMENTATION_CLASS_UID, ul.IMPLEMENTATION_VERSION
-        )
         outcome = self.server.ingestor.keep(
-            b"".join([meta, *data]), calling_ae=self.calling_ae, called_ae=self.called_ae, address=self.address
+            data, calling_ae=self.calling_ae, called_ae=self.called_ae, address=self.address
         )
         return dimse.encode_response(
             dimse.C_STORE_RSP,

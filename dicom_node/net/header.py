@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from pydicom import dcmread
 
+from dicom_node.buffers import Bytes
+
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
@@ -74,7 +76,7 @@ class _Unsupported(Exception):
     """The fast path cannot read this; pydicom will."""
 
 
-def read_header(data: bytes) -> Header:
+def read_header(data: Bytes) -> Header:
     """The header of a Part 10 byte string; raises ValueError with a readable reason."""
     try:
         return _fast(data)
@@ -82,18 +84,18 @@ def read_header(data: bytes) -> Header:
         return _with_pydicom(data)
 
 
-def _text(raw: bytes) -> str:
-    return raw.decode("latin-1").rstrip("\x00 ").strip()
+def _text(raw: Bytes) -> str:
+    return bytes(raw).decode("latin-1").rstrip("\x00 ").strip()
 
 
-def _fast(data: bytes) -> Header:
+def _fast(data: Bytes) -> Header:
     if len(data) < 144 or data[128:132] != b"DICM":
         raise _Unsupported
     group, elem, vr, length = struct.unpack_from("<HH2sH", data, 132)
     if (group, elem, vr) != (2, 0, b"UL"):
         raise _Unsupported
     meta_end = 144 + struct.unpack_from("<I", data, 140)[0]
-    meta: dict[int, bytes] = {}
+    meta: dict[int, Bytes] = {}
     pos = 144
     while pos < meta_end:
         tag, value, pos = _explicit(data, pos, "<")
@@ -135,7 +137,7 @@ def _fast(data: bytes) -> Header:
     return header
 
 
-def _explicit(data: bytes, pos: int, order: str) -> tuple[int, bytes, int]:
+def _explicit(data: Bytes, pos: int, order: str) -> tuple[int, Bytes, int]:
     group, elem, vr = struct.unpack_from(order + "HH2s", data, pos)
     tag = (group << 16) | elem
     if vr in LONG_VRS:
@@ -154,7 +156,7 @@ def _explicit(data: bytes, pos: int, order: str) -> tuple[int, bytes, int]:
     return tag, data[pos:end], end
 
 
-def _skip_undefined(data: bytes, pos: int, *, implicit: bool, order: str) -> int:
+def _skip_undefined(data: Bytes, pos: int, *, implicit: bool, order: str) -> int:
     """Skip a sequence of undefined length: items until the sequence delimiter (FFFE,E0DD)."""
     while True:
         group, elem, length = struct.unpack_from(order + "HHI", data, pos)
@@ -182,7 +184,7 @@ def _skip_undefined(data: bytes, pos: int, *, implicit: bool, order: str) -> int
             raise _Unsupported
 
 
-def _with_pydicom(data: bytes) -> Header:
+def _with_pydicom(data: Bytes) -> Header:
     stream = io.BytesIO(data)
     try:
         ds = dcmread(stream, stop_before_pixels=True)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
 
+from dicom_node.buffers import Bytes, InstanceBuffer, write_instance_file
 from dicom_node.config import DuplicatePolicy, NodeConfig
 from dicom_node.db import instances, now, series, studies
 from dicom_node.db.engine import connect, log_event, reader
@@ -46,7 +47,8 @@ PROCESSING_FAILURE = 0x0110
 
 CHECKPOINT_EVERY_S = 2.0
 BATCH = 256
-BATCH_WINDOW_S = 0.5
+IDLE_S = 0.05  # materialize once no C-STORE arrived for this long...
+BACKLOG_BYTES = 256 << 20  # ...or once this much waits in memory
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Ingestor:
         self._pending: dict[str, int] = {}  # journaled, not yet materialized: sop uid -> duplicates seen
         self._pending_lock = threading.Lock()
         self._in_flight = 0
+        self._last_keep = 0.0  # when the last instance was journaled (monotonic)
         self._unmaterialized = False  # a batch failed: keep every journal segment until a restart replays it
         self._queue: queue.Queue[Record | None] = queue.Queue(maxsize=2000)
         self._worker: threading.Thread | None = None
@@ -90,12 +93,18 @@ class Ingestor:
             self._worker.start()
 
     # -- the receive path ----------------------------------------------------------------------------------
-    def keep(self, data: bytes, *, calling_ae: str, called_ae: str, address: str = "") -> Outcome:
-        """Validate one instance and make it durable; returns the status to answer with."""
+    def keep(self, received: InstanceBuffer | Bytes, *, calling_ae: str, called_ae: str, address: str = "") -> Outcome:
+        """Validate one instance and make it durable; returns the status to answer with.
+
+        ``received`` is the Part 10 bytes, best in an :class:`InstanceBuffer` (the native receiver reads
+        the network into one; other bytes are copied into one). The buffer belongs to the ingestor.
+        """
+        buf = received if isinstance(received, InstanceBuffer) else InstanceBuffer.from_bytes(received)
         try:
-            header = read_header(data)
-            if header.pixel_offset >= 0:
-                check_pixel_data(data, header.pixel_offset, header.transfer_syntax, header.native_pixel_bytes)
+            with buf.view() as data:
+                header = read_header(data)
+                if header.pixel_offset >= 0:
+                    check_pixel_data(data, header.pixel_offset, header.transfer_syntax, header.native_pixel_bytes)
             meta = describe(header, calling_ae, called_ae)
         except (InvalidUID, ValueError) as exc:
             return self._refuse(CANNOT_UNDERSTAND, "rejected", str(exc), calling_ae, address)
@@ -122,8 +131,8 @@ class Ingestor:
             return Outcome(SUCCESS, "duplicate", sop_uid)
 
         if self.journal is not None:
-            return self._keep_journaled(meta, data, calling_ae, address)
-        return self._keep_file(meta, data, calling_ae, address)
+            return self._keep_journaled(meta, buf, calling_ae, address)
+        return self._keep_file(meta, buf, calling_ae, address)
 
     def _known(self, sop_uid: str) -> bool:
         with self._pending_lock:
@@ -142,13 +151,13 @@ class Ingestor:
                 update(instances).where(instances.c.sop_uid == sop_uid).values(duplicates=instances.c.duplicates + 1)
             )
 
-    def _keep_journaled(self, meta: dict[str, Any], data: bytes, calling_ae: str, address: str) -> Outcome:
+    def _keep_journaled(self, meta: dict[str, Any], buf: InstanceBuffer, calling_ae: str, address: str) -> Outcome:
         assert self.journal is not None
         with self._pending_lock:
             self._pending.setdefault(meta["sop_uid"], 0)
             self._in_flight += 1
         try:
-            segment = self.journal.append(meta, data)
+            segment = self.journal.append(meta, buf)
         except OSError as exc:
             with self._pending_lock:
                 self._pending.pop(meta["sop_uid"], None)
@@ -161,16 +170,18 @@ class Ingestor:
                 address,
                 sop_uid=meta["sop_uid"],
             )
-        self._queue.put(Record(meta, data, segment))
+        self._last_keep = time.monotonic()
+        self._queue.put(Record(meta, buf, segment))
         with self._pending_lock:
             self._in_flight -= 1
         return Outcome(SUCCESS, "", meta["sop_uid"])
 
-    def _keep_file(self, meta: dict[str, Any], data: bytes, calling_ae: str, address: str) -> Outcome:
+    def _keep_file(self, meta: dict[str, Any], buf: InstanceBuffer, calling_ae: str, address: str) -> Outcome:
         path = self.store.instance_path(meta["study_uid"], meta["series_uid"], meta["sop_uid"])
         existed = path.exists()
         try:
-            size = write_atomic(path, [data])
+            with buf.view() as data:
+                size = write_atomic(path, [data])
         except OSError as exc:
             return self._refuse(
                 OUT_OF_RESOURCES,
@@ -204,9 +215,11 @@ class Ingestor:
         for rec in records:
             m = rec.meta
             path = self.store.instance_path(m["study_uid"], m["series_uid"], m["sop_uid"])
-            if not (replay and path.exists() and path.stat().st_size == len(rec.data)):
-                write_atomic(path, [rec.data], sync=False)
-            rows.append((m, self.store.relative(path), len(rec.data)))
+            size = rec.buffer.length
+            if not (replay and path.exists() and path.stat().st_size == size):
+                write_instance_file(path, rec.buffer)
+            rec.buffer.release()
+            rows.append((m, self.store.relative(path), size))
         with self.writer.begin() as conn:
             self._record(conn, rows, skip_known=replay)
             with self._pending_lock:
@@ -244,18 +257,24 @@ class Ingestor:
                 return
             batch = [first]
             stop = False
-            # Gather for a moment: fewer, larger batches keep file writes out of the journal's flushes.
-            deadline = time.monotonic() + BATCH_WINDOW_S
-            while len(batch) < BATCH:
+            # Wait for a pause in the traffic (or a full backlog): file writes and rows then never
+            # compete with the receiving threads for the interpreter while a study streams in.
+            backlog = first.buffer.length
+            while backlog < BACKLOG_BYTES and len(batch) < 8 * BATCH:
+                quiet = time.monotonic() - self._last_keep
                 try:
-                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+                    item = self._queue.get(timeout=max(IDLE_S - quiet, 0.001))
                 except queue.Empty:
-                    break
+                    if time.monotonic() - self._last_keep >= IDLE_S:
+                        break
+                    continue
                 if item is None:
                     stop = True
                     break
                 batch.append(item)
-            self._materialize_safely(batch)
+                backlog += item.buffer.length
+            for start in range(0, len(batch), BATCH):
+                self._materialize_safely(batch[start : start + BATCH])
             dirty = True
             if stop:
                 self._checkpoint()
@@ -480,13 +499,14 @@ def describe(header: Header, calling_ae: str, called_ae: str) -> dict[str, Any]:
 
 PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+ITEM = b"\xfe\xff\x00\xe0"
 
 
-def check_pixel_data(data: bytes, offset: int, syntax: str, expected: int) -> None:
+def check_pixel_data(data: Bytes, offset: int, syntax: str, expected: int) -> None:
     """Raise ValueError if the Pixel Data element at ``offset`` is shorter than it says or must be.
 
     ``expected`` is the native size from Rows x Columns x samples x frames x bits (0 if unknown);
-    encapsulated pixel data must end with its sequence delimiter.
+    encapsulated pixel data must hold whole items up to its sequence delimiter.
     """
     if offset >= len(data) or data[offset : offset + 4] not in PIXEL_TAGS:
         return  # no pixel data (SR, presentation state...) or another element follows
@@ -496,11 +516,23 @@ def check_pixel_data(data: bytes, offset: int, syntax: str, expected: int) -> No
     else:  # explicit VR OB/OW: tag, VR, 2 reserved bytes, 4-byte length
         length, start = int.from_bytes(data[offset + 8 : offset + 12], order), offset + 12
     if length == 0xFFFFFFFF:
-        if data.rfind(SEQUENCE_DELIMITER, start) < 0:
-            raise ValueError("truncated data set: encapsulated pixel data has no sequence delimiter")
+        check_fragments(data, start)
         return
     available = len(data) - start
     if length > available:
         raise ValueError(f"truncated data set: pixel data declares {length} bytes, {available} present")
     if expected and length < expected:
         raise ValueError(f"truncated data set: pixel data holds {length} bytes, the image needs {expected}")
+
+
+def check_fragments(data: Bytes, pos: int) -> None:
+    """Walk encapsulated pixel data from ``pos``: items (FFFE,E000) until the delimiter (FFFE,E0DD)."""
+    while pos + 8 <= len(data):
+        tag = bytes(data[pos : pos + 4])
+        length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if tag == SEQUENCE_DELIMITER[:4]:
+            return
+        if tag != ITEM:
+            raise ValueError("malformed encapsulated pixel data: expected an item or the sequence delimiter")
+        pos += 8 + length
+    raise ValueError("truncated data set: encapsulated pixel data has no sequence delimiter")

@@ -147,17 +147,17 @@ def build_p_data(context_id: int, command: bool, last: bool, data: bytes) -> byt
     return _pdu(P_DATA_TF, pdv)
 
 
-def iter_pdvs(body: bytes | bytearray | memoryview) -> list[tuple[int, int, memoryview]]:
-    """The PDVs of a P-DATA-TF body: (context id, control header, value)."""
-    view = memoryview(body)
-    out = []
-    pos = 0
-    while pos < len(view):
-        if pos + 6 > len(view):
-            raise ProtocolError("PDV header runs past the P-DATA-TF")
-        (length,) = struct.unpack_from(">I", view, pos)
-        if length < 2 or pos + 4 + length > len(view):
-            raise ProtocolError("PDV length does not fit the P-DATA-TF")
-        out.append((view[pos + 4], view[pos + 5], view[pos + 6 : pos + 4 + length]))
-        pos += 4 + length
-    return out
+PDV_HEADER = struct.Struct(">IBB")  # item length, presentation context id, message control header
+
+
+def parse_pdv_header(raw: bytes | bytearray, remaining: int) -> tuple[int, int, int]:
+    """A PDV item header (6 bytes) with ``remaining`` bytes left in its P-DATA-TF.
+
+    Returns (value length, presentation context id, message control header).
+    """
+    if remaining < PDV_HEADER.size:
+        raise ProtocolError("PDV header runs past the P-DATA-TF")
+    length, context_id, control = PDV_HEADER.unpack(raw)
+    if length < 2 or length + 4 > remaining:
+        raise ProtocolError("PDV length does not fit the P-DATA-TF")
+    return length - 2, context_id, control

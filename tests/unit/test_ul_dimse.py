@@ -48,14 +48,19 @@ def test_cut_associate_rq_is_a_protocol_error(cut: int) -> None:
 def test_pdvs_and_command_sets_round_trip() -> None:
     response = dimse.encode_response(dimse.C_STORE_RSP, 7, 0xC000, "1.2.840.10008.5.1.4.1.1.2", "1.2.3", "bad data")
     pdu = ul.build_p_data(5, True, True, response)
-    [(ctx, control, value)] = ul.iter_pdvs(pdu[6:])
-    assert (ctx, control) == (5, 0x03)
+    size, ctx, control = ul.parse_pdv_header(pdu[6:12], len(pdu) - 6)
+    assert (ctx, control) == (5, 0x03) and size == len(pdu) - 12
+    value = pdu[12:]
     decoded = dimse.decode_command(value)
     assert decoded[dimse.COMMAND_FIELD] == dimse.C_STORE_RSP and decoded[dimse.STATUS] == 0xC000
     assert decoded[dimse.MESSAGE_ID_BEING_RESPONDED_TO] == 7 and decoded[dimse.AFFECTED_SOP_INSTANCE] == "1.2.3"
     assert decoded[dimse.ERROR_COMMENT] == "bad data"
     with pytest.raises(ul.ProtocolError):
-        ul.iter_pdvs(struct.pack(">I", 100) + b"\x01\x03")
+        ul.parse_pdv_header(struct.pack(">IBB", 100, 1, 3), 6)  # longer than its PDU
+    with pytest.raises(ul.ProtocolError):
+        ul.parse_pdv_header(struct.pack(">IBB", 1, 1, 3), 6)  # no room for the control header
+    with pytest.raises(ul.ProtocolError):
+        ul.parse_pdv_header(b"", 4)  # the header itself runs past the PDU
 
 
 def test_file_meta_is_valid_part10() -> None:
