@@ -42,6 +42,7 @@ HEAD_V1 = struct.Struct("<4sIIQ")  # magic, header length, CRC-32, data length
 HEAD = struct.Struct("<4sIIQI")  # the same, then the segment number (recycled segments hold older records)
 SEGMENT_BYTES = 64 * 1024 * 1024
 SPARES = 2  # retired segments kept for reuse: already written, so appends need no file system metadata
+READY = 2  # zero-filled segments kept ready for rotations
 ZERO_CHUNK = 8 * 1024 * 1024
 
 
@@ -73,26 +74,48 @@ def syncfs(path: Path) -> None:
     os.sync()
 
 
+class _Segment:
+    """The segment being appended to (or one just rotated away from, until its last appender leaves)."""
+
+    def __init__(self, number: int, fd: int, direct: bool) -> None:
+        self.number, self.fd, self.direct = number, fd, direct
+        self.reserved = 0  # bytes handed out to appenders
+        self.written = 0  # bytes written without a gap from the start: what a replay would read
+        self.done: dict[int, int] = {}  # writes finished beyond ``written``: start -> end
+        self.syncs_started = self.syncs_finished = 0
+        self.syncing = False
+        self.users = 0  # appenders between reserving their place and returning
+        self.failed = False  # a write or flush failed: nothing after it may be acknowledged
+        self.open = True
+
+
 class Journal:
-    """Append-only segments under one folder; safe for concurrent appenders in one process."""
+    """Append-only segments under one folder; safe for concurrent appenders in one process.
+
+    Appenders write their records concurrently (the device takes several writes at once); a record
+    is acknowledged once every record before it in its segment is written too (a replay stops at the
+    first gap) and an ``fdatasync`` that started after that point has finished. One flush covers
+    every record that was complete when it started: group commit.
+    """
 
     def __init__(self, folder: str | Path, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()
-        self._synced = threading.Condition(self._lock)
-        self._syncing = False
-        self._written = 0  # bytes appended to the current segment
-        self._durable = 0  # bytes of the current segment known to be on disk
-        # Numbers only grow, spares included: a recycled segment's old records never match its new number.
-        used = self.segments() + [number for number, _ in self._spares()]
-        self.current = max(used) + 1 if used else 1
+        self._changed = threading.Condition(self._lock)
         self._closing = threading.Event()
         self._want_spare = threading.Event()
-        self._fd, self._direct = self._open(self.current)
+        # Numbers only grow, spares included: a recycled segment's old records never match its new number.
+        used = self.segments() + [number for number, _ in self._spares()]
+        self._segment = self._open(max(used) + 1 if used else 1)
         self._preparer = threading.Thread(target=self._prepare_spares, name="journal-preparer", daemon=True)
         self._preparer.start()
+
+    @property
+    def current(self) -> int:
+        """The number of the segment being appended to."""
+        return self._segment.number
 
     def segments(self) -> list[int]:
         """Numbers of the segment files present, oldest first."""
@@ -108,7 +131,7 @@ class Journal:
     def _spare_path(self, number: int) -> Path:
         return self.folder / f"spare-{number:08d}.log"
 
-    def _open(self, number: int) -> tuple[int, bool]:
+    def _open(self, number: int) -> _Segment:
         """Segment ``number``: a recycled spare if there is one, else a new file written full of zeros.
 
         Appends into blocks that are already written change no file system metadata, so their
@@ -124,34 +147,39 @@ class Journal:
             _zero_fill(fd, direct, self.segment_bytes)
         _fsync_folder(self.folder)
         self._want_spare.set()
-        return fd, direct
+        return _Segment(number, fd, direct)
 
     def _prepare_spares(self) -> None:
-        """Keep one zero-filled spare ready, so a rotation never waits for a new segment to be written."""
+        """Keep :data:`READY` spares zero-filled, so a rotation never waits for a new segment to be written."""
         while not self._closing.is_set():
-            if not self._spares():
-                tmp = self.folder / f".prepare-{uuid.uuid4().hex}.tmp"
-                try:
-                    fd, direct = open_direct(tmp, os.O_WRONLY | os.O_CREAT)
-                    try:
-                        _zero_fill(fd, direct, self.segment_bytes, stop=self._closing)
-                    finally:
-                        os.close(fd)
-                    if self._closing.is_set():
-                        tmp.unlink(missing_ok=True)
-                        return
-                    os.rename(tmp, self.folder / f"spare-00000000-{uuid.uuid4().hex}.log")
-                    _fsync_folder(self.folder)
-                except OSError as exc:  # a full disk: rotations then write their own segments
-                    tmp.unlink(missing_ok=True)
-                    log.warning("cannot prepare a spare journal segment: %s", exc)
-            self._want_spare.wait(timeout=5.0)
-            self._want_spare.clear()
+            if len(self._spares()) >= READY or not self._prepare_one():
+                self._want_spare.wait(timeout=5.0)
+                self._want_spare.clear()
+
+    def _prepare_one(self) -> bool:
+        tmp = self.folder / f".prepare-{uuid.uuid4().hex}.tmp"
+        try:
+            fd, direct = open_direct(tmp, os.O_WRONLY | os.O_CREAT)
+            try:
+                _zero_fill(fd, direct, self.segment_bytes, stop=self._closing)
+            finally:
+                os.close(fd)
+            if self._closing.is_set():
+                tmp.unlink(missing_ok=True)
+                return False
+            os.rename(tmp, self.folder / f"spare-00000000-{uuid.uuid4().hex}.log")
+            _fsync_folder(self.folder)
+            return True
+        except OSError as exc:  # a full disk: rotations then write their own segments
+            tmp.unlink(missing_ok=True)
+            log.warning("cannot prepare a spare journal segment: %s", exc)
+            return False
 
     def append(self, meta: dict[str, Any], buf: InstanceBuffer) -> int:
         """Append one record and return once it is on stable storage; returns its segment number.
 
-        The record head is written into ``buf``'s reserved first block.
+        The record head is written into ``buf``'s reserved first block. Raises OSError if the record,
+        or one before it in its segment, could not be written or flushed: it must not be acknowledged.
         """
         header = json.dumps(meta, separators=(",", ":")).encode()
         if HEAD.size + len(header) > HEAD_ROOM:
@@ -164,48 +192,81 @@ class Journal:
         with buf.padded(0) as record:
             size = len(record)
             with self._lock:
-                if self._written + size > self.segment_bytes and self._written > 0:
-                    self._rotate_locked()
-                segment = self.current
-                HEAD.pack_into(head, 0, MAGIC, len(header), crc, buf.length, segment)
-                written, self._direct = pwrite_direct(self._fd, self._direct, record, self._written)
-                if written != size:
-                    raise OSError(f"short write to the journal ({written} of {size} bytes)")
-                self._written += size
-                end = self._written
-                # Group commit: one fdatasync covers every append that happened before it started.
-                while self._durable < end and self.current == segment:
-                    if self._syncing:
-                        self._synced.wait()
-                        continue
-                    self._syncing = True
-                    target, fd = self._written, self._fd
-                    self._lock.release()
-                    try:
-                        os.fdatasync(fd)
-                    finally:
-                        self._lock.acquire()
-                        self._syncing = False
-                        if self.current == segment:
-                            self._durable = max(self._durable, target)
-                        self._synced.notify_all()
-        return segment
+                seg = self._segment
+                if seg.failed or (seg.reserved + size > self.segment_bytes and seg.reserved > 0):
+                    seg = self._rotate_locked()
+                offset = seg.reserved
+                seg.reserved += size
+                seg.users += 1
+                HEAD.pack_into(head, 0, MAGIC, len(header), crc, buf.length, seg.number)
+            try:
+                try:
+                    written, seg.direct = pwrite_direct(seg.fd, seg.direct, record, offset)
+                    if written != size:
+                        raise OSError(f"short write to the journal ({written} of {size} bytes)")
+                except OSError:
+                    with self._lock:
+                        seg.failed = True
+                        self._changed.notify_all()
+                    raise
+                with self._lock:
+                    self._await_durable(seg, offset, offset + size)
+            finally:
+                with self._lock:
+                    seg.users -= 1
+                    if seg is not self._segment and not seg.users:
+                        self._close_segment(seg)
+        return seg.number
 
-    def _rotate_locked(self) -> None:
-        while self._syncing:
-            self._synced.wait()
-        os.fdatasync(self._fd)
-        os.close(self._fd)
-        self.current += 1
-        self._fd, self._direct = self._open(self.current)
-        self._written = self._durable = 0
+    def _await_durable(self, seg: _Segment, start: int, end: int) -> None:
+        """With the lock held: wait until [start, end) is part of the written prefix and flushed."""
+        seg.done[start] = end
+        while seg.written in seg.done:
+            seg.written = seg.done.pop(seg.written)
+        self._changed.notify_all()
+        while seg.written < end:  # a record before this one is still being written
+            if seg.failed:
+                raise OSError("an earlier record of this journal segment could not be written")
+            self._changed.wait()
+        needed = seg.syncs_started + 1  # a flush that starts from now on covers this record
+        while seg.syncs_finished < needed:
+            if seg.syncing:
+                self._changed.wait()
+                continue
+            seg.syncing = True
+            seg.syncs_started += 1
+            self._lock.release()
+            flushed = False
+            try:
+                os.fdatasync(seg.fd)
+                flushed = True
+            finally:
+                self._lock.acquire()
+                seg.syncing = False
+                seg.syncs_finished += 1
+                seg.failed = seg.failed or not flushed
+                self._changed.notify_all()
+        if seg.failed:  # a flush failed: whether this record is on disk is unknown
+            raise OSError("the journal segment could not be flushed")
+
+    def _rotate_locked(self) -> _Segment:
+        old = self._segment
+        self._segment = self._open(old.number + 1)
+        if not old.users:
+            self._close_segment(old)
+        return self._segment
+
+    def _close_segment(self, seg: _Segment) -> None:
+        if seg.open:
+            seg.open = False
+            os.close(seg.fd)
 
     def rotate(self) -> int:
         """Close the current segment if it holds anything; returns the newest closed segment number."""
         with self._lock:
-            if self._written:
+            if self._segment.reserved:
                 self._rotate_locked()
-            return self.current - 1
+            return self._segment.number - 1
 
     def retire(self, up_to: int) -> None:
         """Retire segments numbered below or equal to ``up_to`` (never the one being written).
@@ -257,7 +318,7 @@ class Journal:
         self._want_spare.set()
         self._preparer.join(timeout=30)
         with self._lock:
-            os.close(self._fd)
+            self._close_segment(self._segment)
 
 
 def _zero_fill(fd: int, direct: bool, size: int, stop: threading.Event | None = None) -> None:

@@ -115,31 +115,42 @@ class Ingestor:
             return self._refuse(OUT_OF_RESOURCES, "disk_full", reason, calling_ae, address, sop_uid=sop_uid)
 
         policy = self.config.node.duplicate_policy
-        if policy is not DuplicatePolicy.OVERWRITE and self._known(sop_uid):
+        # Journaled keep-first copies are checked against the index by the materializer, a batch at a
+        # time: the hot path only looks at what it has journaled itself and not yet materialized.
+        look_up = policy is DuplicatePolicy.REJECT or self.journal is None
+        if policy is not DuplicatePolicy.OVERWRITE and self._known(sop_uid, look_up=look_up):
             self._count_duplicate(sop_uid)
             if policy is DuplicatePolicy.REJECT:
                 return self._refuse(
                     DUPLICATE_SOP, "duplicate", "SOP instance already stored", calling_ae, address, sop_uid=sop_uid
                 )
-            log_event(
-                self.engine,
-                "duplicate",
-                "duplicate SOP instance kept as first received",
-                calling_ae=calling_ae,
-                sop_uid=sop_uid,
-            )
+            self._log_duplicate(sop_uid, calling_ae)
             return Outcome(SUCCESS, "duplicate", sop_uid)
 
         if self.journal is not None:
             return self._keep_journaled(meta, buf, calling_ae, address)
         return self._keep_file(meta, buf, calling_ae, address)
 
-    def _known(self, sop_uid: str) -> bool:
+    def _known(self, sop_uid: str, *, look_up: bool = True) -> bool:
+        """Whether ``sop_uid`` is journaled and pending, or (with ``look_up``) already in the index."""
         with self._pending_lock:
             if sop_uid in self._pending:
                 return True
+        return look_up and bool(self._recorded([sop_uid]))
+
+    def _recorded(self, sop_uids: list[str]) -> set[str]:
+        """Those of ``sop_uids`` the index holds."""
         with self.reader.connect() as conn:
-            return conn.execute(select(instances.c.id).where(instances.c.sop_uid == sop_uid)).first() is not None
+            return set(conn.execute(select(instances.c.sop_uid).where(instances.c.sop_uid.in_(sop_uids))).scalars())
+
+    def _log_duplicate(self, sop_uid: str, calling_ae: str) -> None:
+        log_event(
+            self.engine,
+            "duplicate",
+            "duplicate SOP instance kept as first received",
+            calling_ae=calling_ae,
+            sop_uid=sop_uid,
+        )
 
     def _count_duplicate(self, sop_uid: str) -> None:
         with self._pending_lock:
@@ -210,20 +221,35 @@ class Ingestor:
 
     # -- materializing journaled instances -----------------------------------------------------------------
     def _materialize(self, records: list[Record], *, replay: bool = False) -> None:
-        """Write files and rows for journaled records (idempotent: replays skip what is already there)."""
+        """Write files and rows for journaled records (idempotent: replays skip what is already there).
+
+        Unless the policy is overwrite, an instance the index already holds keeps its first copy: the
+        journaled one is counted as a duplicate (on replay: it was materialized before the crash).
+        """
+        keep_first = replay or self.config.node.duplicate_policy is not DuplicatePolicy.OVERWRITE
+        known = self._recorded([rec.meta["sop_uid"] for rec in records]) if keep_first else set()
         rows = []
+        late: list[dict[str, Any]] = []  # duplicates of instances stored before they arrived
         for rec in records:
             m = rec.meta
-            path = self.store.instance_path(m["study_uid"], m["series_uid"], m["sop_uid"])
-            size = rec.buffer.length
-            if not (replay and path.exists() and path.stat().st_size == size):
-                write_instance_file(path, rec.buffer)
+            if m["sop_uid"] in known:
+                if not replay:
+                    late.append(m)
+            else:
+                path = self.store.instance_path(m["study_uid"], m["series_uid"], m["sop_uid"])
+                size = rec.buffer.length
+                if not (replay and path.exists() and path.stat().st_size == size):
+                    write_instance_file(path, rec.buffer)
+                rows.append((m, self.store.relative(path), size))
             rec.buffer.release()
-            rows.append((m, self.store.relative(path), size))
+        for m in late:
+            self._log_duplicate(m["sop_uid"], m["calling_ae"])
         with self.writer.begin() as conn:
             self._record(conn, rows, skip_known=replay)
             with self._pending_lock:
-                duplicates = {m["sop_uid"]: self._pending.pop(m["sop_uid"], 0) for m, _, _ in rows}
+                duplicates = {rec.meta["sop_uid"]: self._pending.pop(rec.meta["sop_uid"], 0) for rec in records}
+            for m in late:
+                duplicates[m["sop_uid"]] = duplicates.get(m["sop_uid"], 0) + 1
             for sop_uid, count in duplicates.items():
                 if count:
                     conn.execute(

@@ -36,7 +36,7 @@ class Running:
             return len(conn.execute(select(instances.c.id)).all())
 
     def settle(self) -> None:
-        """Let journaled instances reach their rows (the materializer batches for up to half a second)."""
+        """Let journaled instances reach their rows (the materializer waits for a pause in the traffic)."""
         assert self.receiver.ingestor.flush()  # type: ignore[attr-defined]
 
     def stop(self) -> None:
@@ -262,7 +262,11 @@ def test_bad_input_gets_failure_status_and_event_and_nothing_else_is_lost(
         ("reject", 0x0111, "first"),
     ],
 )
-def test_duplicate_policy(tmp_path: Path, db_url: str, policy: str, status: int, stored_bytes: str) -> None:
+@pytest.mark.parametrize("indexed_first", [False, True], ids=["while-pending", "after-indexing"])
+def test_duplicate_policy(
+    tmp_path: Path, db_url: str, policy: str, status: int, stored_bytes: str, indexed_first: bool
+) -> None:
+    """The second copy arrives while the first is journaled but not yet indexed, or after it is indexed."""
     from tests.peers.scu import c_store
 
     running = _node(tmp_path, db_url, extra_node=f'duplicate_policy = "{policy}"')
@@ -271,6 +275,8 @@ def test_duplicate_policy(tmp_path: Path, db_url: str, policy: str, status: int,
         second = copy.deepcopy(first)
         second.SeriesDescription = "resent"
         assert c_store([first], running.port, called_aet="NODE") == [0]
+        if indexed_first:
+            running.settle()
         assert c_store([second], running.port, called_aet="NODE") == [status]
         running.settle()
         with running.engine.connect() as conn:
@@ -278,6 +284,7 @@ def test_duplicate_policy(tmp_path: Path, db_url: str, policy: str, status: int,
         stored = dcmread(running.store.absolute(row.path), stop_before_pixels=True)
         assert (stored.get("SeriesDescription") == "resent") is (stored_bytes == "second")
         assert row.duplicates == (0 if policy == "overwrite" else 1)
+        assert len(running.events("duplicate")) == (0 if policy == "overwrite" else 1)
     finally:
         running.stop()
 
