@@ -4,10 +4,15 @@
    per-slice convex hull (so juxtapleural nodules, which notch the lung outline, stay inside).
 2. The lung bounding box is resampled in-plane to 1 mm pixels and every slice goes through a 2.5-D
    U-Net (3 adjacent slices in, nodule probability out).
-3. Probabilities >= ``threshold`` inside the region are grouped into 3-D connected components.
+3. Probabilities >= ``grow_threshold`` inside the region are grouped into 3-D connected components;
+   those reaching ``threshold`` somewhere are kept (hysteresis: confident seed, softer outline).
 4. Each component's patch (3 slices + its mask on the key slice) goes through Res-MTNet: nodule vs.
    false positive (vessels, bronchial walls), malignancy, composition, diameter.
-5. Components scoring >= ``min_score`` become Findings (Category.NODULE) with the mask on the
+5. Features of each component (size, elongation, HU statistics, dense tissue around it, pleural
+   contact, outline shape of the mask and of an HU-defined outline) and the Res-MTNet logits go
+   through the bundle's calibrators (small logistic / linear models stored as JSON in its
+   metadata, fitted on calibration data): detection score, malignancy probability, diameter.
+6. Components scoring >= ``min_score`` become Findings (Category.NODULE) with the mask on the
    original grid, long/short axis (mm) on the key slice, volume (mm3), mean HU, diameter (network),
    evaluations ``malignancy_likelihood`` in {"low", "intermediate", "high"} and ``composition`` in
    {"solid", "part_solid", "ground_glass"}; ``score`` = the detection score.
@@ -60,10 +65,15 @@ class Candidate:
     composition: dict[str, float] = field(default_factory=dict)
     diameter: float = 0.0
     nodule_weight: float = 0.5
+    features: dict[str, float] = field(default_factory=dict)
+    p_detect: float | None = None  # the bundle's detection calibrator, when it has one
 
     @property
     def score(self) -> float:
-        """Detection score: U-Net peak probability and Res-MTNet nodule probability, geometrically weighted."""
+        """Detection score: the calibrated detection probability when the bundle has a calibrator, else the
+        U-Net peak probability and Res-MTNet nodule probability, geometrically weighted."""
+        if self.p_detect is not None:
+            return float(self.p_detect)
         w = self.nodule_weight
         return float(self.prob_max ** (1.0 - w) * self.p_nodule**w)
 
@@ -148,6 +158,197 @@ def extract_patch(norm: np.ndarray, plane: np.ndarray, k: int, cy: int, cx: int,
     return out
 
 
+HU_LO, HU_HI = -1000.0, 500.0  # normalize_hu's window: features read HU back from the normalized input
+
+DETECT_FEATURES = (
+    "prob_max",
+    "prob_mean",
+    "log_volume",
+    "z_extent_mm",
+    "inplane_extent_mm",
+    "elongation",
+    "hu_mean",
+    "hu_std",
+    "calcified_fraction",
+    "shell_dense",
+    "air_shell",
+    "pleural",
+    "nodule_logit",
+    "solidity_2d",
+    "radial_cv",
+)
+MALIGNANCY_FEATURES = (
+    "malignancy_logit",
+    "calcified_fraction",
+    "hu_p90",
+    "hu_mean",
+    "hu_std",
+    "radial_cv",
+    "solidity_2d",
+    "solidity_2d_hu",
+    "radial_cv_hu",
+    "circularity_hu",
+    "spicule_fraction",
+)
+
+
+def _solidity_and_radial(mask2d: np.ndarray) -> tuple[float, float, float]:
+    """(area / convex-hull area, radial coefficient of variation of the outline, circularity) of a 2-D mask."""
+    from skimage.measure import perimeter
+    from skimage.morphology import convex_hull_image
+
+    area = float(mask2d.sum())
+    if area < 4:
+        return 1.0, 0.0, 1.0
+    try:
+        hull = float(convex_hull_image(mask2d).sum())
+    except ValueError:
+        hull = area
+    edge = mask2d & ~ndi.binary_erosion(mask2d)
+    rr, cc = np.nonzero(mask2d)
+    er, ec = np.nonzero(edge)
+    radii = np.hypot(er - rr.mean(), ec - cc.mean())
+    cv = float(radii.std() / max(radii.mean(), 1e-6))
+    per = float(perimeter(mask2d))
+    circ = float(4 * np.pi * area / max(per * per, 1e-6))
+    return area / max(hull, area), cv, min(circ, 1.5)
+
+
+def candidate_features(
+    norm: np.ndarray, prob: np.ndarray, region: np.ndarray, spacing: tuple[float, float, float], c: Candidate
+) -> dict[str, float]:
+    """Hand-made features of one candidate (its mask, HU and surroundings) for the bundle's calibrators.
+
+    Everything is read from the working grid: the normalized input (HU back from it, clipped at
+    ``HU_HI``), the U-Net probability and the search region.
+    """
+    dz, dy, dx = spacing
+    pad = (1, 3, 3)
+    n, h, w = norm.shape
+    bz, by, bx = c.box
+    z0, z1 = max(bz.start - pad[0], 0), min(bz.stop + pad[0], n)
+    y0, y1 = max(by.start - pad[1], 0), min(by.stop + pad[1], h)
+    x0, x1 = max(bx.start - pad[2], 0), min(bx.stop + pad[2], w)
+    box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+    comp = np.zeros((z1 - z0, y1 - y0, x1 - x0), dtype=bool)
+    comp[bz.start - z0 : bz.stop - z0, by.start - y0 : by.stop - y0, bx.start - x0 : bx.stop - x0] = c.local
+    hu = norm[box].astype(np.float32) * (HU_HI - HU_LO) + HU_LO
+    reg = region[box]
+    vals = hu[comp]
+    voxel = dz * dy * dx
+    zz, yy, xx = np.nonzero(comp)
+    pts = np.stack([zz * dz, yy * dy, xx * dx], axis=1)
+    cov = np.cov(pts.T) if len(pts) > 1 else np.zeros((3, 3))
+    cov = cov + np.diag([dz * dz / 12.0, dy * dy / 12.0, dx * dx / 12.0])
+    ev = np.clip(np.linalg.eigvalsh(cov), 1e-6, None)
+    shell = ndi.binary_dilation(comp, structure=np.ones((3, 5, 5), bool)) & ~comp & reg
+    shell_dense = float((hu[shell] > -500).mean()) if shell.any() else 0.0
+    around = ndi.binary_dilation(comp, structure=np.ones((3, 5, 5), bool)) & ~comp
+    air_shell = float((hu[around] < -500).mean()) if around.any() else 0.0
+    edge = ~ndi.binary_erosion(reg, structure=np.ones((1, 5, 5), bool), border_value=1)
+    pleural = float((comp & edge).sum() / max(comp.sum(), 1))
+    k = c.key_slice - z0
+    key = comp[k]
+    # An HU-defined outline: halfway between the nodule's core and the surrounding parenchyma.
+    core = float(np.percentile(vals, 75))
+    bg_vals = hu[shell & (hu < -500)]
+    bg = float(np.median(bg_vals)) if bg_vals.size else -850.0
+    thr = (core + bg) / 2.0
+    # Shape on every slice at least half as large as the key slice (mask and HU outline), averaged.
+    areas = comp.reshape(comp.shape[0], -1).sum(axis=1)
+    shape_net: list[tuple[float, float, float]] = []
+    shape_hu: list[tuple[float, float, float]] = []
+    spicule: list[float] = []
+    for kk in np.nonzero(areas >= max(0.5 * areas.max(), 4))[0]:
+        m = comp[kk]
+        shape_net.append(_solidity_and_radial(m))
+        hm = (hu[kk] >= thr) & ndi.binary_dilation(m, iterations=2) & reg[kk]
+        lab, nl = ndi.label(hm)
+        if nl > 1:
+            hit = np.bincount(lab[m & hm], minlength=nl + 1)
+            hit[0] = 0
+            hm = lab == int(np.argmax(hit)) if hit.any() else hm
+        if not hm.any():
+            hm = m
+        shape_hu.append(_solidity_and_radial(hm))
+        opened = ndi.binary_opening(hm, structure=np.ones((3, 3), bool))
+        spicule.append(float((hm & ~opened).sum() / max(hm.sum(), 1)))
+    if not shape_net:
+        shape_net = [_solidity_and_radial(key)]
+        shape_hu = shape_net
+        spicule = [0.0]
+    sol, rcv, _ = np.mean(shape_net, axis=0)
+    sol_hu, rcv_hu, circ_hu = np.mean(shape_hu, axis=0)
+    long_ax = long_short_axes(key, (dy, dx))[0]
+    opened_key = ndi.binary_opening(key, structure=np.ones((3, 3), bool))
+    long_open = long_short_axes(opened_key, (dy, dx))[0] if opened_key.any() else long_ax
+    return {
+        "prob_max": c.prob_max,
+        "prob_mean": c.prob_mean,
+        "log_volume": float(np.log(max(comp.sum() * voxel, 1.0))),
+        "z_extent_mm": float((bz.stop - bz.start) * dz),
+        "inplane_extent_mm": float(max(by.stop - by.start, bx.stop - bx.start) * dy),
+        "elongation": float(0.5 * np.log(ev[-1] / ev[0])),
+        "hu_mean": float(vals.mean()),
+        "hu_std": float(vals.std()),
+        "hu_p90": float(np.percentile(vals, 90)),
+        "calcified_fraction": float((vals > 200).mean()),
+        "shell_dense": shell_dense,
+        "air_shell": air_shell,
+        "pleural": pleural,
+        "solidity_2d": float(sol),
+        "radial_cv": float(rcv),
+        "solidity_2d_hu": float(sol_hu),
+        "radial_cv_hu": float(rcv_hu),
+        "circularity_hu": float(circ_hu),
+        "spicule_fraction": float(np.mean(spicule)),
+        "log_diameter": float(np.log(max(long_ax, 1.0))),
+        "long_axis_mm": long_ax,
+        "long_axis_open_mm": long_open,
+        "equiv_diameter_mm": float(2.0 * np.sqrt(key.sum() * dy * dx / np.pi)),
+    }
+
+
+@dataclass
+class Calibrator:
+    """A logistic (or, with ``kind="linear"``, linear) model on named features, stored as JSON in the bundle."""
+
+    features: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    kind: str = "logistic"
+
+    def __call__(self, feats: dict[str, float]) -> float:
+        x = np.array([feats.get(f, 0.0) for f in self.features], dtype=float)
+        z = float(((x - self.mean) / self.scale) @ self.coef + self.intercept)
+        if self.kind == "linear":
+            return z
+        return float(1.0 / (1.0 + np.exp(-np.clip(z, -30, 30))))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "features": list(self.features),
+            "mean": [round(float(v), 6) for v in self.mean],
+            "scale": [round(float(v), 6) for v in self.scale],
+            "coef": [round(float(v), 6) for v in self.coef],
+            "intercept": round(float(self.intercept), 6),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Calibrator:
+        return cls(
+            features=tuple(d["features"]),
+            mean=np.asarray(d["mean"], dtype=float),
+            scale=np.asarray(d["scale"], dtype=float),
+            coef=np.asarray(d["coef"], dtype=float),
+            intercept=float(d["intercept"]),
+            kind=str(d.get("kind", "logistic")),
+        )
+
+
 class NoduleModel:
     """The networks plus the numeric steps, on arrays (no DICOM): used by the pipeline and by evaluation."""
 
@@ -160,6 +361,11 @@ class NoduleModel:
         min_volume_mm3: float = 8.0,
         batch: int = 16,
         nodule_weight: float = 0.5,
+        grow_threshold: float | None = None,
+        detector: Calibrator | None = None,
+        malignancy: Calibrator | None = None,
+        diameter: Calibrator | None = None,
+        hu_refine: float | None = None,
     ) -> None:
         self.unet = unet
         self.resmtnet = resmtnet
@@ -168,6 +374,11 @@ class NoduleModel:
         self.min_volume_mm3 = min_volume_mm3
         self.batch = batch
         self.nodule_weight = nodule_weight
+        self.grow_threshold = threshold if grow_threshold is None else min(grow_threshold, threshold)
+        self.detector = detector
+        self.malignancy = malignancy
+        self.diameter = diameter
+        self.hu_refine = hu_refine
 
     def probabilities(self, norm: np.ndarray, slices: Sequence[int] | None = None) -> np.ndarray:
         """U-Net nodule probability for every slice of a normalized working-grid volume."""
@@ -191,11 +402,17 @@ class NoduleModel:
         return prob
 
     def components(self, prob: np.ndarray, region: np.ndarray, spacing: tuple[float, float, float]) -> list[Candidate]:
-        """3-D connected components of ``prob >= threshold`` inside ``region``."""
-        binary = (prob >= self.threshold) & region
+        """3-D connected components of ``prob >= grow_threshold`` inside ``region`` that reach ``threshold``
+        (hysteresis: a component needs a confident seed; its outline follows the lower level)."""
+        binary = (prob >= self.grow_threshold) & region
         labels, n = ndi.label(binary)
         if n == 0:
             return []
+        if self.grow_threshold < self.threshold:
+            seeded = np.zeros(n + 1, dtype=bool)
+            seeded[np.unique(labels[(prob >= self.threshold) & binary])] = True
+            seeded[0] = False
+            labels = np.where(seeded[labels], labels, 0)
         voxel = float(np.prod(spacing))
         out = []
         for i, sl in enumerate(ndi.find_objects(labels), start=1):
@@ -224,6 +441,55 @@ class NoduleModel:
             )
         return out
 
+    def refine(self, norm: np.ndarray, region: np.ndarray, candidates: list[Candidate]) -> None:
+        """HU-aware outline inside each component's neighbourhood (in place; no-op unless ``hu_refine``).
+
+        The nodule's level is the 25th HU percentile inside the U-Net component (so a part-solid
+        nodule's ground glass counts), the parenchyma's is the median HU below -500 in a shell around
+        it; voxels above ``bg + hu_refine * (level - bg)`` within 2 voxels of the component, inside the
+        region and connected to the component, form the new mask. This follows the partial-volume
+        edge (the truth is "at least half nodule") where the U-Net's outline is smoother.
+        """
+        if not self.hu_refine:
+            return
+        n, h, w = norm.shape
+        for c in candidates:
+            box = tuple(
+                slice(max(b.start - 2, 0), min(b.stop + 2, size)) for b, size in zip(c.box, (n, h, w), strict=True)
+            )
+            comp = np.zeros([b.stop - b.start for b in box], dtype=bool)
+            comp[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(c.box, box, strict=True))] = c.local
+            hu = norm[box].astype(np.float32) * (HU_HI - HU_LO) + HU_LO
+            reg = region[box]
+            shell = ndi.binary_dilation(comp, structure=np.ones((3, 5, 5), bool)) & ~comp & reg
+            bg_vals = hu[shell & (hu < -500)]
+            bg = float(np.median(bg_vals)) if bg_vals.size else -850.0
+            level = float(np.percentile(hu[comp], 25))
+            if level <= bg:
+                continue
+            near = ndi.binary_dilation(comp, structure=np.ones((3, 3, 3), bool), iterations=2) & reg
+            mask = (hu >= bg + self.hu_refine * (level - bg)) & near
+            lab, nl = ndi.label(mask)
+            if nl == 0:
+                continue
+            keep = np.zeros(nl + 1, dtype=bool)
+            keep[np.unique(lab[mask & comp])] = True
+            keep[0] = False
+            mask = keep[lab]
+            if not mask.any():
+                continue
+            zz, yy, xx = np.nonzero(mask)
+            inner = (slice(zz.min(), zz.max() + 1), slice(yy.min(), yy.max() + 1), slice(xx.min(), xx.max() + 1))
+            c.box = tuple(  # type: ignore[assignment]
+                slice(o.start + i.start, o.start + i.stop) for o, i in zip(box, inner, strict=True)
+            )
+            c.local = mask[inner]
+            areas = c.local.reshape(c.local.shape[0], -1).sum(axis=1)
+            k_local = int(np.argmax(areas))
+            rr, cc = np.nonzero(c.local[k_local])
+            c.key_slice = k_local + c.box[0].start
+            c.center = (c.key_slice, round(float(rr.mean())) + c.box[1].start, round(float(cc.mean())) + c.box[2].start)
+
     def classify(self, norm: np.ndarray, candidates: list[Candidate]) -> None:
         """Fill each candidate's Res-MTNet outputs in place (no-op without a Res-MTNet)."""
         if self.resmtnet is None or not candidates:
@@ -233,23 +499,47 @@ class NoduleModel:
         patches = np.stack([extract_patch(norm, c.plane(c.center[0]), *c.center) for c in candidates])
         with torch.inference_mode():
             out = self.resmtnet(torch.from_numpy(patches).to(self.device))
-        p_nod = torch.sigmoid(out["nodule"]).cpu().numpy()
-        p_mal = torch.sigmoid(out["malignancy"]).cpu().numpy()
-        comp = torch.softmax(out["composition"], dim=1).cpu().numpy()
-        diam = out["diameter"].cpu().numpy()
+        nod_logit = out["nodule"].float().cpu().numpy()
+        mal_logit = out["malignancy"].float().cpu().numpy()
+        comp = torch.softmax(out["composition"].float(), dim=1).cpu().numpy()
+        diam = out["diameter"].float().cpu().numpy()
         for i, c in enumerate(candidates):
-            c.p_nodule = float(p_nod[i])
-            c.p_malignant = float(p_mal[i])
+            c.p_nodule = float(1.0 / (1.0 + np.exp(-nod_logit[i])))
+            c.p_malignant = float(1.0 / (1.0 + np.exp(-mal_logit[i])))
             c.composition = {name: float(comp[i, j]) for j, name in enumerate(COMPOSITIONS)}
             c.diameter = float(max(diam[i], 0.0))
             c.nodule_weight = self.nodule_weight
+            c.features["nodule_logit"] = float(np.clip(nod_logit[i], -20, 20))
+            c.features["malignancy_logit"] = float(np.clip(mal_logit[i], -20, 20))
+            c.features["diameter_net"] = c.diameter
+
+    def describe(
+        self,
+        norm: np.ndarray,
+        prob: np.ndarray,
+        region: np.ndarray,
+        spacing: tuple[float, float, float],
+        candidates: list[Candidate],
+    ) -> None:
+        """Mask features of each candidate, then the bundle's calibrators (detection score, malignancy,
+        diameter) where it has them; in place."""
+        for c in candidates:
+            c.features.update(candidate_features(norm, prob, region, spacing, c))
+            if self.detector is not None:
+                c.p_detect = self.detector(c.features)
+            if self.resmtnet is not None and self.malignancy is not None:
+                c.p_malignant = self.malignancy(c.features)
+            if self.resmtnet is not None and self.diameter is not None:
+                c.diameter = float(max(self.diameter(c.features), 0.0))
 
     def detect(self, norm: np.ndarray, region: np.ndarray, spacing: tuple[float, float, float]) -> list[Candidate]:
-        """Probabilities, components and classification for a normalized working-grid volume."""
+        """Probabilities, components, classification and calibration for a normalized working-grid volume."""
         slices = [int(k) for k in np.nonzero(region.any(axis=(1, 2)))[0]]
         prob = self.probabilities(norm, slices)
         cands = self.components(prob, region, spacing)
+        self.refine(norm, region, cands)
         self.classify(norm, cands)
+        self.describe(norm, prob, region, spacing, cands)
         return cands
 
 
@@ -339,6 +629,7 @@ def load_model(bundle: str | Path | None, device: str) -> tuple[NoduleModel, str
     if resmtnet is None and path != DEFAULT_BUNDLE and (DEFAULT_BUNDLE / "models" / "model.pt").exists():
         resmtnet = load_bundle(DEFAULT_BUNDLE, device=device).network("resmtnet")
     cfg = b.metadata.get("inference", {}) if isinstance(b.metadata.get("inference"), dict) else {}
+    cal = cfg.get("calibrators", {}) if isinstance(cfg.get("calibrators"), dict) else {}
     model = NoduleModel(
         unet,
         resmtnet,
@@ -346,6 +637,11 @@ def load_model(bundle: str | Path | None, device: str) -> tuple[NoduleModel, str
         threshold=float(cfg.get("threshold", 0.5)),
         min_volume_mm3=float(cfg.get("min_volume_mm3", 8.0)),
         nodule_weight=float(cfg.get("nodule_weight", 0.5)),
+        grow_threshold=float(cfg["grow_threshold"]) if "grow_threshold" in cfg else None,
+        hu_refine=float(cfg["hu_refine"]) if cfg.get("hu_refine") else None,
+        detector=Calibrator.from_json(cal["detection"]) if "detection" in cal else None,
+        malignancy=Calibrator.from_json(cal["malignancy"]) if "malignancy" in cal else None,
+        diameter=Calibrator.from_json(cal["diameter"]) if "diameter" in cal else None,
     )
     model_min_score = float(cfg.get("min_score", 0.5))
     setattr(model, "min_score", model_min_score)  # noqa: B010

@@ -219,12 +219,27 @@ def real_case(name: str, vol: Volume, truth: np.ndarray | None) -> Case:
     return Case(name, normalize_hu(hu), hu, spacing, region, labels, _truths(labels, spacing, meta))
 
 
-def add_nodules(case: Case, rng: np.random.Generator, n: int, max_diameter: float = 16.0) -> Case:
-    """Render ``n`` more (mostly small: 4 mm to ``max_diameter``) nodules into ``case`` in place; returns it."""
+def add_nodules(
+    case: Case,
+    rng: np.random.Generator,
+    n: int,
+    max_diameter: float = 16.0,
+    juxtapleural: float = 0.0,
+    min_diameter: float = 4.0,
+    compositions: tuple[float, float, float] | None = None,
+) -> Case:
+    """Render ``n`` more (mostly small: ``min_diameter`` to ``max_diameter``) nodules into ``case`` in place.
+
+    A share ``juxtapleural`` of them touches the pleura (the lung = the search region below -400 HU);
+    the rest sits inside the parenchyma. ``compositions`` = probabilities of solid / part-solid /
+    ground-glass (default: :func:`random_spec`'s). Returns ``case``.
+    """
     from dicom_node.imaging.series import normalize_hu
 
     dz, dy, dx = case.spacing
-    inside = ndi.distance_transform_edt(case.region & (case.labels == 0), sampling=case.spacing)
+    lung = case.region & (case.hu < -400)
+    inside = ndi.distance_transform_edt(lung & (case.labels == 0), sampling=case.spacing)
+    free = ndi.distance_transform_edt(case.labels == 0, sampling=case.spacing)
     z = (np.arange(case.hu.shape[0]) + 0.5) * dz
     y = (np.arange(case.hu.shape[1]) + 0.5) * dy
     x = (np.arange(case.hu.shape[2]) + 0.5) * dx
@@ -232,10 +247,16 @@ def add_nodules(case: Case, rng: np.random.Generator, n: int, max_diameter: floa
     for _ in range(n * 10):
         if added >= n:
             break
-        d = float(np.exp(rng.uniform(np.log(4.0), np.log(max_diameter))))
-        spec = random_spec(rng, (0.0, 0.0, 0.0), diameter=d)
+        d = float(np.exp(rng.uniform(np.log(min_diameter), np.log(max_diameter))))
+        comp = str(rng.choice(COMPOSITIONS, p=compositions)) if compositions is not None else None
+        spec = random_spec(rng, (0.0, 0.0, 0.0), diameter=d, composition=comp)
+        if comp is not None and comp != "solid" and spec.shape == "calcified":
+            spec = random_spec(rng, (0.0, 0.0, 0.0), diameter=d, shape="smooth", composition=comp)
         r = spec.radius
-        cand = np.nonzero((inside > r + 3.0) & (case.hu > -950))
+        if rng.random() < juxtapleural:
+            cand = np.nonzero((inside > 0.75 * r) & (inside < r * 1.05 + 0.5) & (free > r * 2 + 4))
+        else:
+            cand = np.nonzero((inside > r + 3.0) & (case.hu > -950) & (free > r * 2 + 4))
         if cand[0].size == 0:
             continue
         i = int(rng.integers(cand[0].size))
@@ -249,7 +270,8 @@ def add_nodules(case: Case, rng: np.random.Generator, n: int, max_diameter: floa
         if (case.labels[box] != 0).any():
             continue
         occ, core, calc = render_occupancy(spec, z[box[0]], y[box[1]], x[box[2]], dz)
-        occ, core, calc = (a * case.region[box] for a in (occ, core, calc))
+        allowed = ndi.binary_dilation(lung[box], iterations=1).astype(np.float32)
+        occ, core, calc = (a * allowed for a in (occ, core, calc))
         gt = occ >= 0.5
         if not gt.any():
             continue
@@ -264,5 +286,6 @@ def add_nodules(case: Case, rng: np.random.Generator, n: int, max_diameter: floa
         )
         case.truths[-1].index = index
         inside[box][ndi.binary_dilation(gt, iterations=3)] = 0
+        free[box][ndi.binary_dilation(gt, iterations=3)] = 0
         added += 1
     return case

@@ -35,8 +35,9 @@ from dicom_node.training.ct_data import Case, inserted_case, phantom_case, real_
 
 logger = logging.getLogger(__name__)
 
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 UNET_PATCH = 96
+GROW_THRESHOLD = 0.35  # hysteresis outline level (chosen on the validation seed)
 FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 UNET_BUILDER = "dicom_node.nets.unet2d:build_unet2d"
 RESMTNET_BUILDER = "dicom_node.nets.resmtnet:build_resmtnet"
@@ -437,6 +438,9 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
         "seconds": {"data": round(t_data, 1), "unet": round(t_unet, 1), "total": round(elapsed, 1)},
     }
     write_bundle(bundle_dir, unet, resmtnet, summary)
+    cal_cases = calibration_cases(n_phantoms=1, n_inserted=0) if quick else None
+    calibrate(bundle_dir, cal_cases, grow_threshold=GROW_THRESHOLD)
+    write_card(bundle_dir)
     return summary
 
 
@@ -496,23 +500,19 @@ def froc(
     return out
 
 
-def evaluate(bundle_dir: Path, seed: int = 1234, real_dir: Path | None = None, n_scans: int = 16) -> dict[str, Any]:
+EVAL_SCANS = 32  # 1.1.0 and before: 16 (the same first 16 phantoms of the seed)
+
+
+def evaluate(
+    bundle_dir: Path, seed: int = 1234, real_dir: Path | None = None, n_scans: int = EVAL_SCANS
+) -> dict[str, Any]:
     """Held-out synthetic evaluation (phantoms from ``seed``) plus the real chest CT; updates the card."""
     device = _device()
     model, version = load_model(bundle_dir, device)
     min_score = float(getattr(model, "min_score", 0.5))
     rng = np.random.default_rng(seed)
-    dets: list[tuple[float, int, int]] = []
-    n_pos = 0
-    dice_matched: list[float] = []
-    dice_all: list[float] = []
-    mal_scores: list[float] = []
-    mal_labels: list[int] = []
-    comp_ok: list[int] = []
-    diam_err: list[float] = []
-    mask_diam_err: list[float] = []
-    op_tp = op_fp = 0
     seconds: list[float] = []
+    records: list[dict[str, Any]] = []  # one per truth nodule and one per false-positive candidate
     from dicom_node.pipelines.ct_lung_nodule import long_short_axes
 
     for scan in range(n_scans):
@@ -527,65 +527,85 @@ def evaluate(bundle_dir: Path, seed: int = 1234, real_dir: Path | None = None, n
                 if m not in best or c.score > best[m][0]:
                     best[m] = (c.score, c)
             elif m == 0:
-                dets.append((c.score, scan, 0))
-                op_fp += int(c.score >= min_score)
+                records.append({"scan": scan, "fp": True, "score": c.score})
         for t in case.truths:
-            big = t.diameter >= 6.0
-            gt = case.labels == t.index
-            if big:
-                n_pos += 1
+            rec: dict[str, Any] = {"scan": scan, "fp": False, "big": t.diameter >= 6.0, "found": t.index in best}
             if t.index in best:
                 score, c = best[t.index]
-                if big:
-                    dets.append((score, scan, t.index))
+                gt = case.labels == t.index
                 inter = float((c.local & gt[c.box]).sum())
-                dice = 2 * inter / float(c.local.sum() + gt.sum())
-                if score >= min_score:
-                    if big:
-                        op_tp += 1
-                        dice_matched.append(dice)
-                        dice_all.append(dice)
-                    mal_scores.append(c.p_malignant)
-                    mal_labels.append(t.malignant)
-                    comp_ok.append(
-                        int(max(c.composition, key=lambda n: c.composition[n]) == COMPOSITIONS[t.composition])
-                    )
-                    diam_err.append(abs(c.diameter - t.diameter))
-                    k = int(np.argmax(c.local.reshape(c.local.shape[0], -1).sum(axis=1)))
-                    measured = long_short_axes(c.local[k], (case.spacing[1], case.spacing[2]))[0]
-                    mask_diam_err.append(abs(measured - t.diameter))
-                elif big:
-                    dice_all.append(0.0)
-            elif big:
-                dice_all.append(0.0)
-    sens = froc(dets, n_pos, n_scans)
-    result: dict[str, Any] = {
-        "version": version,
-        "seed": seed,
-        "scans": n_scans,
-        "nodules_ge_6mm": n_pos,
-        "froc_sensitivity_ge_6mm": sens,
-        "froc_mean": float(np.mean(list(sens.values()))),
-        "operating_point": {
-            "min_score": min_score,
-            "sensitivity_ge_6mm": op_tp / max(n_pos, 1),
-            "fp_per_scan": op_fp / n_scans,
-        },
-        "dice_detected_ge_6mm": float(np.mean(dice_matched)) if dice_matched else float("nan"),
-        "dice_all_ge_6mm_misses_zero": float(np.mean(dice_all)) if dice_all else float("nan"),
-        "malignancy_auc": _auc(np.asarray(mal_scores), np.asarray(mal_labels)),
-        "composition_accuracy": float(np.mean(comp_ok)) if comp_ok else float("nan"),
-        "diameter_mae_mm": float(np.mean(diam_err)) if diam_err else float("nan"),
-        "mask_long_axis_mae_mm": float(np.mean(mask_diam_err)) if mask_diam_err else float("nan"),
-        "detect_seconds_per_scan": float(np.mean(seconds)),
-        "device": device,
-    }
+                k = int(np.argmax(c.local.reshape(c.local.shape[0], -1).sum(axis=1)))
+                rec.update(
+                    score=score,
+                    dice=2 * inter / float(c.local.sum() + gt.sum()),
+                    p_malignant=c.p_malignant,
+                    malignant=t.malignant,
+                    composition_ok=int(
+                        max(c.composition, key=lambda n: c.composition[n]) == COMPOSITIONS[t.composition]
+                    ),
+                    diameter_err=abs(c.diameter - t.diameter),
+                    mask_diameter_err=abs(
+                        long_short_axes(c.local[k], (case.spacing[1], case.spacing[2]))[0] - t.diameter
+                    ),
+                )
+            records.append(rec)
+    result: dict[str, Any] = {"version": version, "seed": seed, "scans": n_scans}
+    result.update(_metrics(records, n_scans, min_score))
+    result["detect_seconds_per_scan"] = float(np.mean(seconds))
+    result["device"] = device
+    if n_scans > 16:
+        sub = _metrics([r for r in records if r["scan"] < 16], 16, min_score)
+        result["first_16_scans"] = {
+            k: sub[k]
+            for k in (
+                "nodules_ge_6mm",
+                "froc_sensitivity_ge_6mm",
+                "operating_point",
+                "dice_detected_ge_6mm",
+                "malignancy_auc",
+                "diameter_mae_mm",
+            )
+        }
     result["real"] = evaluate_real(model, real_dir)
     path = Path(bundle_dir) / "docs" / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     write_card(Path(bundle_dir))
     return result
+
+
+def _metrics(records: list[dict[str, Any]], n_scans: int, min_score: float) -> dict[str, Any]:
+    """The card's numbers from :func:`evaluate`'s per-nodule / per-false-positive records."""
+    truths = [r for r in records if not r["fp"]]
+    fps = [r for r in records if r["fp"]]
+    big = [r for r in truths if r["big"]]
+    dets = [(r["score"], r["scan"], 0) for r in fps] + [(r["score"], r["scan"], 1) for r in big if r["found"]]
+    sens = froc(dets, len(big), n_scans)
+    kept = [r for r in truths if r["found"] and r["score"] >= min_score]
+    kept_big = [r for r in kept if r["big"]]
+    dice_all = [r["dice"] if r["found"] and r["score"] >= min_score else 0.0 for r in big]
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else float("nan")
+
+    return {
+        "nodules_ge_6mm": len(big),
+        "froc_sensitivity_ge_6mm": sens,
+        "froc_mean": float(np.mean(list(sens.values()))),
+        "operating_point": {
+            "min_score": min_score,
+            "sensitivity_ge_6mm": len(kept_big) / max(len(big), 1),
+            "fp_per_scan": sum(r["score"] >= min_score for r in fps) / n_scans,
+        },
+        "dice_detected_ge_6mm": mean([r["dice"] for r in kept_big]),
+        "dice_all_ge_6mm_misses_zero": mean(dice_all),
+        "malignancy_auc": _auc(
+            np.asarray([r["p_malignant"] for r in kept]), np.asarray([r["malignant"] for r in kept])
+        ),
+        "composition_accuracy": mean([r["composition_ok"] for r in kept]),
+        "diameter_mae_mm": mean([r["diameter_err"] for r in kept]),
+        "mask_long_axis_mae_mm": mean([r["mask_diameter_err"] for r in kept]),
+    }
 
 
 def evaluate_real(model: NoduleModel, real_dir: Path | None) -> dict[str, Any]:
@@ -632,6 +652,53 @@ def evaluate_real(model: NoduleModel, real_dir: Path | None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- the card
 
 
+def _calibration_lines(meta: dict[str, Any]) -> list[str]:
+    inf = meta.get("inference", {})
+    cal = inf.get("calibrators")
+    if not isinstance(cal, dict):
+        return []
+    info = inf.get("calibration", {})
+    lines = [
+        "Post-processing and calibrators (since 1.2.0, stored as JSON in configs/metadata.json):",
+        "",
+        f"- components seeded at U-Net probability >= {inf.get('threshold')}, outlined at >= "
+        f"{inf.get('grow_threshold', inf.get('threshold'))} (hysteresis);",
+        "- detection score = a logistic model on the candidate's features: "
+        + ", ".join(cal.get("detection", {}).get("features", []))
+        + ";",
+        "- malignancy probability = a logistic model on Res-MTNet's malignancy logit and shape/HU features "
+        "of the mask and of an HU-defined outline: " + ", ".join(cal.get("malignancy", {}).get("features", [])) + ";",
+        "- diameter = a linear blend of " + ", ".join(cal.get("diameter", {}).get("features", [])) + ".",
+        f"- Fitted (L2 = {info.get('l2')}) on {info.get('cases', '?')} calibration cases from seed "
+        f"{info.get('seed', '?')} (fresh phantoms plus real-LIDC-inserted cases; neither the training seeds "
+        f"nor the validation or test seeds), {info.get('candidates', '?')} candidates, "
+        f"{info.get('nodule_candidates', '?')} of them on nodules.",
+    ]
+    val = info.get("validation")
+    if isinstance(val, dict):
+        lines += [
+            f"- Validation (seed {val.get('seed')}, {val.get('scans')} scans), where the choices were made: "
+            + json.dumps({k: v for k, v in val.items() if k not in ("seed", "scans")})
+        ]
+    return [*lines, ""]
+
+
+def _first16_lines(metrics: dict[str, Any]) -> list[str]:
+    sub = metrics.get("first_16_scans")
+    if not isinstance(sub, dict):
+        return []
+    s = sub["froc_sensitivity_ge_6mm"]
+    op = sub["operating_point"]
+    return [
+        f"Since 1.2.0 the held-out set is {metrics['scans']} scans (more nodules, steadier numbers); 1.1.0 and "
+        "before used its first 16. On those 16 alone: "
+        f"{sub['nodules_ge_6mm']} nodules >= 6 mm, FROC at 1 FP/scan {s['1.0']:.3f}, operating point "
+        f"sensitivity {op['sensitivity_ge_6mm']:.3f} at {op['fp_per_scan']:.2f} FP/scan, Dice "
+        f"{sub['dice_detected_ge_6mm']:.3f}, malignancy AUC {sub['malignancy_auc']:.3f}, diameter MAE "
+        f"{sub['diameter_mae_mm']:.2f} mm.",
+    ]
+
+
 def write_card(bundle_dir: Path) -> None:
     """docs/README.md from metadata.json and (when present) docs/metrics.json."""
     bundle_dir = Path(bundle_dir)
@@ -655,6 +722,7 @@ def write_card(bundle_dir: Path) -> None:
         "composition (solid, part_solid, ground_glass) and diameter. Measurements from the mask: long and",
         "short axis (mm), volume (mm3), mean HU.",
         "",
+        *_calibration_lines(meta),
         "## Training data",
         "",
         f"- {cases.get('phantoms', '?')} synthetic chest CT phantoms (`dicom_node/synth/ct_phantom.py`):",
@@ -704,6 +772,7 @@ def write_card(bundle_dir: Path) -> None:
             f"| detection time per phantom (64 mm) | {metrics['detect_seconds_per_scan']:.2f} s | |",
             "",
             "Phantom scans cover about 64 mm of chest, so FP/scan is per 64 mm, not per full chest.",
+            *_first16_lines(metrics),
             "",
             "## Real CT (shared/data/real)",
             "",
@@ -920,3 +989,142 @@ def finetune(
     (Path(bundle_dir) / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     write_card(Path(bundle_dir))
     return training
+
+
+# ------------------------------------------------------------------------ calibrators (v1.2)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, weights: np.ndarray | None = None) -> dict[str, Any]:
+    """L2-regularized logistic regression by Newton steps on standardized features; JSON-ready parameters
+    (see :class:`dicom_node.pipelines.ct_lung_nodule.Calibrator`)."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    w_s = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-6] = 1.0
+    z = np.concatenate([(x - mean) / scale, np.ones((len(x), 1))], axis=1)
+    beta = np.zeros(z.shape[1])
+    reg = np.full(z.shape[1], l2)
+    reg[-1] = 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ beta, -30, 30)))
+        grad = z.T @ (w_s * (p - y)) + reg * beta
+        hess = (z * (w_s * p * (1 - p))[:, None]).T @ z + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return {"mean": mean, "scale": scale, "coef": beta[:-1], "intercept": float(beta[-1])}
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> dict[str, Any]:
+    """Ridge regression on standardized features (same parameter layout as :func:`fit_logistic`)."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-6] = 1.0
+    z = (x - mean) / scale
+    coef = np.linalg.solve(z.T @ z + l2 * np.eye(z.shape[1]), z.T @ (y - y.mean()))
+    return {"mean": mean, "scale": scale, "coef": coef, "intercept": float(y.mean())}
+
+
+def candidate_table(cases: list[Case], model: NoduleModel, progress: bool = False) -> list[dict[str, Any]]:
+    """Every candidate of ``model`` on ``cases`` with its features and truth: ``truth`` (0 = false positive,
+    -1 = ignored), ``malignant``, ``diameter`` (truth long axis), ``dice`` with that truth, ``case``."""
+    rows: list[dict[str, Any]] = []
+    for ci, case in enumerate(_progress(cases, progress, desc="candidates", leave=False)):
+        cands = model.detect(case.norm, case.region, case.spacing)
+        truth_by_index = {t.index: t for t in case.truths}
+        for c, m in zip(cands, _match(cands, case), strict=True):
+            row: dict[str, Any] = {"case": ci, "truth": m, "features": dict(c.features), "score": c.score}
+            if m > 0:
+                t = truth_by_index[m]
+                gt = case.labels == m
+                inter = float((c.local & gt[c.box]).sum())
+                row.update(
+                    malignant=t.malignant,
+                    diameter=t.diameter,
+                    dice=2 * inter / float(c.local.sum() + gt.sum()),
+                )
+            rows.append(row)
+    return rows
+
+
+CALIBRATION_SEED = 555  # calibration phantoms: neither training (0, 101, 102) nor validation (777) nor test (1234)
+
+
+def fit_calibrators(rows: list[dict[str, Any]], l2: float = 1.0) -> dict[str, dict[str, Any]]:
+    """Detection, malignancy and diameter calibrators (JSON) from a :func:`candidate_table`."""
+    from dicom_node.pipelines.ct_lung_nodule import DETECT_FEATURES, MALIGNANCY_FEATURES, Calibrator
+
+    def feats(rs: list[dict[str, Any]], names: Sequence[str]) -> np.ndarray:
+        return np.array([[r["features"].get(f, 0.0) for f in names] for r in rs], dtype=float)
+
+    out: dict[str, dict[str, Any]] = {}
+    known = [r for r in rows if r["truth"] >= 0]
+    y = np.array([r["truth"] > 0 for r in known], dtype=float)
+    if 0 < y.sum() < len(y):
+        det = Calibrator(DETECT_FEATURES, **fit_logistic(feats(known, DETECT_FEATURES), y, l2))
+        out["detection"] = det.to_json()
+    nod = [r for r in known if r["truth"] > 0 and r.get("malignant", -1) >= 0]
+    y_mal = np.array([r["malignant"] for r in nod], dtype=float)
+    if 0 < y_mal.sum() < len(y_mal):
+        mal = Calibrator(MALIGNANCY_FEATURES, **fit_logistic(feats(nod, MALIGNANCY_FEATURES), y_mal, l2))
+        out["malignancy"] = mal.to_json()
+    if len(nod) >= 3:
+        y_d = np.array([r["diameter"] for r in nod], dtype=float)
+        dia = Calibrator(DIAMETER_FEATURES, **fit_linear(feats(nod, DIAMETER_FEATURES), y_d, l2), kind="linear")
+        out["diameter"] = dia.to_json()
+    return out
+
+
+DIAMETER_FEATURES = ("diameter_net", "long_axis_mm", "long_axis_open_mm", "equiv_diameter_mm")
+
+
+def calibration_cases(seed: int = CALIBRATION_SEED, n_phantoms: int = 56, n_inserted: int = 12) -> list[Case]:
+    """Fresh phantoms (2-5 nodules) and real-inserted cases from ``seed``, for fitting the calibrators."""
+    rng = np.random.default_rng(seed)
+    cases = [phantom_case(rng, f"cal{i}", n_nodules=(2, 5)) for i in range(n_phantoms)]
+    from dicom_node.pipelines.ct_lung_field import segment_lungs
+
+    reals = [r for r in real_volumes() if segment_lungs(r[1]).both.sum() * np.prod(r[1].spacing) > 50_000]
+    for i in range(n_inserted if reals else 0):
+        name, vol, truth = reals[i % len(reals)]
+        cases.append(inserted_case(rng, f"{name}+cal{i}", vol, truth))
+    return cases
+
+
+def calibrate(
+    bundle_dir: Path,
+    cases: list[Case] | None = None,
+    grow_threshold: float = 0.5,
+    l2: float = 1.0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fit the bundle's calibrators on calibration cases (default :func:`calibration_cases`) with its own
+    networks, and store them (with ``grow_threshold``) in configs/metadata.json; returns the inference block."""
+    bundle_dir = Path(bundle_dir)
+    device = _device()
+    model, _ = load_model(bundle_dir, device)
+    model.detector = model.malignancy = model.diameter = None
+    model.grow_threshold = min(grow_threshold, model.threshold)
+    if cases is None:
+        cases = calibration_cases()
+    rows = candidate_table(cases, model, progress)
+    meta_path = bundle_dir / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    inference = dict(meta.get("inference", {}))
+    inference["grow_threshold"] = model.grow_threshold
+    inference["calibrators"] = fit_calibrators(rows, l2)
+    inference["calibration"] = {
+        "seed": CALIBRATION_SEED,
+        "cases": len(cases),
+        "candidates": len(rows),
+        "nodule_candidates": sum(1 for r in rows if r["truth"] > 0),
+        "l2": l2,
+    }
+    meta["inference"] = inference
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return inference
