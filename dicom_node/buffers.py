@@ -114,7 +114,7 @@ class InstanceBuffer:
             with memoryview(self._map) as whole, whole[start : start + step] as view:
                 got = 0
                 while got < step:
-                    k = sock.recv_into(view[got:], step - got)
+                    k = sock.recv_into(view[got:], step - got, socket.MSG_WAITALL)
                     if k == 0:
                         raise ConnectionError("peer closed the connection")
                     got += k

@@ -35,6 +35,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 NOT_STORAGE_PREFIXES = ("1.2.840.10008.5.1.4.1.2.", "1.2.840.10008.5.1.4.31", "1.2.840.10008.5.1.4.32")
 MAX_PDU_BODY = 1 << 30  # refuse PDUs over 1 GiB as malformed
 EAGER_ALLOCATION = 16 << 20  # larger PDUs are read in chunks
+IDLE_TIMEOUT_S = 120  # a peer silent this long mid-association is dropped
 
 
 def acceptable_abstract_syntax(uid: str) -> bool:
@@ -142,7 +143,12 @@ class _Association:
         self.calling_ae = ""
         self.called_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, transfer syntax)
-        conn.settimeout(120)
+        # Blocking, with the timeout in the kernel: one recv call per read (a Python-level timeout
+        # polls before every call) and MSG_WAITALL returns whole PDV values, not whatever has arrived.
+        conn.settimeout(None)
+        timeval = struct.pack("ll", IDLE_TIMEOUT_S, 0)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
     def close(self) -> None:
         try:
@@ -182,7 +188,7 @@ class _Association:
         view = memoryview(buf)
         got = 0
         while got < n:
-            k = self.conn.recv_into(view[got:], n - got)
+            k = self.conn.recv_into(view[got:], n - got, socket.MSG_WAITALL)
             if k == 0:
                 raise ConnectionError("peer closed the connection")
             got += k

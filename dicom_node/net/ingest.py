@@ -75,7 +75,8 @@ class Ingestor:
         self.journal: Journal | None = None
         self._pending: dict[str, int] = {}  # journaled, not yet materialized: sop uid -> duplicates seen
         self._pending_lock = threading.Lock()
-        self._in_flight = 0
+        self._in_flight = 0  # appends under way
+        self._queued = 0  # journaled, waiting for (or in) the materializer
         self._last_keep = 0.0  # when the last instance was journaled (monotonic)
         self._unmaterialized = False  # a batch failed: keep every journal segment until a restart replays it
         self._queue: queue.Queue[Record | None] = queue.Queue(maxsize=2000)
@@ -182,6 +183,8 @@ class Ingestor:
                 sop_uid=meta["sop_uid"],
             )
         self._last_keep = time.monotonic()
+        with self._pending_lock:
+            self._queued += 1
         self._queue.put(Record(meta, buf, segment))
         with self._pending_lock:
             self._in_flight -= 1
@@ -264,6 +267,9 @@ class Ingestor:
         except Exception:  # the journal still holds them: the next start replays them
             self._unmaterialized = True
             log.exception("materializing %d journaled instance(s) failed; they stay in the journal", len(batch))
+        finally:
+            with self._pending_lock:
+                self._queued -= len(batch)
 
     def _materialize_forever(self) -> None:
         assert self.journal is not None
@@ -360,7 +366,7 @@ class Ingestor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._pending_lock:
-                if not self._pending and not self._in_flight:
+                if not self._pending and not self._in_flight and not self._queued:
                     return True
             time.sleep(0.02)
         return False
