@@ -26,9 +26,10 @@ import logging
 import os
 import struct
 import threading
+import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ SEGMENT_BYTES = 64 * 1024 * 1024
 SPARES = 2  # retired segments kept for reuse: already written, so appends need no file system metadata
 READY = 2  # zero-filled segments kept ready for rotations
 ZERO_CHUNK = 8 * 1024 * 1024
+PREPARE_IDLE_S = 0.2  # spares are zero-filled only after appends paused this long
 
 
 @dataclass
@@ -108,7 +110,8 @@ class Journal:
         self._want_spare = threading.Event()
         # Numbers only grow, spares included: a recycled segment's old records never match its new number.
         used = self.segments() + [number for number, _ in self._spares()]
-        self._segment = self._open(max(used) + 1 if used else 1)
+        self._last_append = 0.0  # monotonic time of the latest append: spares are prepared in pauses
+        self._segment = self._open(max(used) + 1 if used else 1, busy=False)
         self._preparer = threading.Thread(target=self._prepare_spares, name="journal-preparer", daemon=True)
         self._preparer.start()
 
@@ -131,11 +134,13 @@ class Journal:
     def _spare_path(self, number: int) -> Path:
         return self.folder / f"spare-{number:08d}.log"
 
-    def _open(self, number: int) -> _Segment:
-        """Segment ``number``: a recycled spare if there is one, else a new file written full of zeros.
+    def _open(self, number: int, *, busy: bool = True) -> _Segment:
+        """Segment ``number``: a recycled spare if there is one, else a new file.
 
         Appends into blocks that are already written change no file system metadata, so their
-        ``fdatasync`` is a device flush, not a file system journal commit (about twice as fast here).
+        ``fdatasync`` is a device flush, not a file system journal commit. Spares are such segments;
+        a new segment is written full of zeros when the journal is idle (at start), or only
+        allocated when appends are waiting (``busy``): zeros would compete with them for the disk.
         """
         path = self._path(number)
         spares = self._spares()
@@ -144,7 +149,13 @@ class Journal:
             fd, direct = open_direct(path, os.O_WRONLY)
         else:
             fd, direct = open_direct(path, os.O_WRONLY | os.O_CREAT)
-            _zero_fill(fd, direct, self.segment_bytes)
+            if busy:
+                try:
+                    os.posix_fallocate(fd, 0, self.segment_bytes)
+                except OSError:
+                    pass
+            else:
+                _zero_fill(fd, direct, self.segment_bytes)
         _fsync_folder(self.folder)
         self._want_spare.set()
         return _Segment(number, fd, direct)
@@ -156,12 +167,21 @@ class Journal:
                 self._want_spare.wait(timeout=5.0)
                 self._want_spare.clear()
 
+    def _pause_while_busy(self) -> bool:
+        """Wait until no append happened for :data:`PREPARE_IDLE_S`; False once the journal is closing."""
+        while not self._closing.is_set():
+            quiet = time.monotonic() - self._last_append
+            if quiet >= PREPARE_IDLE_S:
+                return True
+            self._closing.wait(PREPARE_IDLE_S - quiet)
+        return False
+
     def _prepare_one(self) -> bool:
         tmp = self.folder / f".prepare-{uuid.uuid4().hex}.tmp"
         try:
             fd, direct = open_direct(tmp, os.O_WRONLY | os.O_CREAT)
             try:
-                _zero_fill(fd, direct, self.segment_bytes, stop=self._closing)
+                _zero_fill(fd, direct, self.segment_bytes, pause=self._pause_while_busy)
             finally:
                 os.close(fd)
             if self._closing.is_set():
@@ -197,6 +217,7 @@ class Journal:
                     seg = self._rotate_locked()
                 offset = seg.reserved
                 seg.reserved += size
+                self._last_append = time.monotonic()
                 seg.users += 1
                 HEAD.pack_into(head, 0, MAGIC, len(header), crc, buf.length, seg.number)
             try:
@@ -321,11 +342,14 @@ class Journal:
             self._close_segment(self._segment)
 
 
-def _zero_fill(fd: int, direct: bool, size: int, stop: threading.Event | None = None) -> None:
-    """Write ``size`` bytes of zeros from offset 0 and make them durable (unless ``stop`` is set)."""
+def _zero_fill(fd: int, direct: bool, size: int, pause: Callable[[], bool] | None = None) -> None:
+    """Write ``size`` bytes of zeros from offset 0 and make them durable.
+
+    ``pause`` is called before each chunk; it may wait, and stops the filling by returning False.
+    """
     with memoryview(aligned_zeros(ZERO_CHUNK)) as chunk:
         offset = 0
-        while offset < size and not (stop and stop.is_set()):
+        while offset < size and (pause is None or pause()):
             step = min(len(chunk), round_up(size - offset))
             written, direct = pwrite_direct(fd, direct, chunk[:step], offset)
             offset += written
