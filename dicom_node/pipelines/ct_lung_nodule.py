@@ -66,6 +66,8 @@ class Candidate:
     diameter: float = 0.0
     nodule_weight: float = 0.5
     features: dict[str, float] = field(default_factory=dict)
+    raw_box: tuple[slice, slice, slice] | None = None  # the U-Net outline before HU refinement
+    raw_local: np.ndarray | None = None
     p_detect: float | None = None  # the bundle's detection calibrator, when it has one
 
     @property
@@ -177,17 +179,16 @@ DETECT_FEATURES = (
     "solidity_2d",
     "radial_cv",
 )
-MALIGNANCY_FEATURES = (
+MALIGNANCY_FEATURES = (  # no HU level: that is composition, which the synthetic truth keeps independent
     "malignancy_logit",
     "calcified_fraction",
-    "hu_p90",
-    "hu_mean",
     "hu_std",
     "radial_cv",
     "solidity_2d",
-    "solidity_2d_hu",
-    "radial_cv_hu",
-    "circularity_hu",
+    "radial_iqr",
+    "notch_fraction",
+    "radial_iqr_hu",
+    "notch_fraction_hu",
     "spicule_fraction",
 )
 
@@ -214,6 +215,28 @@ def _solidity_and_radial(mask2d: np.ndarray) -> tuple[float, float, float]:
     return area / max(hull, area), cv, min(circ, 1.5)
 
 
+def _contour_stats(mask2d: np.ndarray) -> tuple[float, float]:
+    """(interquartile range / median, share of outline points closer than 0.85 x median) of the radii of
+    a 2-D mask's outline from its centroid: lobulation notches raise both, a thin attached vessel
+    hardly moves them."""
+    from skimage.measure import find_contours
+
+    if mask2d.sum() < 6:
+        return 0.0, 0.0
+    padded = np.pad(mask2d, 1)
+    contours = find_contours(padded.astype(np.float32), 0.5)
+    if not contours:
+        return 0.0, 0.0
+    c = max(contours, key=len)
+    rr, cc = np.nonzero(padded)
+    r = np.hypot(c[:, 0] - rr.mean(), c[:, 1] - cc.mean())
+    med = float(np.median(r))
+    if med <= 0:
+        return 0.0, 0.0
+    q1, q3 = np.percentile(r, [25, 75])
+    return float((q3 - q1) / med), float((r < 0.85 * med).mean())
+
+
 def candidate_features(
     norm: np.ndarray, prob: np.ndarray, region: np.ndarray, spacing: tuple[float, float, float], c: Candidate
 ) -> dict[str, float]:
@@ -226,12 +249,16 @@ def candidate_features(
     pad = (1, 3, 3)
     n, h, w = norm.shape
     bz, by, bx = c.box
-    z0, z1 = max(bz.start - pad[0], 0), min(bz.stop + pad[0], n)
-    y0, y1 = max(by.start - pad[1], 0), min(by.stop + pad[1], h)
-    x0, x1 = max(bx.start - pad[2], 0), min(bx.stop + pad[2], w)
+    rb = c.raw_box if c.raw_box is not None and c.raw_local is not None else c.box
+    rl = c.raw_local if c.raw_box is not None and c.raw_local is not None else c.local
+    z0, z1 = max(min(bz.start, rb[0].start) - pad[0], 0), min(max(bz.stop, rb[0].stop) + pad[0], n)
+    y0, y1 = max(min(by.start, rb[1].start) - pad[1], 0), min(max(by.stop, rb[1].stop) + pad[1], h)
+    x0, x1 = max(min(bx.start, rb[2].start) - pad[2], 0), min(max(bx.stop, rb[2].stop) + pad[2], w)
     box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
     comp = np.zeros((z1 - z0, y1 - y0, x1 - x0), dtype=bool)
     comp[bz.start - z0 : bz.stop - z0, by.start - y0 : by.stop - y0, bx.start - x0 : bx.stop - x0] = c.local
+    raw = np.zeros_like(comp)
+    raw[rb[0].start - z0 : rb[0].stop - z0, rb[1].start - y0 : rb[1].stop - y0, rb[2].start - x0 : rb[2].stop - x0] = rl
     hu = norm[box].astype(np.float32) * (HU_HI - HU_LO) + HU_LO
     reg = region[box]
     vals = hu[comp]
@@ -254,30 +281,35 @@ def candidate_features(
     bg_vals = hu[shell & (hu < -500)]
     bg = float(np.median(bg_vals)) if bg_vals.size else -850.0
     thr = (core + bg) / 2.0
-    # Shape on every slice at least half as large as the key slice (mask and HU outline), averaged.
+    # Outline shape on every slice at least half as large as the largest: of the U-Net outline (before
+    # HU refinement, which follows attached vessels and spicules) and of its part above the HU level;
+    # spicules from the refined outline (what an opening removes).
+    raw_areas = raw.reshape(raw.shape[0], -1).sum(axis=1)
     areas = comp.reshape(comp.shape[0], -1).sum(axis=1)
+    thr_raw = bg + 0.5 * (float(np.percentile(hu[raw], 25)) - bg) if raw.any() else thr
     shape_net: list[tuple[float, float, float]] = []
     shape_hu: list[tuple[float, float, float]] = []
+    contour: list[tuple[float, float, float, float]] = []
     spicule: list[float] = []
-    for kk in np.nonzero(areas >= max(0.5 * areas.max(), 4))[0]:
-        m = comp[kk]
+    for kk in np.nonzero(raw_areas >= max(0.5 * raw_areas.max(), 4))[0]:
+        m = raw[kk]
         shape_net.append(_solidity_and_radial(m))
-        hm = (hu[kk] >= thr) & ndi.binary_dilation(m, iterations=2) & reg[kk]
-        lab, nl = ndi.label(hm)
-        if nl > 1:
-            hit = np.bincount(lab[m & hm], minlength=nl + 1)
-            hit[0] = 0
-            hm = lab == int(np.argmax(hit)) if hit.any() else hm
-        if not hm.any():
+        hm = m & (hu[kk] >= thr_raw)
+        if hm.sum() < 4:
             hm = m
         shape_hu.append(_solidity_and_radial(hm))
-        opened = ndi.binary_opening(hm, structure=np.ones((3, 3), bool))
-        spicule.append(float((hm & ~opened).sum() / max(hm.sum(), 1)))
+        contour.append((*_contour_stats(m), *_contour_stats(hm)))
+    for kk in np.nonzero(areas >= max(0.5 * areas.max(), 4))[0]:
+        opened = ndi.binary_opening(comp[kk], structure=np.ones((3, 3), bool))
+        spicule.append(float((comp[kk] & ~opened).sum() / max(comp[kk].sum(), 1)))
     if not shape_net:
         shape_net = [_solidity_and_radial(key)]
         shape_hu = shape_net
+        contour = [(*_contour_stats(key), *_contour_stats(key))]
+    if not spicule:
         spicule = [0.0]
     sol, rcv, _ = np.mean(shape_net, axis=0)
+    iqr, notch, iqr_hu, notch_hu = np.mean(contour, axis=0)
     sol_hu, rcv_hu, circ_hu = np.mean(shape_hu, axis=0)
     long_ax = long_short_axes(key, (dy, dx))[0]
     opened_key = ndi.binary_opening(key, structure=np.ones((3, 3), bool))
@@ -301,6 +333,10 @@ def candidate_features(
         "solidity_2d_hu": float(sol_hu),
         "radial_cv_hu": float(rcv_hu),
         "circularity_hu": float(circ_hu),
+        "radial_iqr": float(iqr),
+        "notch_fraction": float(notch),
+        "radial_iqr_hu": float(iqr_hu),
+        "notch_fraction_hu": float(notch_hu),
         "spicule_fraction": float(np.mean(spicule)),
         "log_diameter": float(np.log(max(long_ax, 1.0))),
         "long_axis_mm": long_ax,
@@ -478,17 +514,26 @@ class NoduleModel:
             mask = keep[lab]
             if not mask.any():
                 continue
+            c.raw_box, c.raw_local = c.box, c.local
             zz, yy, xx = np.nonzero(mask)
-            inner = (slice(zz.min(), zz.max() + 1), slice(yy.min(), yy.max() + 1), slice(xx.min(), xx.max() + 1))
+            inner = (
+                slice(int(zz.min()), int(zz.max()) + 1),
+                slice(int(yy.min()), int(yy.max()) + 1),
+                slice(int(xx.min()), int(xx.max()) + 1),
+            )
             c.box = tuple(  # type: ignore[assignment]
-                slice(o.start + i.start, o.start + i.stop) for o, i in zip(box, inner, strict=True)
+                slice(int(o.start + i.start), int(o.start + i.stop)) for o, i in zip(box, inner, strict=True)
             )
             c.local = mask[inner]
             areas = c.local.reshape(c.local.shape[0], -1).sum(axis=1)
             k_local = int(np.argmax(areas))
             rr, cc = np.nonzero(c.local[k_local])
-            c.key_slice = k_local + c.box[0].start
-            c.center = (c.key_slice, round(float(rr.mean())) + c.box[1].start, round(float(cc.mean())) + c.box[2].start)
+            c.key_slice = int(k_local + c.box[0].start)
+            c.center = (
+                c.key_slice,
+                int(round(float(rr.mean())) + c.box[1].start),
+                int(round(float(cc.mean())) + c.box[2].start),
+            )
 
     def classify(self, norm: np.ndarray, candidates: list[Candidate]) -> None:
         """Fill each candidate's Res-MTNet outputs in place (no-op without a Res-MTNet)."""

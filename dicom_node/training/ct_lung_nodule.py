@@ -438,7 +438,7 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
         "seconds": {"data": round(t_data, 1), "unet": round(t_unet, 1), "total": round(elapsed, 1)},
     }
     write_bundle(bundle_dir, unet, resmtnet, summary)
-    cal_cases = calibration_cases(n_phantoms=1, n_inserted=0) if quick else None
+    cal_cases = calibration_cases(((555, 1, 0),)) if quick else None
     calibrate(bundle_dir, cal_cases, grow_threshold=GROW_THRESHOLD)
     write_card(bundle_dir)
     return summary
@@ -629,7 +629,7 @@ def evaluate_real(model: NoduleModel, real_dir: Path | None) -> dict[str, Any]:
                 {
                     "score": round(d.candidate.score, 3),
                     "voxels": int(d.mask.sum()),
-                    "key_slice": d.candidate.key_slice,
+                    "key_slice": int(d.candidate.key_slice),
                     "p_malignant": round(d.candidate.p_malignant, 3),
                     "diameter_mm": round(d.candidate.diameter, 1),
                     "overlaps_reader_outline": bool(truth is not None and (d.mask & truth).any()),
@@ -669,10 +669,10 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
         "- malignancy probability = a logistic model on Res-MTNet's malignancy logit and shape/HU features "
         "of the mask and of an HU-defined outline: " + ", ".join(cal.get("malignancy", {}).get("features", [])) + ";",
         "- diameter = a linear blend of " + ", ".join(cal.get("diameter", {}).get("features", [])) + ".",
-        f"- Fitted (L2 = {info.get('l2')}) on {info.get('cases', '?')} calibration cases from seed "
-        f"{info.get('seed', '?')} (fresh phantoms plus real-LIDC-inserted cases; neither the training seeds "
-        f"nor the validation or test seeds), {info.get('candidates', '?')} candidates, "
-        f"{info.get('nodule_candidates', '?')} of them on nodules.",
+        f"- Fitted (L2 = {info.get('l2')}) on {info.get('cases', '?')} calibration cases, (seed, phantoms, "
+        f"real-inserted) = {info.get('sets', '?')} (fresh phantoms plus synthetic nodules in the real LIDC "
+        f"slab; neither the training seeds nor the validation or test seeds), {info.get('candidates', '?')} "
+        f"candidates, {info.get('nodule_candidates', '?')} of them on nodules.",
     ]
     val = info.get("validation")
     if isinstance(val, dict):
@@ -1052,7 +1052,9 @@ def candidate_table(cases: list[Case], model: NoduleModel, progress: bool = Fals
     return rows
 
 
-CALIBRATION_SEED = 555  # calibration phantoms: neither training (0, 101, 102) nor validation (777) nor test (1234)
+# Calibration phantoms: (seed, phantoms, real-inserted cases). Neither the training seeds (0, 101, 102, 104)
+# nor validation (777) nor test (1234).
+CALIBRATION_SETS = ((555, 56, 12), (556, 60, 8))
 
 
 def fit_calibrators(rows: list[dict[str, Any]], l2: float = 1.0) -> dict[str, dict[str, Any]]:
@@ -1083,16 +1085,19 @@ def fit_calibrators(rows: list[dict[str, Any]], l2: float = 1.0) -> dict[str, di
 DIAMETER_FEATURES = ("diameter_net", "long_axis_mm", "long_axis_open_mm", "equiv_diameter_mm")
 
 
-def calibration_cases(seed: int = CALIBRATION_SEED, n_phantoms: int = 56, n_inserted: int = 12) -> list[Case]:
-    """Fresh phantoms (2-5 nodules) and real-inserted cases from ``seed``, for fitting the calibrators."""
-    rng = np.random.default_rng(seed)
-    cases = [phantom_case(rng, f"cal{i}", n_nodules=(2, 5)) for i in range(n_phantoms)]
+def calibration_cases(sets: Sequence[tuple[int, int, int]] = CALIBRATION_SETS) -> list[Case]:
+    """Fresh phantoms (2-5 nodules) and real-inserted cases for fitting the calibrators: for each
+    (seed, phantoms, inserted) of ``sets``, that many of each from one generator seeded ``seed``."""
     from dicom_node.pipelines.ct_lung_field import segment_lungs
 
     reals = [r for r in real_volumes() if segment_lungs(r[1]).both.sum() * np.prod(r[1].spacing) > 50_000]
-    for i in range(n_inserted if reals else 0):
-        name, vol, truth = reals[i % len(reals)]
-        cases.append(inserted_case(rng, f"{name}+cal{i}", vol, truth))
+    cases: list[Case] = []
+    for seed, n_phantoms, n_inserted in sets:
+        rng = np.random.default_rng(seed)
+        cases += [phantom_case(rng, f"cal{seed}_{i}", n_nodules=(2, 5)) for i in range(n_phantoms)]
+        for i in range(n_inserted if reals else 0):
+            name, vol, truth = reals[i % len(reals)]
+            cases.append(inserted_case(rng, f"{name}+cal{seed}_{i}", vol, truth))
     return cases
 
 
@@ -1119,7 +1124,7 @@ def calibrate(
     inference["grow_threshold"] = model.grow_threshold
     inference["calibrators"] = fit_calibrators(rows, l2)
     inference["calibration"] = {
-        "seed": CALIBRATION_SEED,
+        "sets": [list(t) for t in CALIBRATION_SETS] if cases is None else "given",
         "cases": len(cases),
         "candidates": len(rows),
         "nodule_candidates": sum(1 for r in rows if r["truth"] > 0),
