@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,10 @@ class Journal:
         # Numbers only grow, spares included: a recycled segment's old records never match its new number.
         used = self.segments() + [number for number, _ in self._spares()]
         self._last_append = 0.0  # monotonic time of the latest append: spares are prepared in pauses
+        self._closed = False
+        self._unmaterialized: Counter[int] = Counter()  # segment -> records appended, not yet materialized
+        for leftover in self.folder.glob(".prepare-*.tmp"):  # a spare being prepared when the node stopped
+            leftover.unlink(missing_ok=True)
         self._segment = self._open(max(used) + 1 if used else 1, busy=False)
         self._preparer = threading.Thread(target=self._prepare_spares, name="journal-preparer", daemon=True)
         self._preparer.start()
@@ -212,6 +217,8 @@ class Journal:
         with buf.padded(0) as record:
             size = len(record)
             with self._lock:
+                if self._closed:
+                    raise OSError("the journal is closed")
                 seg = self._segment
                 if seg.failed or (seg.reserved + size > self.segment_bytes and seg.reserved > 0):
                     seg = self._rotate_locked()
@@ -219,24 +226,30 @@ class Journal:
                 seg.reserved += size
                 self._last_append = time.monotonic()
                 seg.users += 1
+                self._unmaterialized[seg.number] += 1
                 HEAD.pack_into(head, 0, MAGIC, len(header), crc, buf.length, seg.number)
             try:
                 try:
                     written, seg.direct = pwrite_direct(seg.fd, seg.direct, record, offset)
                     if written != size:
                         raise OSError(f"short write to the journal ({written} of {size} bytes)")
-                except OSError:
+                except BaseException:  # a gap now: nothing after it in this segment may be acknowledged
                     with self._lock:
                         seg.failed = True
                         self._changed.notify_all()
                     raise
                 with self._lock:
                     self._await_durable(seg, offset, offset + size)
+            except BaseException:
+                with self._lock:  # not acknowledged: nobody will materialize it
+                    self._unmaterialized[seg.number] -= 1
+                raise
             finally:
                 with self._lock:
                     seg.users -= 1
-                    if seg is not self._segment and not seg.users:
+                    if (seg is not self._segment or self._closed) and not seg.users:
                         self._close_segment(seg)
+                    self._changed.notify_all()
         return seg.number
 
     def _await_durable(self, seg: _Segment, start: int, end: int) -> None:
@@ -282,6 +295,18 @@ class Journal:
             seg.open = False
             os.close(seg.fd)
 
+    def materialized(self, segment: int) -> None:
+        """One record of ``segment`` has its file and row (not yet flushed: see :meth:`retirable`)."""
+        with self._lock:
+            self._unmaterialized[segment] -= 1
+
+    def retirable(self, up_to: int) -> int:
+        """The highest segment number <= ``up_to`` such that it and every segment before it hold no
+        record still being appended or waiting to be materialized."""
+        with self._lock:
+            waiting = [seg for seg, count in self._unmaterialized.items() if count > 0 and seg <= up_to]
+            return min(waiting) - 1 if waiting else up_to
+
     def rotate(self) -> int:
         """Close the current segment if it holds anything; returns the newest closed segment number."""
         with self._lock:
@@ -295,6 +320,9 @@ class Journal:
         Up to :data:`SPARES` of them are kept, renamed, for reuse; the rest are deleted.
         """
         retired = [n for n in self.segments() if n <= up_to and n != self.current]
+        with self._lock:
+            for number in [n for n in self._unmaterialized if n <= up_to]:
+                del self._unmaterialized[number]
         spares = len(self._spares())
         for number in reversed(retired):  # the newest are kept: full-sized and written
             path = self._path(number)
@@ -311,11 +339,15 @@ class Journal:
 
     def _read(self, number: int) -> Iterator[Record]:
         with open(self._path(number), "rb") as fh:
+            version_1 = fh.read(4) == MAGIC_V1  # written by an earlier version (never recycled)
+            fh.seek(0)
             while True:
                 head = fh.read(HEAD.size)
                 if len(head) < HEAD.size:
                     return
-                if head[:4] == MAGIC_V1:
+                if version_1:
+                    if head[:4] != MAGIC_V1:
+                        return
                     _, header_len, crc, data_len = HEAD_V1.unpack_from(head)
                     fh.seek(HEAD_V1.size - HEAD.size, os.SEEK_CUR)
                     skip = pad = 0
@@ -333,13 +365,18 @@ class Journal:
                 fh.seek(pad, os.SEEK_CUR)
                 yield Record(json.loads(header), InstanceBuffer.from_bytes(data), number)
 
-    def close(self) -> None:
-        """Stop preparing spares and close the current segment."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new appends, let those under way finish, stop preparing spares, close the segment."""
         self._closing.set()
         self._want_spare.set()
-        self._preparer.join(timeout=30)
+        self._preparer.join(timeout=timeout)
+        deadline = time.monotonic() + timeout
         with self._lock:
-            self._close_segment(self._segment)
+            self._closed = True
+            while self._segment.users and time.monotonic() < deadline:
+                self._changed.wait(timeout=max(deadline - time.monotonic(), 0.01))
+            if not self._segment.users:  # else its last appender closes it
+                self._close_segment(self._segment)
 
 
 def _zero_fill(fd: int, direct: bool, size: int, pause: Callable[[], bool] | None = None) -> None:

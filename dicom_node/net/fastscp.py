@@ -107,6 +107,9 @@ class NativeReceiver:
             assoc.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        for assoc in active:  # an instance being journaled finishes before the journal closes
+            if assoc.thread is not None:
+                assoc.thread.join(timeout=5)
         self.ingestor.close()
 
     def _serve(self) -> None:
@@ -120,7 +123,8 @@ class NativeReceiver:
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             assoc = _Association(self, conn, str(addr[0]))
-            threading.Thread(target=assoc.run, name=f"assoc-{addr[0]}:{addr[1]}", daemon=True).start()
+            assoc.thread = threading.Thread(target=assoc.run, name=f"assoc-{addr[0]}:{addr[1]}", daemon=True)
+            assoc.thread.start()
 
     def _register(self, assoc: _Association) -> int:
         with self._lock:
@@ -143,6 +147,7 @@ class _Association:
         self.calling_ae = ""
         self.called_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, transfer syntax)
+        self.thread: threading.Thread | None = None
         # Blocking, with the timeout in the kernel: one recv call per read (a Python-level timeout
         # polls before every call) and MSG_WAITALL returns whole PDV values, not whatever has arrived.
         conn.settimeout(None)
@@ -151,6 +156,11 @@ class _Association:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
     def close(self) -> None:
+        """Shut the connection down (which also wakes a thread blocked reading it) and close it."""
+        try:
+            self.conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.conn.close()
         except OSError:

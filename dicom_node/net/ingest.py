@@ -22,7 +22,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,7 @@ CHECKPOINT_EVERY_S = 2.0
 BATCH = 256
 IDLE_S = 0.05  # materialize once no C-STORE arrived for this long...
 BACKLOG_BYTES = 256 << 20  # ...or once this much waits in memory
+QUEUE_BYTES = 1 << 30  # receivers wait (their senders wait for the answer) while this much waits
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,16 @@ class Outcome:
     status: int
     reason: str = ""
     sop_uid: str | None = None
+
+
+@dataclass
+class _Pending:
+    """Copies of one SOP instance journaled, or being journaled, and not yet materialized."""
+
+    copies: int = 0  # journaled or being journaled
+    duplicates: int = 0  # copies answered as duplicates, added to the row on materialization
+    failed: bool = False  # the owner's append failed and no copy is left: waiting copies try again
+    settled: threading.Event = field(default_factory=threading.Event)  # the owner's append finished
 
 
 class Ingestor:
@@ -73,10 +85,13 @@ class Ingestor:
         self.store = store
         self.reader = reader(engine)
         self.journal: Journal | None = None
-        self._pending: dict[str, int] = {}  # journaled, not yet materialized: sop uid -> duplicates seen
+        self._pending: dict[str, _Pending] = {}  # journaled (or being journaled), not yet materialized
         self._pending_lock = threading.Lock()
         self._in_flight = 0  # appends under way
         self._queued = 0  # journaled, waiting for (or in) the materializer
+        self._queued_bytes = 0  # their size: receivers wait while it is over QUEUE_BYTES
+        self._room = threading.Condition(self._pending_lock)
+        self._retired = 0  # journal segments up to this one are retired
         self._last_keep = 0.0  # when the last instance was journaled (monotonic)
         self._unmaterialized = False  # a batch failed: keep every journal segment until a restart replays it
         self._queue: queue.Queue[Record | None] = queue.Queue(maxsize=2000)
@@ -116,28 +131,57 @@ class Ingestor:
             return self._refuse(OUT_OF_RESOURCES, "disk_full", reason, calling_ae, address, sop_uid=sop_uid)
 
         policy = self.config.node.duplicate_policy
-        # Journaled keep-first copies are checked against the index by the materializer, a batch at a
-        # time: the hot path only looks at what it has journaled itself and not yet materialized.
-        look_up = policy is DuplicatePolicy.REJECT or self.journal is None
-        if policy is not DuplicatePolicy.OVERWRITE and self._known(sop_uid, look_up=look_up):
-            self._count_duplicate(sop_uid)
-            if policy is DuplicatePolicy.REJECT:
-                return self._refuse(
-                    DUPLICATE_SOP, "duplicate", "SOP instance already stored", calling_ae, address, sop_uid=sop_uid
-                )
-            self._log_duplicate(sop_uid, calling_ae)
-            return Outcome(SUCCESS, "duplicate", sop_uid)
+        if self.journal is None:
+            if policy is not DuplicatePolicy.OVERWRITE and self._recorded([sop_uid]):
+                return self._duplicate(sop_uid, calling_ae, address, None)
+            return self._keep_file(meta, buf, calling_ae, address)
+        if policy is DuplicatePolicy.OVERWRITE:
+            return self._keep_journaled(meta, buf, calling_ae, address, self._claim(sop_uid, share=True)[0])
+        # Another copy being journaled right now decides: once it is durable this one is a duplicate;
+        # if it failed, this one is journaled instead. Keep-first copies of instances already in the
+        # index are found by the materializer, a batch at a time: no index lookup on the hot path.
+        while True:
+            entry, owner = self._claim(sop_uid)
+            if owner:
+                break
+            entry.settled.wait()
+            if not entry.failed:
+                return self._duplicate(sop_uid, calling_ae, address, entry)
+        if policy is DuplicatePolicy.REJECT and self._recorded([sop_uid]):
+            self._settle(sop_uid, entry, failed=True)  # nothing journaled: waiting copies look again
+            return self._duplicate(sop_uid, calling_ae, address, None)
+        return self._keep_journaled(meta, buf, calling_ae, address, entry)
 
-        if self.journal is not None:
-            return self._keep_journaled(meta, buf, calling_ae, address)
-        return self._keep_file(meta, buf, calling_ae, address)
-
-    def _known(self, sop_uid: str, *, look_up: bool = True) -> bool:
-        """Whether ``sop_uid`` is journaled and pending, or (with ``look_up``) already in the index."""
+    def _claim(self, sop_uid: str, *, share: bool = False) -> tuple[_Pending, bool]:
+        """The pending entry of ``sop_uid`` and whether this copy owns it (creates it, or ``share``s it)."""
         with self._pending_lock:
-            if sop_uid in self._pending:
-                return True
-        return look_up and bool(self._recorded([sop_uid]))
+            entry = self._pending.get(sop_uid)
+            if entry is not None and not share:
+                return entry, False
+            if entry is None:
+                entry = self._pending[sop_uid] = _Pending()
+            entry.copies += 1
+            return entry, True
+
+    def _settle(self, sop_uid: str, entry: _Pending, *, failed: bool) -> None:
+        """The owner's append finished; a failed one gives its place up."""
+        with self._pending_lock:
+            if failed:
+                entry.copies -= 1
+                entry.failed = entry.copies == 0
+                if entry.failed and self._pending.get(sop_uid) is entry:
+                    del self._pending[sop_uid]
+        entry.settled.set()
+
+    def _duplicate(self, sop_uid: str, calling_ae: str, address: str, entry: _Pending | None) -> Outcome:
+        """Count a copy of a kept instance; refuse it under the reject policy."""
+        self._count_duplicate(sop_uid, entry)
+        if self.config.node.duplicate_policy is DuplicatePolicy.REJECT:
+            return self._refuse(
+                DUPLICATE_SOP, "duplicate", "SOP instance already stored", calling_ae, address, sop_uid=sop_uid
+            )
+        self._log_duplicate(sop_uid, calling_ae)
+        return Outcome(SUCCESS, "duplicate", sop_uid)
 
     def _recorded(self, sop_uids: list[str]) -> set[str]:
         """Those of ``sop_uids`` the index holds."""
@@ -153,42 +197,53 @@ class Ingestor:
             sop_uid=sop_uid,
         )
 
-    def _count_duplicate(self, sop_uid: str) -> None:
+    def _count_duplicate(self, sop_uid: str, entry: _Pending | None) -> None:
         with self._pending_lock:
-            if sop_uid in self._pending:
-                self._pending[sop_uid] += 1
+            if entry is not None and self._pending.get(sop_uid) is entry:
+                entry.duplicates += 1  # added to the row when the first copy is materialized
                 return
         with self.engine.begin() as conn:
             conn.execute(
                 update(instances).where(instances.c.sop_uid == sop_uid).values(duplicates=instances.c.duplicates + 1)
             )
 
-    def _keep_journaled(self, meta: dict[str, Any], buf: InstanceBuffer, calling_ae: str, address: str) -> Outcome:
+    def _keep_journaled(
+        self, meta: dict[str, Any], buf: InstanceBuffer, calling_ae: str, address: str, entry: _Pending
+    ) -> Outcome:
         assert self.journal is not None
-        with self._pending_lock:
-            self._pending.setdefault(meta["sop_uid"], 0)
+        sop_uid = meta["sop_uid"]
+        with self._room:
+            while self._queued_bytes > QUEUE_BYTES:  # the materializer is behind: hold the sender back
+                self._room.wait(timeout=1.0)
             self._in_flight += 1
+            self._queued_bytes += buf.length
         try:
-            segment = self.journal.append(meta, buf)
-        except OSError as exc:
+            try:
+                segment = self.journal.append(meta, buf)
+            except OSError as exc:
+                self._settle(sop_uid, entry, failed=True)
+                self._unqueue(buf.length)
+                return self._refuse(
+                    OUT_OF_RESOURCES,
+                    "write_failed",
+                    f"cannot write journal: {exc.strerror or exc}",
+                    calling_ae,
+                    address,
+                    sop_uid=sop_uid,
+                )
+            except BaseException:
+                self._settle(sop_uid, entry, failed=True)
+                self._unqueue(buf.length)
+                raise
+            self._settle(sop_uid, entry, failed=False)
+            self._last_keep = time.monotonic()
             with self._pending_lock:
-                self._pending.pop(meta["sop_uid"], None)
+                self._queued += 1
+            self._queue.put(Record(meta, buf, segment))
+        finally:
+            with self._pending_lock:
                 self._in_flight -= 1
-            return self._refuse(
-                OUT_OF_RESOURCES,
-                "write_failed",
-                f"cannot write journal: {exc.strerror}",
-                calling_ae,
-                address,
-                sop_uid=meta["sop_uid"],
-            )
-        self._last_keep = time.monotonic()
-        with self._pending_lock:
-            self._queued += 1
-        self._queue.put(Record(meta, buf, segment))
-        with self._pending_lock:
-            self._in_flight -= 1
-        return Outcome(SUCCESS, "", meta["sop_uid"])
+        return Outcome(SUCCESS, "", sop_uid)
 
     def _keep_file(self, meta: dict[str, Any], buf: InstanceBuffer, calling_ae: str, address: str) -> Outcome:
         path = self.store.instance_path(meta["study_uid"], meta["series_uid"], meta["sop_uid"])
@@ -224,35 +279,47 @@ class Ingestor:
 
     # -- materializing journaled instances -----------------------------------------------------------------
     def _materialize(self, records: list[Record], *, replay: bool = False) -> None:
-        """Write files and rows for journaled records (idempotent: replays skip what is already there).
+        """Write files and rows for journaled records, in journal order.
 
-        Unless the policy is overwrite, an instance the index already holds keeps its first copy: the
-        journaled one is counted as a duplicate (on replay: it was materialized before the crash).
+        Keep-first (and reject): an instance the index already holds keeps its first copy, and the
+        journaled one counts as a duplicate. Overwrite: the journaled copy replaces it. A replay
+        re-applies records idempotently: a record already indexed (materialized before the crash)
+        gets its file back if that did not reach the disk.
         """
-        keep_first = replay or self.config.node.duplicate_policy is not DuplicatePolicy.OVERWRITE
-        known = self._recorded([rec.meta["sop_uid"] for rec in records]) if keep_first else set()
+        overwrite = self.config.node.duplicate_policy is DuplicatePolicy.OVERWRITE
+        known = self._recorded([rec.meta["sop_uid"] for rec in records]) if replay or not overwrite else set()
         rows = []
         late: list[dict[str, Any]] = []  # duplicates of instances stored before they arrived
         for rec in records:
             m = rec.meta
-            if m["sop_uid"] in known:
-                if not replay:
+            path = self.store.instance_path(m["study_uid"], m["series_uid"], m["sop_uid"])
+            size = rec.buffer.length
+            if m["sop_uid"] in known and not overwrite:
+                if replay:
+                    if not path.exists() or path.stat().st_size != size:
+                        write_instance_file(path, rec.buffer)
+                else:
                     late.append(m)
             else:
-                path = self.store.instance_path(m["study_uid"], m["series_uid"], m["sop_uid"])
-                size = rec.buffer.length
-                if not (replay and path.exists() and path.stat().st_size == size):
+                if not (replay and path.exists() and path.stat().st_size == size and not overwrite):
                     write_instance_file(path, rec.buffer)
                 rows.append((m, self.store.relative(path), size))
             rec.buffer.release()
         for m in late:
             self._log_duplicate(m["sop_uid"], m["calling_ae"])
         with self.writer.begin() as conn:
-            self._record(conn, rows, skip_known=replay)
-            with self._pending_lock:
-                duplicates = {rec.meta["sop_uid"]: self._pending.pop(rec.meta["sop_uid"], 0) for rec in records}
-            for m in late:
-                duplicates[m["sop_uid"]] = duplicates.get(m["sop_uid"], 0) + 1
+            self._record(conn, rows, skip_known=replay and not overwrite)
+            duplicates: Counter[str] = Counter(m["sop_uid"] for m in late)
+            if not replay:
+                with self._pending_lock:
+                    for rec in records:
+                        uid = rec.meta["sop_uid"]
+                        entry = self._pending.get(uid)
+                        if entry is not None:
+                            entry.copies -= 1
+                            if entry.copies <= 0:
+                                del self._pending[uid]
+                                duplicates[uid] += entry.duplicates
             for sop_uid, count in duplicates.items():
                 if count:
                     conn.execute(
@@ -260,6 +327,9 @@ class Ingestor:
                         .where(instances.c.sop_uid == sop_uid)
                         .values(duplicates=instances.c.duplicates + count)
                     )
+        if not replay and self.journal is not None:
+            for rec in records:
+                self.journal.materialized(rec.segment)
 
     def _materialize_safely(self, batch: list[Record]) -> None:
         try:
@@ -270,6 +340,12 @@ class Ingestor:
         finally:
             with self._pending_lock:
                 self._queued -= len(batch)
+            self._unqueue(sum(rec.buffer.length for rec in batch))
+
+    def _unqueue(self, size: int) -> None:
+        with self._room:
+            self._queued_bytes -= size
+            self._room.notify_all()
 
     def _materialize_forever(self) -> None:
         assert self.journal is not None
@@ -311,30 +387,31 @@ class Ingestor:
             if stop:
                 self._checkpoint()
                 return
+            if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:  # sustained traffic
+                self._checkpoint()
+                last_checkpoint, dirty = time.monotonic(), False
 
     def _checkpoint(self) -> None:
-        """Retire journal segments whose instances are all materialized and durable."""
+        """Retire the journal segments whose records are all materialized and durable.
+
+        Runs under traffic too: segments are closed by a rotation, and those that no append can
+        still reach and whose records are all materialized are retired after a file system flush.
+        """
         assert self.journal is not None
-        closed = self.journal.rotate()
-        # Appends that started before the rotation must reach the queue and be materialized first.
-        while True:
-            with self._pending_lock:
-                busy = self._in_flight
-            if not busy and self._queue.empty():
-                break
-            try:
-                item = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if item is None:
-                self._queue.put(None)  # keep the stop request for the main loop
-                break
-            self._materialize_safely([item])
-        self._sync_all()
-        if self._unmaterialized:
-            log.error("journal segments kept: some instances could not be materialized (replayed on restart)")
-            return
-        self.journal.retire(closed)
+        try:
+            closed = self.journal.rotate()
+            done = self.journal.retirable(closed)
+            log.debug("checkpoint: segments up to %d closed, %d materialized, %d retired", closed, done, self._retired)
+            if done <= self._retired:
+                return
+            self._sync_all()
+            if self._unmaterialized:
+                log.error("journal segments kept: some instances could not be materialized (replayed on restart)")
+                return
+            self.journal.retire(done)
+            self._retired = done
+        except Exception:  # the journal keeps its segments; the next checkpoint tries again
+            log.exception("journal checkpoint failed")
 
     def _sync_all(self) -> None:
         """Flush the instance files and, for SQLite, the database file system too."""

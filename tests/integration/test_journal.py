@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from dicom_node.buffers import InstanceBuffer
 from dicom_node.db import instances
@@ -102,3 +104,117 @@ def test_recycled_segments_never_replay_their_old_records(tmp_path: Path) -> Non
         assert again.current > max(spares)
     finally:
         again.close()
+
+
+def _ingestor(tmp_path: Path, sqlite_url: str, **kwargs: object) -> tuple[Ingestor, Store, Engine]:
+    from dicom_node.db import connect
+
+    config = make_config(tmp_path / "storage", db_url=sqlite_url, port=0, **kwargs)
+    store = Store(config.node.storage)
+    engine = connect(sqlite_url)
+    return Ingestor(config, engine, store), store, engine
+
+
+def test_replay_restores_a_file_whose_row_survived_the_crash(tmp_path: Path, sqlite_url: str) -> None:
+    """Rows are committed before the checkpoint flushes the files: a crash can keep the row, lose the file."""
+    data = sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())[0].read_bytes()
+    ingestor, store, engine = _ingestor(tmp_path, sqlite_url)
+    assert ingestor.keep(data, calling_ae="STORESCU", called_ae="NODE").status == 0
+    assert ingestor.flush()
+    with engine.connect() as conn:
+        path = store.absolute(conn.execute(select(instances.c.path)).scalar_one())
+    # The crash: the journal and the row are durable, the file's creation never reached the disk.
+    ingestor._worker = None  # type: ignore[assignment]  # no final checkpoint: the journal keeps its records
+    ingestor.journal.close()  # type: ignore[union-attr]
+    path.unlink()
+    again, _, _ = _ingestor(tmp_path, sqlite_url)  # the restart replays the journal
+    try:
+        assert path.read_bytes() == data
+    finally:
+        again.close()
+
+
+def test_a_copy_waiting_on_a_failed_first_copy_is_kept_itself(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resend that arrives while the first copy is being journaled must not be answered 'duplicate'
+    if that first copy then fails: it is journaled instead."""
+    data = sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())[0].read_bytes()
+    ingestor, _, engine = _ingestor(tmp_path, sqlite_url)
+    journal = ingestor.journal
+    assert journal is not None
+    real_append = journal.append
+    release = threading.Event()
+    calls: list[int] = []
+
+    def append(meta: dict[str, object], buf: InstanceBuffer) -> int:
+        calls.append(1)
+        if len(calls) == 1:  # the first copy's disk fails, after the second copy arrived
+            release.wait(10)
+            raise OSError(5, "Input/output error")
+        return real_append(meta, buf)
+
+    monkeypatch.setattr(journal, "append", append)
+    outcomes: dict[str, int] = {}
+    first = threading.Thread(
+        target=lambda: outcomes.update(first=ingestor.keep(data, calling_ae="A", called_ae="NODE").status)
+    )
+    first.start()
+    while not calls:
+        time.sleep(0.01)
+    second = threading.Thread(
+        target=lambda: outcomes.update(second=ingestor.keep(data, calling_ae="B", called_ae="NODE").status)
+    )
+    second.start()
+    time.sleep(0.2)
+    assert "second" not in outcomes  # it waits for the first copy's outcome
+    release.set()
+    first.join(10)
+    second.join(10)
+    try:
+        assert outcomes == {"first": 0xA700, "second": 0x0000}
+        assert ingestor.flush()
+        with engine.connect() as conn:
+            assert conn.execute(select(instances.c.calling_ae, instances.c.duplicates)).one() == ("B", 0)
+    finally:
+        ingestor.close()
+
+
+def test_segments_are_retired_under_sustained_traffic(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that is never idle still checkpoints: the journal does not grow without end."""
+    import functools
+
+    import numpy as np
+
+    import dicom_node.net.ingest as ingest_module
+    from dicom_node.synth.dicom_series import write_ct_series
+
+    monkeypatch.setattr(ingest_module, "Journal", functools.partial(Journal, segment_bytes=64 * 1024))
+    monkeypatch.setattr(ingest_module, "BACKLOG_BYTES", 64 * 1024)
+    monkeypatch.setattr(ingest_module, "CHECKPOINT_EVERY_S", 0.2)
+    files = write_ct_series(np.zeros((200, 16, 16)), (1.0, 1.0, 1.0), tmp_path / "series")
+    payloads = [f.read_bytes() for f in files]
+    ingestor, store, _ = _ingestor(tmp_path, sqlite_url, extra_node='duplicate_policy = "overwrite"')
+    folder = store.root / "journal" / "r0"
+    stop = time.monotonic() + 4.0
+
+    def send(chunk: list[bytes]) -> None:
+        while time.monotonic() < stop:
+            for p in chunk:
+                assert ingestor.keep(p, calling_ae="STORESCU", called_ae="NODE").status == 0
+
+    senders = [threading.Thread(target=send, args=(payloads[i::2],)) for i in range(2)]
+    for t in senders:
+        t.start()
+    oldest: list[int] = []
+    while any(t.is_alive() for t in senders):
+        oldest.append(min((int(p.stem.split("-")[1]) for p in folder.glob("seg-*.log")), default=0))
+        time.sleep(0.05)
+    try:
+        assert ingestor.journal is not None and ingestor.journal.current > 60  # hundreds of 64 KiB segments
+        assert oldest[len(oldest) // 2] > 1  # retired while the traffic went on: no idle moment needed
+        assert oldest[-1] > oldest[len(oldest) // 2]
+    finally:
+        ingestor.close()
