@@ -25,6 +25,7 @@ from benchmarks.nodecfg import node_config, start_node
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 300.0
+NODE_DEFAULTS = {"receiver_processes": "4"}  # the setting for several concurrent senders (README)
 
 
 class Target(Protocol):
@@ -265,7 +266,12 @@ def run_ingest(
     runs_multi: int | None = None,
     node_options: dict[str, str] | None = None,
 ) -> IngestResult:
-    """Time ``runs`` pushes of ``files`` per (associations, target) cell, interleaving the targets."""
+    """Time ``runs`` pushes of ``files`` per (associations, target) cell, interleaving the targets.
+
+    The node runs :data:`NODE_DEFAULTS` (several receiver processes, as storescp forks one process
+    per association) unless ``node_options`` say otherwise.
+    """
+    node_options = {**NODE_DEFAULTS, **(node_options or {})}
     total_mb = sum(f.stat().st_size for f in files) / 1e6
     result = IngestResult(images=len(files), megabytes=total_mb)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))

@@ -122,7 +122,10 @@ def _ingest_md(res: IngestResult) -> list[str]:
         "server's index listed them all; a node that acknowledges from a journal indexes later). "
         "Server CPU ms/image: CPU time of the server's process group (all threads and processes) from "
         "before the push until all were listed, per image: less sensitive to other load on the machine than "
-        "wall time. Runs are interleaved node, storescp, Orthanc so each node/peer pair "
+        "wall time. Each server runs as it would be deployed for concurrent senders: storescp with `--fork` "
+        "(a process per association), the node with 4 receiver processes on one port (`receiver_processes`; "
+        "its durability column says which), Orthanc with its thread pool. "
+        "Runs are interleaved node, storescp, Orthanc so each node/peer pair "
         "shares the same moment's machine load. MB/s counts file bytes. Median of "
         + ", ".join(f"{runs_per[a]} run(s) with {a} association(s)" for a in per_assoc)
         + ".",
