@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.buffers import HEAD_ROOM, InstanceBuffer, aligned_zeros, open_direct, pwrite_direct, round_up
+from dicom_node.store import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class Journal:
                     pass
             else:
                 _zero_fill(fd, direct, self.segment_bytes)
-        _fsync_folder(self.folder)
+        fsync_dir(self.folder)
         self._want_spare.set()
         return _Segment(number, fd, direct)
 
@@ -193,7 +194,7 @@ class Journal:
                 tmp.unlink(missing_ok=True)
                 return False
             os.rename(tmp, self.folder / f"spare-00000000-{uuid.uuid4().hex}.log")
-            _fsync_folder(self.folder)
+            fsync_dir(self.folder)
             return True
         except OSError as exc:  # a full disk: rotations then write their own segments
             tmp.unlink(missing_ok=True)
@@ -391,11 +392,3 @@ def _zero_fill(fd: int, direct: bool, size: int, pause: Callable[[], bool] | Non
             written, direct = pwrite_direct(fd, direct, chunk[:step], offset)
             offset += written
     os.fdatasync(fd)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

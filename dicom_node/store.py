@@ -111,14 +111,15 @@ def write_atomic(path: Path, chunks: Iterable[Bytes], *, sync: bool = True) -> i
         raise
     if not sync:
         return size
-    _fsync_dir(folder)
+    fsync_dir(folder)
     if created:
-        _fsync_dir(folder.parent)
-        _fsync_dir(folder.parent.parent)
+        fsync_dir(folder.parent)
+        fsync_dir(folder.parent.parent)
     return size
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` (created, renamed, removed files) durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
