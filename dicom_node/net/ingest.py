@@ -9,9 +9,13 @@ Two durability modes (``node.durability``), both answering Success only once the
 stable storage:
 
 * ``journal`` (default): the bytes are appended to the ingest journal and fdatasync'd (one flush,
-  shared by concurrent associations); a materializer thread then writes the instance file and its
-  row in batches, and a checkpoint retires journal segments once files and rows are durable. After a
-  crash, the journal is replayed on start. See :mod:`dicom_node.journal`.
+  shared by concurrent associations); a materializer thread then writes the instance files and their
+  rows in batches, once the traffic pauses, and a checkpoint retires journal segments once files and
+  rows are durable. After a crash, the journal is replayed on start. See :mod:`dicom_node.journal`.
+
+Duplicates (``node.duplicate_policy``): a copy of an instance whose first copy is still being
+journaled waits for that append; under keep-first, a copy of an instance already indexed is found
+by the materializer (one query per batch), so the hot path never asks the database.
 * ``file``: the instance file is written, fsync'd, renamed into place, its folder fsync'd and its row
   committed, all before the answer (three flushes per instance).
 """
