@@ -1,8 +1,9 @@
-"""End to end: from the last instance sent to SEG + SR stored in Orthanc, with the node's own stage times.
+"""End to end: from the last instance sent to the results stored in Orthanc, with the node's own stage times.
 
 The node runs as an admin runs it (``dicom-node serve``, SQLite, a 5 s quiet period, one worker) with one
 CT route to an Orthanc destination. dcmtk ``storescu`` sends the study; the clock starts when it exits
-(the last C-STORE answered) and stops when Orthanc holds both the SEG and the SR. The stage breakdown
+(the last C-STORE answered) and stops when Orthanc holds every object the job delivers: the SR, and the
+SEG when the pipeline found something. The stage breakdown
 comes from the node's tables: instances.received_at, series.routed_at, jobs (created/started/finished
 and the worker's ``timings``) and deliveries.sent_at.
 """
@@ -45,7 +46,7 @@ class E2ERun:
     slices: int
     pipeline: str
     index: int
-    total_s: float  # storescu exit -> SEG and SR both seen in Orthanc (polled every 0.1 s)
+    total_s: float  # storescu exit -> every result object seen in Orthanc (polled every 0.1 s)
     node_total_s: float  # last instance received -> last delivery sent, from the node's records
     send_s: float
     stages: dict[str, float] = field(default_factory=dict)
@@ -93,7 +94,7 @@ def run_e2e(
             modalities = wait_for(
                 lambda: _results_in(pacs, engine, node.log_tail),
                 timeout_s,
-                f"SEG and SR of {study} in Orthanc",
+                f"the results of {study} in Orthanc",
             )
             t_seen = time.time()
             # Orthanc can hold the objects a moment before the node has recorded them as sent.
@@ -122,16 +123,19 @@ def run_e2e(
 
 
 def _results_in(pacs: Any, engine: Any, node_log: Any) -> list[str] | None:
-    from dicom_node.db import jobs
+    """The modalities in Orthanc once it holds every object of the finished job (the SR, and the SEG
+    when the pipeline found something); None before."""
+    from dicom_node.db import deliveries, jobs
 
-    if int(pacs.get("/statistics")["CountInstances"]) >= 2:
-        modalities = [str(pacs.get(f"/series/{s}")["MainDicomTags"].get("Modality", "")) for s in pacs.get("/series")]
-        if {"SEG", "SR"} <= set(modalities):
-            return modalities
     with engine.connect() as conn:
+        states = list(conn.execute(select(jobs.c.state)).scalars())
         dead = conn.execute(select(jobs.c.last_error).where(jobs.c.state.in_(("dead", "failed")))).first()
+        expected = int(conn.execute(select(func.count()).select_from(deliveries)).scalar_one())
     if dead is not None:
         raise RuntimeError(f"the node's job failed: {dead.last_error}\n{node_log()}")
+    if states and all(s == "succeeded" for s in states) and expected:
+        if int(pacs.get("/statistics")["CountInstances"]) >= expected:
+            return [str(pacs.get(f"/series/{s}")["MainDicomTags"].get("Modality", "")) for s in pacs.get("/series")]
     return None
 
 

@@ -198,7 +198,8 @@ def _e2e_md(runs: list[E2ERun], notes: list[str]) -> list[str]:
         "",
         "`dicom-node serve` (SQLite, quiet period 5 s, sweep every 1 s, one worker, the example config's "
         "queue settings) with one CT route to a fresh Orthanc; `storescu` sends the study over one association. "
-        "Total = from `storescu` exiting (last C-STORE answered) to Orthanc holding both the SEG and the SR "
+        "Total = from `storescu` exiting (last C-STORE answered) to Orthanc holding every result object "
+        "(the SR, and the SEG when something was found: see Findings below) "
         "(polled every 0.1 s). Stages come from the node's own records: quiet = series.routed_at - last "
         "instances.received_at; queue = jobs.started_at - routed_at; load/inference/encode/store = the job's "
         "`timings`; worker other = finished_at - started_at - those; delivery = last deliveries.sent_at - "
@@ -393,7 +394,7 @@ def _plot_e2e(ax: Any, runs: list[E2ERun] | None) -> None:
     for i, g in enumerate(labels):
         ax.text(bottoms[i], i, f" {median([r.total_s for r in groups[g]]):.1f} s", va="center")
     ax.set_xlim(0, max(bottoms) * 1.15)
-    ax.set_xlabel("seconds from last instance sent to SEG + SR in Orthanc")
+    ax.set_xlabel("seconds from last instance sent to results in Orthanc")
     ax.set_title("End to end (node's own stage records)")
     ax.set_ylim(-0.6, len(labels) - 0.4 + 0.5 * len(labels))
     ax.legend(fontsize=7, loc="upper center", ncol=4)
