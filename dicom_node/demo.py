@@ -81,8 +81,8 @@ def demo_config(out: Path, pacs: DemoPacs) -> NodeConfig:
     return example.model_copy(update={"node": node, "destinations": [pacs_dest], "intake": intake, "queue": queue})
 
 
-def make_study(folder: Path, seed: int) -> list[Path]:
-    """A synthetic chest CT (phantom with nodules) written as a DICOM series."""
+def make_study(folder: Path, seed: int) -> tuple[list[Path], list[str]]:
+    """A synthetic chest CT (phantom with nodules) written as a DICOM series, and what it truly holds."""
     from dicom_node.synth.ct_phantom import make_phantom
     from dicom_node.synth.dicom_series import write_ct_series
 
@@ -90,7 +90,8 @@ def make_study(folder: Path, seed: int) -> list[Path]:
     hu = np.full((phantom.hu.shape[0], 512, 512), -1000.0, dtype=np.float32)
     off = (512 - phantom.hu.shape[1]) // 2
     hu[:, off : off + phantom.hu.shape[1], off : off + phantom.hu.shape[2]] = phantom.hu
-    return write_ct_series(hu, phantom.spacing, folder, seed=seed)  # padded to 512 x 512, same spacing
+    truth = [f"{2 * n.radius:.1f} mm {n.composition.replace('_', '-')} {n.shape}" for n in phantom.nodules]
+    return write_ct_series(hu, phantom.spacing, folder, seed=seed), truth  # padded to 512 x 512
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "received").mkdir(parents=True)
 
     print("1/4 writing a synthetic chest CT study ...", flush=True)
-    files = make_study(out / "study", args.seed)
-    print(f"    {len(files)} slices in {out / 'study'}")
+    files, truth = make_study(out / "study", args.seed)
+    print(f"    {len(files)} slices in {out / 'study'}; the phantom's nodules: {', '.join(truth) or 'none'}")
 
     pacs = DemoPacs(out / "received")
     config = demo_config(out, pacs)
