@@ -132,6 +132,14 @@ def real_volumes(real_dir: Path = REAL_DIR) -> list[tuple[str, Volume, np.ndarra
     return out
 
 
+def _render_box(
+    z: np.ndarray, y: np.ndarray, x: np.ndarray, center: np.ndarray, half_mm: float
+) -> tuple[slice, slice, slice]:
+    """The voxels within ``half_mm`` of ``center`` along each axis (coordinates in mm)."""
+    zi, yi, xi = (np.nonzero(np.abs(axis - c) <= half_mm)[0] for axis, c in zip((z, y, x), center, strict=True))
+    return slice(zi[0], zi[-1] + 1), slice(yi[0], yi[-1] + 1), slice(xi[0], xi[-1] + 1)
+
+
 def inserted_case(
     rng: np.random.Generator,
     name: str,
@@ -171,11 +179,7 @@ def inserted_case(
         if labels[cand[0][i], cand[1][i], cand[2][i]]:
             continue
         spec.center = (float(cen[0]), float(cen[1]), float(cen[2]))
-        rad = r * 2.8 + 2.0
-        zi = np.nonzero(np.abs(z - cen[0]) <= rad)[0]
-        yi = np.nonzero(np.abs(y - cen[1]) <= rad)[0]
-        xi = np.nonzero(np.abs(x - cen[2]) <= rad)[0]
-        box = (slice(zi[0], zi[-1] + 1), slice(yi[0], yi[-1] + 1), slice(xi[0], xi[-1] + 1))
+        box = _render_box(z, y, x, cen, r * 2.8 + 2.0)
         occ, core, calc = render_occupancy(spec, z[box[0]], y[box[1]], x[box[2]], spacing[0])
         allowed = ndi.binary_dilation(lung[box], iterations=1).astype(np.float32)
         occ, core, calc = occ * allowed, core * allowed, calc * allowed
@@ -262,11 +266,7 @@ def add_nodules(
         i = int(rng.integers(cand[0].size))
         cen = np.array([z[cand[0][i]] + rng.uniform(-0.4, 0.4) * dz, y[cand[1][i]], x[cand[2][i]]])
         spec.center = (float(cen[0]), float(cen[1]), float(cen[2]))
-        rad = r * 2.8 + 2.0
-        zi = np.nonzero(np.abs(z - cen[0]) <= rad)[0]
-        yi = np.nonzero(np.abs(y - cen[1]) <= rad)[0]
-        xi = np.nonzero(np.abs(x - cen[2]) <= rad)[0]
-        box = (slice(zi[0], zi[-1] + 1), slice(yi[0], yi[-1] + 1), slice(xi[0], xi[-1] + 1))
+        box = _render_box(z, y, x, cen, r * 2.8 + 2.0)
         if (case.labels[box] != 0).any():
             continue
         occ, core, calc = render_occupancy(spec, z[box[0]], y[box[1]], x[box[2]], dz)

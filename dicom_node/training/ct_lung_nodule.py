@@ -954,6 +954,20 @@ def retrain_classifier(
     return training
 
 
+def _unet_steps(net: Any, sampler: UnetSampler, opt: Any, sched: Any, steps: int, device: Any, progress: bool) -> None:
+    """Fine-tune ``net`` for ``steps`` batches of 16 patches from ``sampler``; leaves it in eval mode."""
+    import torch
+
+    for _ in _progress(range(steps), progress, desc="U-Net fine-tune", leave=False):
+        x, y, w = (torch.from_numpy(a).to(device) for a in sampler.sample(16))
+        loss = _seg_loss(net(x), y, w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+
+
 def finetune(
     bundle_dir: Path,
     cases: list[Case],
@@ -981,14 +995,7 @@ def finetune(
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(unet_steps, 1))
     sampler = UnetSampler(cases, np.random.default_rng(seed + 12), positive_fraction=0.6)
-    for _ in _progress(range(unet_steps), progress, desc="U-Net fine-tune", leave=False):
-        x, y, w = (torch.from_numpy(a).to(device) for a in sampler.sample(16))
-        loss = _seg_loss(net(x), y, w)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
+    _unet_steps(net, sampler, opt, sched, unet_steps, device, progress)
     from dicom_node.nets.bundle import save_state
 
     if model.resmtnet is None:
@@ -1196,14 +1203,7 @@ def finetune_unet(
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=max(steps, 1), pct_start=0.05)
     sampler = UnetSampler(cases, np.random.default_rng(103), positive_fraction=0.55)
-    for _ in _progress(range(steps), progress, desc="U-Net fine-tune", leave=False):
-        x, y, w = (torch.from_numpy(a).to(device) for a in sampler.sample(16))
-        loss = _seg_loss(net(x), y, w)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
+    _unet_steps(net, sampler, opt, sched, steps, device, progress)
     save_state(
         Path(bundle_dir) / "models" / "model.pt",
         {
