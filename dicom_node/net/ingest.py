@@ -151,7 +151,12 @@ class Ingestor:
             entry.settled.wait()
             if not entry.failed:
                 return self._duplicate(sop_uid, calling_ae, address, entry)
-        if policy is DuplicatePolicy.REJECT and self._recorded([sop_uid]):
+        try:
+            indexed = policy is DuplicatePolicy.REJECT and bool(self._recorded([sop_uid]))
+        except BaseException:  # the database refused: give the place up, or every later copy would wait
+            self._settle(sop_uid, entry, failed=True)
+            raise
+        if indexed:
             self._settle(sop_uid, entry, failed=True)  # nothing journaled: waiting copies look again
             return self._duplicate(sop_uid, calling_ae, address, None)
         return self._keep_journaled(meta, buf, calling_ae, address, entry)
