@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 from dicom_node.buffers import Bytes, InstanceBuffer, write_instance_file
 from dicom_node.config import DuplicatePolicy, NodeConfig
 from dicom_node.db import instances, now, series, studies
-from dicom_node.db.engine import connect, log_event, reader
+from dicom_node.db.engine import connect, log_event, reader, record_event
 from dicom_node.journal import Journal, Record, syncfs
 from dicom_node.net.header import Header, read_header
 from dicom_node.store import InvalidUID, Store, check_uid, write_atomic
@@ -49,6 +49,7 @@ OUT_OF_RESOURCES = 0xA700  # Refused: out of resources
 CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand
 DUPLICATE_SOP = 0x0111  # Failure: duplicate SOP instance (reject policy)
 PROCESSING_FAILURE = 0x0110
+DUPLICATE_KEPT_FIRST = "duplicate SOP instance kept as first received"
 
 CHECKPOINT_EVERY_S = 2.0
 BATCH = 256
@@ -198,13 +199,7 @@ class Ingestor:
             return set(conn.execute(select(instances.c.sop_uid).where(instances.c.sop_uid.in_(sop_uids))).scalars())
 
     def _log_duplicate(self, sop_uid: str, calling_ae: str) -> None:
-        log_event(
-            self.engine,
-            "duplicate",
-            "duplicate SOP instance kept as first received",
-            calling_ae=calling_ae,
-            sop_uid=sop_uid,
-        )
+        log_event(self.engine, "duplicate", DUPLICATE_KEPT_FIRST, calling_ae=calling_ae, sop_uid=sop_uid)
 
     def _count_duplicate(self, sop_uid: str, entry: _Pending | None) -> None:
         with self._pending_lock:
@@ -314,10 +309,10 @@ class Ingestor:
                     write_instance_file(path, rec.buffer)
                 rows.append((m, self.store.relative(path), size))
             rec.buffer.release()
-        for m in late:
-            self._log_duplicate(m["sop_uid"], m["calling_ae"])
         with self.writer.begin() as conn:
             self._record(conn, rows, skip_known=replay and not overwrite)
+            for m in late:  # in this batch's transaction: a re-sent study is one commit, not one per copy
+                record_event(conn, "duplicate", DUPLICATE_KEPT_FIRST, calling_ae=m["calling_ae"], sop_uid=m["sop_uid"])
             duplicates: Counter[str] = Counter(m["sop_uid"] for m in late)
             if not replay:
                 with self._pending_lock:
