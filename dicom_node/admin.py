@@ -24,23 +24,17 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
             "studies": conn.execute(select(func.count()).select_from(studies)).scalar_one(),
             "series": counts(series.c.state),
             "instances": conn.execute(select(func.count()).select_from(instances)).scalar_one(),
-            "duplicates": conn.execute(
-                select(func.coalesce(func.sum(instances.c.duplicates), 0))
-            ).scalar_one(),
+            "duplicates": conn.execute(select(func.coalesce(func.sum(instances.c.duplicates), 0))).scalar_one(),
             "jobs": counts(jobs.c.state),
             "results": conn.execute(select(func.count()).select_from(results)).scalar_one(),
             "deliveries": counts(deliveries.c.state),
         }
         report["dead_jobs"] = [
             dict(id=r.id, route=r.route, pipeline=r.pipeline, attempts=r.attempts, error=r.last_error)
-            for r in conn.execute(
-                select(jobs).where(jobs.c.state == "dead").order_by(jobs.c.id.desc()).limit(20)
-            )
+            for r in conn.execute(select(jobs).where(jobs.c.state == "dead").order_by(jobs.c.id.desc()).limit(20))
         ]
         report["dead_deliveries"] = [
-            dict(
-                id=r.id, destination=r.destination, sop_uid=r.sop_uid, attempts=r.attempts, error=r.last_error
-            )
+            dict(id=r.id, destination=r.destination, sop_uid=r.sop_uid, attempts=r.attempts, error=r.last_error)
             for r in conn.execute(
                 select(deliveries, results.c.sop_uid)
                 .join(results, results.c.id == deliveries.c.result_id)
@@ -69,10 +63,7 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
                 calling_ae=r.calling_ae,
             )
             for r in conn.execute(
-                select(events)
-                .where(events.c.level.in_(("WARNING", "ERROR")))
-                .order_by(events.c.id.desc())
-                .limit(10)
+                select(events).where(events.c.level.in_(("WARNING", "ERROR"))).order_by(events.c.id.desc()).limit(10)
             )
         ]
     engine.dispose()

@@ -111,9 +111,7 @@ class Sender:
                 conn.execute(
                     update(deliveries)
                     .where(deliveries.c.id == row.id)
-                    .values(
-                        attempts=attempts, next_try=min(t + delay, row.give_up_at), last_error=error[:2000]
-                    )
+                    .values(attempts=attempts, next_try=min(t + delay, row.give_up_at), last_error=error[:2000])
                 )
         dead = [r for r in rows if t >= r.give_up_at]
         if dead:

@@ -137,9 +137,7 @@ class JobQueue:
         if count != 1:
             raise LeaseLost(f"job {job.id} is no longer held by {worker}")
 
-    def succeed(
-        self, conn: Connection, job: Job, worker: str, *, summary: str, timings: dict[str, float]
-    ) -> None:
+    def succeed(self, conn: Connection, job: Job, worker: str, *, summary: str, timings: dict[str, float]) -> None:
         """Mark the job done inside the caller's transaction (the one that records its results)."""
         count = conn.execute(
             update(jobs)
@@ -173,9 +171,7 @@ class JobQueue:
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failure: base * 2^(attempts-1), capped."""
-        return float(
-            min(self.settings.backoff_base_s * 2 ** max(attempts - 1, 0), self.settings.backoff_max_s)
-        )
+        return float(min(self.settings.backoff_base_s * 2 ** max(attempts - 1, 0), self.settings.backoff_max_s))
 
     # -- housekeeping ------------------------------------------------------------------------------------
     def requeue_expired(self) -> int:

@@ -46,9 +46,7 @@ class StabilitySweep:
             busy_studies = {
                 r.study_uid
                 for r in conn.execute(
-                    select(series.c.study_uid).where(
-                        series.c.state == "receiving", series.c.last_seen > cutoff
-                    )
+                    select(series.c.study_uid).where(series.c.state == "receiving", series.c.last_seen > cutoff)
                 )
             }
         decided = 0
@@ -90,10 +88,7 @@ class StabilitySweep:
                 note = "matched " + ", ".join(r.name for r in matched)
                 state = "routed"
             else:
-                note = (
-                    "; ".join(f"{c.route.name}: " + ", ".join(c.reasons) for c in checks)
-                    or "no routes configured"
-                )
+                note = "; ".join(f"{c.route.name}: " + ", ".join(c.reasons) for c in checks) or "no routes configured"
                 state = "unrouted"
                 record_event(
                     conn,
@@ -104,9 +99,7 @@ class StabilitySweep:
                     series_uid=row.series_uid,
                 )
             conn.execute(
-                update(series)
-                .where(series.c.id == row.id)
-                .values(state=state, routed_at=now(), routing_note=note)
+                update(series).where(series.c.id == row.id).values(state=state, routed_at=now(), routing_note=note)
             )
         log.info(
             "series revision %d %s: %d job(s) queued",
@@ -120,9 +113,7 @@ class StabilitySweep:
     def _attributes(self, row: Any) -> dict[str, Any]:
         with self.engine.connect() as conn:
             first = conn.execute(
-                select(instances.c.path)
-                .where(instances.c.series_uid == row.series_uid)
-                .order_by(instances.c.id)
+                select(instances.c.path).where(instances.c.series_uid == row.series_uid).order_by(instances.c.id)
             ).first()
         header: Dataset = Dataset()
         if first is not None:

@@ -7,7 +7,9 @@
 3. Probabilities >= ``grow_threshold`` inside the region are grouped into 3-D connected components;
    those reaching ``threshold`` somewhere are kept (hysteresis: confident seed, softer outline).
 4. Each component's patch (3 slices + its mask on the key slice) goes through Res-MTNet: nodule vs.
-   false positive (vessels, bronchial walls), malignancy, composition, diameter.
+   false positive (vessels, bronchial walls), malignancy, composition, diameter; and, when the bundle
+   has one, a 32 mm cube around it (isotropic 1 mm, with its mask) through FPR3D, a 3-D network that
+   tells a nodule from a vessel by what continues above and below.
 5. Features of each component (size, elongation, HU statistics, dense tissue around it, pleural
    contact, outline shape of the mask and of an HU-defined outline) and the Res-MTNet logits go
    through the bundle's calibrators (small logistic / linear models stored as JSON in its
@@ -160,6 +162,46 @@ def extract_patch(norm: np.ndarray, plane: np.ndarray, k: int, cy: int, cx: int,
     return out
 
 
+def extract_patch3d(norm: np.ndarray, c: Candidate, dz: float, size: int = 32) -> np.ndarray:
+    """FPR3D input (2, size, size, size): ``norm`` and the candidate's mask around the mask's centroid, on
+    an isotropic grid of the working grid's in-plane pixels (slices linearly interpolated along z; outside
+    the volume, zeros)."""
+    zz, yy, xx = np.nonzero(c.local)
+    cz = float(zz.mean()) + c.box[0].start
+    cy = round(float(yy.mean())) + c.box[1].start
+    cx = round(float(xx.mean())) + c.box[2].start
+    n, h, w = norm.shape
+    half = size // 2
+    pos = cz + (np.arange(size) - half + 0.5) / dz  # slice coordinate of each output plane (1 mm apart)
+    lo = np.floor(pos).astype(int)
+    frac = (pos - lo).astype(np.float32)
+    y0, x0 = cy - half, cx - half
+    ys, xs, ye, xe = max(y0, 0), max(x0, 0), min(y0 + size, h), min(x0 + size, w)
+    out = np.zeros((2, size, size, size), dtype=np.float32)
+    if ye <= ys or xe <= xs:
+        return out
+    mask = np.zeros((n, ye - ys, xe - xs), dtype=np.float32)
+    inner = (
+        slice(None),
+        slice(max(c.box[1].start, ys), min(c.box[1].stop, ye)),
+        slice(max(c.box[2].start, xs), min(c.box[2].stop, xe)),
+    )
+    local = c.local[
+        :,
+        inner[1].start - c.box[1].start : inner[1].stop - c.box[1].start,
+        inner[2].start - c.box[2].start : inner[2].stop - c.box[2].start,
+    ]
+    mask[c.box[0], inner[1].start - ys : inner[1].stop - ys, inner[2].start - xs : inner[2].stop - xs] = local
+    src = (norm[:, ys:ye, xs:xe].astype(np.float32), mask)
+    for ch, vol in enumerate(src):
+        for i in range(size):
+            a, b = lo[i], lo[i] + 1
+            va = vol[a] if 0 <= a < n else 0.0
+            vb = vol[b] if 0 <= b < n else 0.0
+            out[ch, i, ys - y0 : ye - y0, xs - x0 : xe - x0] = (1.0 - frac[i]) * va + frac[i] * vb
+    return out
+
+
 HU_LO, HU_HI = -1000.0, 500.0  # normalize_hu's window: features read HU back from the normalized input
 
 DETECT_FEATURES = (
@@ -178,6 +220,7 @@ DETECT_FEATURES = (
     "nodule_logit",
     "solidity_2d",
     "radial_cv",
+    "fpr_logit",  # 1.3.0; 0 for a bundle without FPR3D
 )
 MALIGNANCY_FEATURES = (  # no HU level: that is composition, which the synthetic truth keeps independent
     "malignancy_logit",
@@ -402,8 +445,10 @@ class NoduleModel:
         malignancy: Calibrator | None = None,
         diameter: Calibrator | None = None,
         hu_refine: float | None = None,
+        fpr3d: Any | None = None,
     ) -> None:
         self.unet = unet
+        self.fpr3d = fpr3d
         self.resmtnet = resmtnet
         self.device = device
         self.threshold = threshold
@@ -558,6 +603,21 @@ class NoduleModel:
             c.features["malignancy_logit"] = float(np.clip(mal_logit[i], -20, 20))
             c.features["diameter_net"] = c.diameter
 
+    def verify(self, norm: np.ndarray, dz: float, candidates: list[Candidate]) -> None:
+        """The FPR3D logit (nodule vs. false positive, from a 3-D patch) of each candidate as its
+        ``fpr_logit`` feature, in place (no-op without an FPR3D network)."""
+        if self.fpr3d is None or not candidates:
+            return
+        import torch
+
+        logits: list[np.ndarray] = []
+        with torch.inference_mode():
+            for i in range(0, len(candidates), self.batch):
+                patches = np.stack([extract_patch3d(norm, c, dz) for c in candidates[i : i + self.batch]])
+                logits.append(self.fpr3d(torch.from_numpy(patches).to(self.device)).float().cpu().numpy())
+        for c, z in zip(candidates, np.concatenate(logits), strict=True):
+            c.features["fpr_logit"] = float(np.clip(z, -20, 20))
+
     def describe(
         self,
         norm: np.ndarray,
@@ -584,6 +644,7 @@ class NoduleModel:
         cands = self.components(prob, region, spacing)
         self.refine(norm, region, cands)
         self.classify(norm, cands)
+        self.verify(norm, spacing[0], cands)
         self.describe(norm, prob, region, spacing, cands)
         return cands
 
@@ -687,6 +748,7 @@ def load_model(bundle: str | Path | None, device: str) -> tuple[NoduleModel, str
         detector=Calibrator.from_json(cal["detection"]) if "detection" in cal else None,
         malignancy=Calibrator.from_json(cal["malignancy"]) if "malignancy" in cal else None,
         diameter=Calibrator.from_json(cal["diameter"]) if "diameter" in cal else None,
+        fpr3d=b.network("fpr3d"),
     )
     model_min_score = float(cfg.get("min_score", 0.5))
     setattr(model, "min_score", model_min_score)  # noqa: B010

@@ -35,7 +35,7 @@ from dicom_node.training.ct_data import Case, inserted_case, phantom_case, real_
 
 logger = logging.getLogger(__name__)
 
-VERSION = "1.2.0"
+VERSION = "1.3.0"
 UNET_PATCH = 96
 # Chosen on the validation seed (777) for bundle 1.2.0: hysteresis outline level, HU-aware outline
 # refinement level, and the operating point on the calibrated detection score.
@@ -342,7 +342,7 @@ def _metadata(extra: dict[str, Any]) -> dict[str, Any]:
         "monai_version": _monai_version(),
         "task": "Lung nodule detection, segmentation, malignancy/composition classification, diameter",
         "intended_use": "Research use only, not for diagnosis. Chest CT, axial, adult.",
-        "networks": ["unet", "resmtnet"],
+        "networks": ["unet", "resmtnet", "fpr3d"],
         "network_data_format": {
             "inputs": {
                 "unet": {
@@ -362,6 +362,14 @@ def _metadata(extra: dict[str, Any]) -> dict[str, Any]:
                     "dtype": "float32",
                     "description": "nodule-centred 3 slices (as unet) + candidate mask on the centre slice",
                 },
+                "fpr3d": {
+                    "type": "image",
+                    "num_channels": 2,
+                    "spatial_shape": [32, 32, 32],
+                    "dtype": "float32",
+                    "description": "candidate-centred 32 mm cube on an isotropic 1 mm grid (slices linearly "
+                    "interpolated): normalized HU (as unet) + candidate mask",
+                },
             },
             "outputs": {
                 "unet": {"type": "image", "num_channels": 1, "description": "nodule logit per pixel"},
@@ -371,6 +379,7 @@ def _metadata(extra: dict[str, Any]) -> dict[str, Any]:
                     "composition": list(COMPOSITIONS),
                     "diameter": "mm",
                 },
+                "fpr3d": {"type": "logit", "description": "nodule vs false positive (3-D context)"},
             },
         },
         "inference": {
@@ -455,6 +464,14 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
         "seconds": {"data": round(t_data, 1), "unet": round(t_unet, 1), "total": round(elapsed, 1)},
     }
     write_bundle(bundle_dir, unet, resmtnet, summary)
+    from dicom_node.training.ct_fpr3d import FPR3D_SETS, add_fpr3d
+
+    fpr_sets = ((556, 1, 0),) if quick else FPR3D_SETS
+    summary["fpr3d"] = add_fpr3d(bundle_dir, fpr_sets, steps=4 if quick else 4000, progress=progress)
+    meta_path = Path(bundle_dir) / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["training"] = summary
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     cal_cases = calibration_cases(((555, 1, 0),)) if quick else None
     calibrate(bundle_dir, cal_cases, grow_threshold=GROW_THRESHOLD)
     write_card(bundle_dir)
@@ -716,6 +733,17 @@ def _first16_lines(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
+def _fpr3d_lines(info: Any) -> list[str]:
+    if not isinstance(info, dict):
+        return []
+    return [
+        f"- FPR3D: {info.get('steps', '?')} steps x 32 cubes (half nodules; flips, transposes, 2 mm shifts)",
+        f"  from {info.get('samples', '?')} samples ({info.get('nodule_samples', '?')} nodules): the U-Net's",
+        "  candidates at seed levels 0.5 and 0.12 plus every truth mask, on fresh phantoms and real-inserted",
+        f"  cases (seed, phantoms, real-inserted) = {info.get('sets', '?')}.",
+    ]
+
+
 def write_card(bundle_dir: Path) -> None:
     """docs/README.md from metadata.json and (when present) docs/metrics.json."""
     bundle_dir = Path(bundle_dir)
@@ -736,8 +764,10 @@ def write_card(bundle_dir: Path) -> None:
         "1 mm pixels, 0.44 M parameters) for nodule probability, 3-D connected components, and Res-MTNet",
         "(a shared residual extractor, 0.31 M parameters) on each component's patch: nodule vs. false",
         "positive (vessels), malignancy (low / intermediate / high at p < 0.3 / < 0.7 / above),",
-        "composition (solid, part_solid, ground_glass) and diameter. Measurements from the mask: long and",
-        "short axis (mm), volume (mm3), mean HU.",
+        "composition (solid, part_solid, ground_glass) and diameter. Since 1.3.0 FPR3D (a 3-D CNN, 0.22 M",
+        "parameters) reads a 32 mm cube around each component (isotropic 1 mm, with its mask) and tells a",
+        "nodule from a vessel by what continues above and below it; its logit is a detection feature.",
+        "Measurements from the mask: long and short axis (mm), volume (mm3), mean HU.",
         "",
         *_calibration_lines(meta),
         "## Training data",
@@ -759,6 +789,7 @@ def write_card(bundle_dir: Path) -> None:
         f"- Res-MTNet: {tr.get('resmtnet_steps', '?')} steps x 64 patches: U-Net candidates as hard",
         f"  negatives, jittered truth masks and {tr.get('resmtnet_patches', {}).get('extra_rendered_nodules', 0)}",
         "  extra nodules rendered into the training backgrounds (malignancy/composition/diameter).",
+        *_fpr3d_lines(tr.get("fpr3d")),
         f"- Seed {tr.get('seed', '?')}, device {tr.get('device', '?')}, "
         f"{tr.get('seconds', {}).get('total', '?')} s in all.",
         *([f"- History: {tr['history']}"] if tr.get("history") else []),
@@ -1079,9 +1110,9 @@ def candidate_table(cases: list[Case], model: NoduleModel, progress: bool = Fals
     return rows
 
 
-# Calibration phantoms: (seed, phantoms, real-inserted cases). Neither the training seeds (0, 101, 102, 104)
-# nor validation (777) nor test (1234).
-CALIBRATION_SETS = ((555, 56, 12), (556, 60, 8))
+# Calibration phantoms: (seed, phantoms, real-inserted cases). Neither the training seeds (0, 101, 102, 104,
+# and FPR3D's 556-558) nor validation (777) nor test (1234).
+CALIBRATION_SETS = ((555, 56, 12), (559, 56, 12))  # 1.2.0: (555, 56, 12), (556, 60, 8)
 
 
 def fit_calibrators(rows: list[dict[str, Any]], l2: float = 1.0) -> dict[str, dict[str, Any]]:
@@ -1136,19 +1167,21 @@ def calibrate(
     progress: bool = False,
     hu_refine: float | None = HU_REFINE,
     min_score: float = MIN_SCORE,
+    sets: Sequence[tuple[int, int, int]] | None = None,
 ) -> dict[str, Any]:
-    """Fit the bundle's calibrators on calibration cases (default :func:`calibration_cases`) with its own
-    networks, and store them (with ``grow_threshold``, ``hu_refine`` and ``min_score``) in
-    configs/metadata.json; returns the inference block."""
+    """Fit the bundle's calibrators on calibration cases with its own networks, and store them (with
+    ``grow_threshold``, ``hu_refine`` and ``min_score``) in configs/metadata.json; returns the inference
+    block. Without ``cases``, the cases of ``sets`` (default :data:`CALIBRATION_SETS`) are generated;
+    with them, ``sets`` only names, for the metadata, the sets they were generated from."""
     bundle_dir = Path(bundle_dir)
     device = _device()
     model, _ = load_model(bundle_dir, device)
     model.detector = model.malignancy = model.diameter = None
     model.grow_threshold = min(grow_threshold, model.threshold)
     model.hu_refine = hu_refine
-    default_sets = cases is None
     if cases is None:
-        cases = calibration_cases()
+        sets = CALIBRATION_SETS if sets is None else sets
+        cases = calibration_cases(sets)
     rows = candidate_table(cases, model, progress)
     meta_path = bundle_dir / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
@@ -1158,7 +1191,7 @@ def calibrate(
     inference["min_score"] = min_score
     inference["calibrators"] = fit_calibrators(rows, l2)
     inference["calibration"] = {
-        "sets": [list(t) for t in CALIBRATION_SETS] if default_sets else "given",
+        "sets": [list(t) for t in sets] if sets is not None else "given",
         "cases": len(cases),
         "candidates": len(rows),
         "nodule_candidates": sum(1 for r in rows if r["truth"] > 0),

@@ -19,16 +19,11 @@ def _fill(queue: JobQueue, n: int) -> None:
     with queue.engine.begin() as conn:
         for i in range(n):
             assert (
-                queue.enqueue(
-                    conn, series_uid=f"1.2.{i}", study_uid="1.2", route="r", pipeline="p", revision=1
-                )
+                queue.enqueue(conn, series_uid=f"1.2.{i}", study_uid="1.2", route="r", pipeline="p", revision=1)
                 is not None
             )
         # the same work twice is one job
-        assert (
-            queue.enqueue(conn, series_uid="1.2.0", study_uid="1.2", route="r", pipeline="p", revision=1)
-            is None
-        )
+        assert queue.enqueue(conn, series_uid="1.2.0", study_uid="1.2", route="r", pipeline="p", revision=1) is None
 
 
 def test_concurrent_workers_never_get_the_same_job(db_url: str) -> None:

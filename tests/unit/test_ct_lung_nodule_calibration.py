@@ -54,7 +54,7 @@ def test_candidate_features_separate_a_ball_from_a_tube() -> None:
     assert f_ball["shell_dense"] < f_tube["shell_dense"]
     assert f_ball["solidity_2d"] > 0.85 and f_ball["radial_cv"] < 0.2
     assert abs(f_ball["long_axis_mm"] - 11.0) <= 1.5
-    assert set(DETECT_FEATURES) - {"nodule_logit"} <= set(f_ball)
+    assert set(DETECT_FEATURES) - {"nodule_logit", "fpr_logit"} <= set(f_ball)
     assert set(MALIGNANCY_FEATURES) - {"malignancy_logit"} <= set(f_ball)
 
 

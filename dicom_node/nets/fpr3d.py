@@ -1,0 +1,53 @@
+"""FPR3D: a small 3-D CNN that tells a nodule candidate from a false positive (false-positive reduction).
+
+On a single slice a vessel seen end-on and the root of a vessel tree look like nodules; in 3-D a vessel
+continues as a tube and a nodule ends. Input: a candidate-centred patch of ``PATCH`` mm cubed on an
+isotropic 1 mm grid, two channels (normalized HU as the U-Net reads it, and the candidate's mask).
+Output: one logit, nodule vs. false positive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+PATCH = 32
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm3d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm3d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class FPR3D(nn.Module):
+    """Stem at full resolution, three conv blocks at 1/2, 1/4, 1/8 of it, global pooling, one logit."""
+
+    def __init__(self, in_channels: int = 2, width: int = 12) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv3d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm3d(w), nn.ReLU(True))
+        self.features = nn.Sequential(
+            nn.MaxPool3d(2),
+            _block(w, 2 * w),
+            nn.MaxPool3d(2),
+            _block(2 * w, 4 * w),
+            nn.MaxPool3d(2),
+            _block(4 * w, 8 * w),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(8 * w, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.stem(x))).squeeze(1)
+
+
+def build_fpr3d(**kwargs: Any) -> FPR3D:
+    """An :class:`FPR3D` (keyword arguments go to its constructor)."""
+    return FPR3D(**kwargs)

@@ -1,0 +1,179 @@
+"""Training data and training for FPR3D, the 3-D false-positive reduction network of the CT nodule bundle.
+
+Samples are the U-Net candidates of calibration-style cases at two seed levels (the bundle's own and a
+low one, so that faint nodules the U-Net barely sees are in the data too), labelled nodule / false
+positive by their overlap with the truth, plus every truth mask as an ideal candidate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicom_node.pipelines.ct_lung_nodule import Candidate, NoduleModel, extract_patch3d
+from dicom_node.training.ct_data import Case
+
+FPR3D_BUILDER = "dicom_node.nets.fpr3d:build_fpr3d"
+FPR3D_KWARGS: dict[str, Any] = {"width": 8}
+SEED_LEVELS = ((0.5, 0.35), (0.12, 0.08))  # (seed, grow) U-Net probability levels for the candidates
+
+
+def truth_candidate(case: Case, index: int) -> Candidate:
+    """Truth nodule ``index`` of ``case`` as a candidate (its mask, on the working grid)."""
+    gt = case.labels == index
+    zz, yy, xx = np.nonzero(gt)
+    box = (
+        slice(int(zz.min()), int(zz.max()) + 1),
+        slice(int(yy.min()), int(yy.max()) + 1),
+        slice(int(xx.min()), int(xx.max()) + 1),
+    )
+    areas = gt[box].reshape(box[0].stop - box[0].start, -1).sum(axis=1)
+    k = int(np.argmax(areas)) + box[0].start
+    shape = (int(gt.shape[0]), int(gt.shape[1]), int(gt.shape[2]))
+    return Candidate(
+        box=box,
+        local=gt[box],
+        shape=shape,
+        prob_max=1.0,
+        prob_mean=1.0,
+        key_slice=k,
+        center=(k, int(yy.mean()), int(xx.mean())),
+    )
+
+
+def fpr3d_samples(
+    cases: Sequence[Case], model: NoduleModel, probs: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(patches float16 (N, 2, 32, 32, 32), labels (N,)) from ``cases``; ``probs`` are the U-Net
+    probabilities of each case when already computed."""
+    from dicom_node.training.ct_lung_nodule import _match
+
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    keep = (model.threshold, model.grow_threshold)
+    try:
+        for i, case in enumerate(cases):
+            if probs is not None:
+                prob = probs[i].astype(np.float32)
+            else:
+                slices = [int(k) for k in np.nonzero(case.region.any(axis=(1, 2)))[0]]
+                prob = model.probabilities(case.norm, slices)
+            seen: set[tuple[int, ...]] = set()
+            for seed, grow in SEED_LEVELS:
+                model.threshold, model.grow_threshold = seed, grow
+                cands = model.components(prob, case.region, case.spacing)
+                model.refine(case.norm, case.region, cands)
+                for c, m in zip(cands, _match(cands, case), strict=True):
+                    key = (c.box[0].start, c.box[1].start, c.box[2].start, int(c.local.sum()))
+                    if m < 0 or key in seen:
+                        continue
+                    seen.add(key)
+                    xs.append(extract_patch3d(case.norm, c, case.spacing[0]).astype(np.float16))
+                    ys.append(int(m > 0))
+            for t in case.truths:
+                xs.append(
+                    extract_patch3d(case.norm, truth_candidate(case, t.index), case.spacing[0]).astype(np.float16)
+                )
+                ys.append(1)
+    finally:
+        model.threshold, model.grow_threshold = keep
+    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+def _augment3d(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """Random flips along each axis and a random in-plane transpose of a batch (B, C, Z, Y, X)."""
+    for axis in (2, 3, 4):
+        if rng.random() < 0.5:
+            x = x[:, :, ::-1] if axis == 2 else (x[:, :, :, ::-1] if axis == 3 else x[..., ::-1])
+    if rng.random() < 0.5:
+        x = np.swapaxes(x, 3, 4)
+    shift = rng.integers(-2, 3, size=3)
+    x = np.roll(x, tuple(int(s) for s in shift), axis=(2, 3, 4))
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def train_fpr3d(
+    x: np.ndarray,
+    y: np.ndarray,
+    steps: int = 4000,
+    batch: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> Any:
+    """FPR3D trained for ``steps`` batches, half nodules each (one class only when the other is absent, as in
+    smoke runs), with flips, in-plane transposes and shifts; AdamW, one-cycle."""
+    import torch
+
+    from dicom_node.nets.fpr3d import build_fpr3d
+    from dicom_node.training.ct_lung_nodule import _progress
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    net = build_fpr3d(**FPR3D_KWARGS).to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=max(steps, 1), pct_start=0.1)
+    pools = [p for p in (np.nonzero(y == 1)[0], np.nonzero(y == 0)[0]) if len(p)]  # both, unless a class is absent
+    if not pools:
+        raise ValueError("no FPR3D samples")
+    shares = [batch // len(pools)] * len(pools)
+    shares[0] += batch - sum(shares)
+    for _ in _progress(range(steps), progress, desc="fpr3d"):
+        idx = np.concatenate([rng.choice(pool, share) for pool, share in zip(pools, shares, strict=True)])
+        xb = torch.from_numpy(_augment3d(rng, x[idx])).to(device)
+        yb = torch.from_numpy(y[idx].astype(np.float32)).to(device)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+# Sample sets for FPR3D: (seed, phantoms, real-inserted), generated as the calibration cases are. Not the
+# calibration seed (555), nor training (0, 101-104), validation (777) or test (1234).
+FPR3D_SETS = ((556, 60, 8), (557, 60, 10), (558, 64, 8))
+
+
+def add_fpr3d(
+    bundle_dir: Path, sets: Sequence[tuple[int, int, int]] = FPR3D_SETS, steps: int = 4000, progress: bool = True
+) -> dict[str, Any]:
+    """Train FPR3D on candidates of ``bundle_dir``'s own U-Net and add it to the bundle's weights (the
+    U-Net and Res-MTNet are kept). Run :func:`dicom_node.training.ct_lung_nodule.calibrate` afterwards:
+    the detection calibrator reads its logit. Returns a summary for the metadata."""
+    from dicom_node.nets.bundle import save_state
+    from dicom_node.pipelines.ct_lung_nodule import load_model
+    from dicom_node.training.ct_lung_nodule import RESMTNET_BUILDER, UNET_BUILDER, _device, calibration_cases
+
+    t0 = time.perf_counter()
+    device = _device()
+    model, _ = load_model(bundle_dir, device)
+    if model.resmtnet is None:
+        raise ValueError(f"{bundle_dir}: no resmtnet to keep")
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for one in sets:  # one set at a time: the cases of all sets at once would need about 12 GB
+        x, y = fpr3d_samples(calibration_cases((one,)), model)
+        xs.append(x)
+        ys.append(y)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    net = train_fpr3d(x, y, steps=steps, device=device, progress=progress)
+    save_state(
+        Path(bundle_dir) / "models" / "model.pt",
+        {
+            "unet": (UNET_BUILDER, {}, model.unet.cpu()),
+            "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, model.resmtnet.cpu()),
+            "fpr3d": (FPR3D_BUILDER, FPR3D_KWARGS, net.cpu()),
+        },
+    )
+    return {
+        "sets": [list(s) for s in sets],
+        "samples": len(y),
+        "nodule_samples": int(y.sum()),
+        "steps": steps,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

@@ -1,0 +1,87 @@
+"""FPR3D, the 3-D false-positive reduction step: its input cube, the pipeline hook and its training samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dicom_node.imaging.series import normalize_hu
+from dicom_node.nets.fpr3d import PATCH, build_fpr3d
+from dicom_node.pipelines.ct_lung_nodule import NoduleModel, extract_patch3d
+from dicom_node.training.ct_data import Case, NoduleTruth
+from dicom_node.training.ct_fpr3d import _augment3d, fpr3d_samples, train_fpr3d, truth_candidate
+
+
+def _ball_mm(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], center_mm: tuple[float, ...], r: float
+) -> np.ndarray:
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    zz, yy, xx = (z + 0.5) * spacing[0], (y + 0.5) * spacing[1], (x + 0.5) * spacing[2]
+    return ((zz - center_mm[0]) ** 2 + (yy - center_mm[1]) ** 2 + (xx - center_mm[2]) ** 2) <= r * r
+
+
+def _case(dz: float = 2.0) -> Case:
+    """A 60 mm slab at ``dz`` mm slices: a 12 mm ball (truth 1) and a vessel along z (not a nodule)."""
+    spacing = (dz, 1.0, 1.0)
+    shape = (int(60 / dz), 80, 80)
+    hu = np.full(shape, -860.0, dtype=np.float32)
+    ball = _ball_mm(shape, spacing, (30.0, 25.0, 25.0), 6.0)
+    hu[ball] = 30.0
+    hu[:, 58:61, 58:61] = 40.0
+    labels = ball.astype(np.int16)
+    areas = ball.reshape(shape[0], -1).sum(axis=1)
+    k = int(np.argmax(areas))
+    truth = NoduleTruth(1, 12.0, 0, 0, k, (k, 25, 25))
+    return Case("t", normalize_hu(hu), hu, spacing, np.ones(shape, dtype=bool), labels, [truth])
+
+
+def test_patch3d_is_isotropic_and_centred_on_the_candidate() -> None:
+    case = _case(dz=2.0)
+    patch = extract_patch3d(case.norm, truth_candidate(case, 1), case.spacing[0])
+    assert patch.shape == (2, PATCH, PATCH, PATCH) and patch.dtype == np.float32
+    mask = patch[1] >= 0.5
+    zz, yy, xx = np.nonzero(mask)
+    assert abs(zz.mean() - PATCH / 2) <= 1.0 and abs(yy.mean() - PATCH / 2) <= 1.0 and abs(xx.mean() - PATCH / 2) <= 1.0
+    # A 12 mm ball spans about 12 planes along every axis of the 1 mm cube, whatever the slice spacing.
+    for axis in range(3):
+        extent = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        assert 10 <= extent[-1] - extent[0] + 1 <= 14
+    # The image channel holds the ball's HU (normalized) where the mask is, parenchyma around it.
+    assert patch[0][mask].mean() > 0.6 > 0.15 > patch[0][0].mean()
+
+
+def test_verify_adds_the_fpr_logit_only_with_a_network() -> None:
+    case = _case()
+    cand = truth_candidate(case, 1)
+    without = NoduleModel(unet=None, resmtnet=None)
+    without.verify(case.norm, case.spacing[0], [cand])
+    assert "fpr_logit" not in cand.features
+    torch.manual_seed(0)
+    with_net = NoduleModel(unet=None, resmtnet=None, fpr3d=build_fpr3d(width=4).eval(), batch=1)
+    other = truth_candidate(case, 1)
+    with_net.verify(case.norm, case.spacing[0], [cand, other])
+    assert np.isfinite(cand.features["fpr_logit"]) and cand.features["fpr_logit"] == other.features["fpr_logit"]
+
+
+def test_samples_label_candidates_by_truth_overlap_and_add_every_truth() -> None:
+    case = _case()
+    prob = np.zeros(case.norm.shape, dtype=np.float32)
+    prob[case.labels == 1] = 0.9  # the U-Net finds the ball...
+    prob[:, 58:61, 58:61] = 0.9  # ...and the vessel
+    model = NoduleModel(unet=None, resmtnet=None, min_volume_mm3=1.0)
+    x, y = fpr3d_samples([case], model, [prob])
+    # the ball and the vessel once per seed level (the same components at both levels count once), plus the truth
+    assert x.shape == (3, 2, PATCH, PATCH, PATCH) and x.dtype == np.float16
+    assert sorted(y.tolist()) == [0, 1, 1]
+    assert (model.threshold, model.grow_threshold) == (0.5, 0.5)  # restored
+
+
+def test_training_steps_run_and_augmentation_keeps_shapes() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 2, PATCH, PATCH, PATCH)).astype(np.float16)
+    y = np.array([0, 1, 0, 1, 0, 1])
+    assert _augment3d(rng, x[:2]).shape == (2, 2, PATCH, PATCH, PATCH)
+    net = train_fpr3d(x, y, steps=2, batch=4)
+    assert not net.training
+    with torch.inference_mode():
+        assert net(torch.from_numpy(x[:3].astype(np.float32))).shape == (3,)
