@@ -15,6 +15,11 @@ from dicom_node.net.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
 
+# New associations after one is lost mid-send (the file in flight goes again: a receiver keeps the first
+# copy). pynetdicom's requestor can miss a very quick C-STORE response under load (its reactor thread
+# takes it off the queue) and then aborts after the DIMSE timeout.
+RECONNECTS = 2
+
 
 class SendError(RuntimeError):
     """The destination could not be reached or refused the association."""
@@ -54,11 +59,12 @@ def send_files(
     timeout: float = 30.0,
     progress: Callable[[Sent], None] | None = None,
 ) -> list[Sent]:
-    """C-STORE ``paths`` to one SCP over one association, in order.
+    """C-STORE ``paths`` to one SCP over one association, in order (up to :data:`RECONNECTS` new ones
+    when an association is lost mid-send, resuming with the file in flight).
 
     Each file is proposed with its own SOP class and transfer syntax (plus Explicit VR Little Endian
     as a fallback). Raises :class:`SendError` when no association can be made; per-file failures are
-    returned, not raised.
+    returned, not raised, in the order of ``paths``.
     """
     files = [Path(p) for p in paths]
     if not files:
@@ -78,29 +84,40 @@ def send_files(
     contexts = [build_context(c, ts) for c, syntaxes in by_class.items() for ts in syntaxes]
     if len(contexts) > 128:
         raise SendError(f"{len(contexts)} presentation contexts needed; send fewer kinds of object at once")
-    assoc = ae.associate(
-        host, port, contexts=contexts, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
-    )
-    if not assoc.is_established:
-        what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        raise SendError(f"association with {called_ae}@{host}:{port} {what}")
-    results: list[Sent] = []
-    try:
-        for path in files:
-            try:
-                status = assoc.send_c_store(path)
-                code = int(status.Status) if "Status" in status else None
-                outcome = Sent(path, code, "" if code is not None else "no response (timeout or abort)")
-            except Exception as exc:  # a file that cannot be sent must not stop the others
-                outcome = Sent(path, None, f"{type(exc).__name__}: {exc}")
-            results.append(outcome)
-            if progress is not None:
-                progress(outcome)
-            if not assoc.is_established:
-                break
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    for path in files[len(results) :]:
-        results.append(Sent(path, None, "association lost before sending"))
-    return results
+    results: dict[int, Sent] = {}
+    todo = list(range(len(files)))
+    for attempt in range(1 + RECONNECTS):
+        if not todo:
+            break
+        assoc = ae.associate(
+            host, port, contexts=contexts, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
+        )
+        if not assoc.is_established:
+            if attempt == 0:
+                what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+                raise SendError(f"association with {called_ae}@{host}:{port} {what}")
+            break
+        try:
+            while todo:
+                i = todo[0]
+                try:
+                    status = assoc.send_c_store(files[i])
+                    code = int(status.Status) if "Status" in status else None
+                    outcome = Sent(files[i], code, "" if code is not None else "no response (timeout or abort)")
+                except Exception as exc:  # a file that cannot be sent must not stop the others
+                    outcome = Sent(files[i], None, f"{type(exc).__name__}: {exc}")
+                if outcome.status is None and not assoc.is_established and attempt < RECONNECTS:
+                    log.warning("association lost sending %s (%s); sending the rest again", files[i], outcome.error)
+                    break  # this file and the rest go again on a new association
+                results[i] = outcome
+                todo.pop(0)
+                if progress is not None:
+                    progress(outcome)
+                if not assoc.is_established:
+                    break
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    for i in todo:
+        results[i] = Sent(files[i], None, "association lost before sending")
+    return [results[i] for i in range(len(files))]
