@@ -177,9 +177,26 @@ def extract_patch3d(norm: np.ndarray, c: Candidate, dz: float, size: int = 32) -
     frac = (pos - lo).astype(np.float32)
     y0, x0 = cy - half, cx - half
     ys, xs, ye, xe = max(y0, 0), max(x0, 0), min(y0 + size, h), min(x0 + size, w)
+    z0, z1 = max(int(lo[0]), 0), min(int(lo[-1]) + 2, n)  # the slices the planes interpolate between
     out = np.zeros((2, size, size, size), dtype=np.float32)
-    if ye <= ys or xe <= xs:
+    if ye <= ys or xe <= xs or z1 <= z0:
         return out
+    image = norm[z0:z1, ys:ye, xs:xe].astype(np.float32)
+    mask = np.zeros_like(image)
+    bz, by, bx = c.box
+    cut = [(max(b.start, lo_), min(b.stop, hi_)) for b, lo_, hi_ in ((bz, z0, z1), (by, ys, ye), (bx, xs, xe))]
+    if all(a < b for a, b in cut):  # the candidate's mask where its box meets the crop
+        (za, zb), (ya, yb), (xa, xb) = cut
+        mask[za - z0 : zb - z0, ya - ys : yb - ys, xa - xs : xb - xs] = c.local[
+            za - bz.start : zb - bz.start, ya - by.start : yb - by.start, xa - bx.start : xb - bx.start
+        ]
+    for ch, vol in enumerate((image, mask)):
+        for i in range(size):
+            a = int(lo[i]) - z0
+            va = vol[a] if 0 <= a < z1 - z0 else 0.0
+            vb = vol[a + 1] if 0 <= a + 1 < z1 - z0 else 0.0
+            out[ch, i, ys - y0 : ye - y0, xs - x0 : xe - x0] = (1.0 - frac[i]) * va + frac[i] * vb
+    return out
     mask = np.zeros((n, ye - ys, xe - xs), dtype=np.float32)
     inner = (
         slice(None),
