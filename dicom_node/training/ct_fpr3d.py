@@ -88,7 +88,7 @@ def _augment3d(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     """Random flips along each axis and a random in-plane transpose of a batch (B, C, Z, Y, X)."""
     for axis in (2, 3, 4):
         if rng.random() < 0.5:
-            x = x[:, :, ::-1] if axis == 2 else (x[:, :, :, ::-1] if axis == 3 else x[..., ::-1])
+            x = np.flip(x, axis=axis)
     if rng.random() < 0.5:
         x = np.swapaxes(x, 3, 4)
     shift = rng.integers(-2, 3, size=3)
@@ -145,9 +145,8 @@ def add_fpr3d(
     """Train FPR3D on candidates of ``bundle_dir``'s own U-Net and add it to the bundle's weights (the
     U-Net and Res-MTNet are kept). Run :func:`dicom_node.training.ct_lung_nodule.calibrate` afterwards:
     the detection calibrator reads its logit. Returns a summary for the metadata."""
-    from dicom_node.nets.bundle import save_state
     from dicom_node.pipelines.ct_lung_nodule import load_model
-    from dicom_node.training.ct_lung_nodule import RESMTNET_BUILDER, UNET_BUILDER, _device, calibration_cases
+    from dicom_node.training.ct_lung_nodule import _device, calibration_cases, save_networks
 
     t0 = time.perf_counter()
     device = _device()
@@ -162,14 +161,7 @@ def add_fpr3d(
         ys.append(y)
     x, y = np.concatenate(xs), np.concatenate(ys)
     net = train_fpr3d(x, y, steps=steps, device=device, progress=progress)
-    save_state(
-        Path(bundle_dir) / "models" / "model.pt",
-        {
-            "unet": (UNET_BUILDER, {}, model.unet.cpu()),
-            "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, model.resmtnet.cpu()),
-            "fpr3d": (FPR3D_BUILDER, FPR3D_KWARGS, net.cpu()),
-        },
-    )
+    save_networks(bundle_dir, model.unet, model.resmtnet, net)
     return {
         "sets": [list(s) for s in sets],
         "samples": len(y),

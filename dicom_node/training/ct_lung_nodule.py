@@ -478,18 +478,24 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
     return summary
 
 
+def save_networks(bundle_dir: Path, unet: Any, resmtnet: Any, fpr3d: Any | None = None) -> None:
+    """The bundle's models/model.pt: U-Net, Res-MTNet and, when given, FPR3D, with their builders."""
+    from dicom_node.nets.bundle import save_state
+    from dicom_node.training.ct_fpr3d import FPR3D_BUILDER, FPR3D_KWARGS
+
+    networks = {
+        "unet": (UNET_BUILDER, {}, unet.cpu()),
+        "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, resmtnet.cpu()),
+    }
+    if fpr3d is not None:
+        networks["fpr3d"] = (FPR3D_BUILDER, FPR3D_KWARGS, fpr3d.cpu())
+    save_state(Path(bundle_dir) / "models" / "model.pt", networks)
+
+
 def write_bundle(bundle_dir: Path, unet: Any, resmtnet: Any, training: dict[str, Any]) -> None:
     """models/model.pt (state file), configs/metadata.json and docs/README.md."""
-    from dicom_node.nets.bundle import save_state
-
     bundle_dir = Path(bundle_dir)
-    save_state(
-        bundle_dir / "models" / "model.pt",
-        {
-            "unet": (UNET_BUILDER, {}, unet.cpu()),
-            "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, resmtnet.cpu()),
-        },
-    )
+    save_networks(bundle_dir, unet, resmtnet)
     meta_path = bundle_dir / "configs" / "metadata.json"
     meta_path.parent.mkdir(parents=True, exist_ok=True)
     meta = _metadata({"training": training})
@@ -973,12 +979,7 @@ def retrain_classifier(
         "extra_rendered_nodules": len(extra),
     }
     training.setdefault("seconds", {})["resmtnet_retrain"] = round(time.perf_counter() - t0, 1)
-    from dicom_node.nets.bundle import save_state
-
-    save_state(
-        Path(bundle_dir) / "models" / "model.pt",
-        {"unet": (UNET_BUILDER, {}, model.unet.cpu()), "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, net.cpu())},
-    )
+    save_networks(bundle_dir, model.unet, net, model.fpr3d)
     meta["training"] = training
     (Path(bundle_dir) / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     write_card(Path(bundle_dir))
@@ -1027,17 +1028,9 @@ def finetune(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(unet_steps, 1))
     sampler = UnetSampler(cases, np.random.default_rng(seed + 12), positive_fraction=0.6)
     _unet_steps(net, sampler, opt, sched, unet_steps, device, progress)
-    from dicom_node.nets.bundle import save_state
-
     if model.resmtnet is None:
         raise ValueError(f"{bundle_dir}: no resmtnet to keep")
-    save_state(
-        Path(bundle_dir) / "models" / "model.pt",
-        {
-            "unet": (UNET_BUILDER, {}, net.cpu()),
-            "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, model.resmtnet.cpu()),
-        },
-    )
+    save_networks(bundle_dir, net, model.resmtnet, model.fpr3d)
     training = retrain_classifier(bundle_dir, cases, seed, mt_steps, n_extra, progress)
     training["unet_finetune_steps"] = unet_steps
     training["finetune_extra_nodules_per_case"] = extra_per_case
@@ -1217,7 +1210,6 @@ def finetune_unet(
     patches. Run :func:`calibrate` afterwards. Returns a summary for the metadata."""
     import torch
 
-    from dicom_node.nets.bundle import save_state
     from dicom_node.training.ct_data import add_nodules
 
     t0 = time.perf_counter()
@@ -1237,13 +1229,7 @@ def finetune_unet(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=max(steps, 1), pct_start=0.05)
     sampler = UnetSampler(cases, np.random.default_rng(103), positive_fraction=0.55)
     _unet_steps(net, sampler, opt, sched, steps, device, progress)
-    save_state(
-        Path(bundle_dir) / "models" / "model.pt",
-        {
-            "unet": (UNET_BUILDER, {}, net.cpu()),
-            "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, model.resmtnet.cpu()),
-        },
-    )
+    save_networks(bundle_dir, net, model.resmtnet, model.fpr3d)
     return {
         "steps": steps,
         "cases": len(cases),
