@@ -84,10 +84,9 @@ def send_files(
     contexts = [build_context(c, ts) for c, syntaxes in by_class.items() for ts in syntaxes]
     if len(contexts) > 128:
         raise SendError(f"{len(contexts)} presentation contexts needed; send fewer kinds of object at once")
-    results: dict[int, Sent] = {}
-    todo = list(range(len(files)))
+    results: list[Sent] = []  # in the order of files: the next file to send is files[len(results)]
     for attempt in range(1 + RECONNECTS):
-        if not todo:
+        if len(results) == len(files):
             break
         assoc = ae.associate(
             host, port, contexts=contexts, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
@@ -98,26 +97,22 @@ def send_files(
                 raise SendError(f"association with {called_ae}@{host}:{port} {what}")
             break
         try:
-            while todo:
-                i = todo[0]
+            while len(results) < len(files) and assoc.is_established:
+                path = files[len(results)]
                 try:
-                    status = assoc.send_c_store(files[i])
+                    status = assoc.send_c_store(path)
                     code = int(status.Status) if "Status" in status else None
-                    outcome = Sent(files[i], code, "" if code is not None else "no response (timeout or abort)")
+                    outcome = Sent(path, code, "" if code is not None else "no response (timeout or abort)")
                 except Exception as exc:  # a file that cannot be sent must not stop the others
-                    outcome = Sent(files[i], None, f"{type(exc).__name__}: {exc}")
+                    outcome = Sent(path, None, f"{type(exc).__name__}: {exc}")
                 if outcome.status is None and not assoc.is_established and attempt < RECONNECTS:
-                    log.warning("association lost sending %s (%s); sending the rest again", files[i], outcome.error)
+                    log.warning("association lost sending %s (%s); sending the rest again", path, outcome.error)
                     break  # this file and the rest go again on a new association
-                results[i] = outcome
-                todo.pop(0)
+                results.append(outcome)
                 if progress is not None:
                     progress(outcome)
-                if not assoc.is_established:
-                    break
         finally:
             if assoc.is_established:
                 assoc.release()
-    for i in todo:
-        results[i] = Sent(files[i], None, "association lost before sending")
-    return [results[i] for i in range(len(files))]
+    results += [Sent(path, None, "association lost before sending") for path in files[len(results) :]]
+    return results
