@@ -9,12 +9,15 @@ materializer then writes the instance file and its database row, in batches; a c
 crash, :meth:`Journal.replay` yields every record of every unretired segment, and the ingestor
 re-materializes them idempotently: nothing that got Success is lost.
 
-Record layout (``DNJ2``): one 4 KiB head block holding ``b"DNJ2"``, JSON header length (u32), CRC-32
-of header + data (u32), data length (u64) and the JSON header; then the Part 10 bytes, zero-padded
-to whole blocks. The record is written from the receiver's :class:`~dicom_node.buffers.InstanceBuffer`
-in one ``O_DIRECT`` write (page cache bypassed) where the file system allows it. A torn record at the
-tail of a segment (a crash mid-append, never acknowledged) fails its length or CRC check and is
-ignored. Segments written by earlier versions (``DNJ1``: the same fields, unpadded) are still replayed.
+Record layout (``DNJ3``): one 4 KiB head block holding ``b"DNJ3"``, JSON header length (u32), CRC-32C
+of header + data (u32), data length (u64), segment number (u32) and the JSON header; then the Part 10
+bytes, zero-padded to whole blocks. CRC-32C (Castagnoli) runs in hardware (SSE4.2 / ARMv8 CRC): about
+0.02 ms for a 512 KB CT slice against 0.2 ms for zlib's CRC-32, on every instance's receive path.
+The record is written from the receiver's :class:`~dicom_node.buffers.InstanceBuffer` in one
+``O_DIRECT`` write (page cache bypassed) where the file system allows it. A torn record at the tail
+of a segment (a crash mid-append, never acknowledged) fails its length or CRC check and is ignored.
+Records written by earlier versions are still replayed: ``DNJ2`` (the same layout with zlib's CRC-32)
+and ``DNJ1`` (CRC-32, no segment number, unpadded).
 """
 
 from __future__ import annotations
@@ -35,14 +38,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crc32c import crc32c
+
 from dicom_node.buffers import HEAD_ROOM, InstanceBuffer, aligned_zeros, open_direct, pwrite_direct, round_up
 from dicom_node.store import fsync_dir
 
 log = logging.getLogger(__name__)
 
-MAGIC_V1, MAGIC = b"DNJ1", b"DNJ2"
+MAGIC_V1, MAGIC_V2, MAGIC = b"DNJ1", b"DNJ2", b"DNJ3"
 HEAD_V1 = struct.Struct("<4sIIQ")  # magic, header length, CRC-32, data length
 HEAD = struct.Struct("<4sIIQI")  # the same, then the segment number (recycled segments hold older records)
+CHECKSUMS: dict[bytes, Callable[[Any, int], int]] = {MAGIC: crc32c, MAGIC_V2: zlib.crc32, MAGIC_V1: zlib.crc32}
+
+
+def checksum(magic: bytes, header: bytes, data: Any) -> int:
+    """The CRC a record of format ``magic`` holds over its header and data."""
+    crc = CHECKSUMS[magic]
+    return crc(data, crc(header, 0))
+
+
 SEGMENT_BYTES = 64 * 1024 * 1024
 SPARES = 2  # retired segments kept for reuse: already written, so appends need no file system metadata
 READY = 2  # zero-filled segments kept ready for rotations
@@ -211,7 +225,7 @@ class Journal:
         if HEAD.size + len(header) > HEAD_ROOM:
             raise ValueError(f"journal header of {len(header)} bytes does not fit its block")
         with buf.view() as data:
-            crc = zlib.crc32(data, zlib.crc32(header))
+            crc = checksum(MAGIC, header, data)
         head = buf.head()
         head[HEAD.size : HEAD.size + len(header)] = header
         head[HEAD.size + len(header) : HEAD_ROOM] = bytes(HEAD_ROOM - HEAD.size - len(header))
@@ -349,18 +363,19 @@ class Journal:
                 if version_1:
                     if head[:4] != MAGIC_V1:
                         return
-                    _, header_len, crc, data_len = HEAD_V1.unpack_from(head)
+                    magic, header_len, crc, data_len = HEAD_V1.unpack_from(head)
                     fh.seek(HEAD_V1.size - HEAD.size, os.SEEK_CUR)
                     skip = pad = 0
                 else:
                     magic, header_len, crc, data_len, segment = HEAD.unpack(head)
-                    if magic != MAGIC or segment != number or HEAD.size + header_len > HEAD_ROOM:
+                    if magic not in (MAGIC, MAGIC_V2) or segment != number or HEAD.size + header_len > HEAD_ROOM:
                         return  # zeros, or a recycled segment's older records: the end of what was written
                     skip, pad = HEAD_ROOM - HEAD.size - header_len, round_up(data_len) - data_len
                 header = fh.read(header_len)
                 fh.seek(skip, os.SEEK_CUR)
                 data = fh.read(data_len)
-                if len(header) != header_len or len(data) != data_len or zlib.crc32(data, zlib.crc32(header)) != crc:
+                intact = len(header) == header_len and len(data) == data_len
+                if not intact or checksum(magic, header, data) != crc:
                     log.warning("journal segment %d ends with a torn record (never acknowledged); ignored", number)
                     return
                 fh.seek(pad, os.SEEK_CUR)

@@ -56,6 +56,33 @@ def test_torn_tail_is_ignored(tmp_path: Path) -> None:
     assert [bytes(r.data) for r in again.replay()] == [b"first"]
 
 
+def test_records_of_the_previous_format_are_replayed(tmp_path: Path) -> None:
+    """A node upgraded with DNJ2 segments (zlib CRC-32) on disk replays them; their torn tail is ignored."""
+    import json
+    import zlib
+
+    from dicom_node.buffers import HEAD_ROOM, round_up
+    from dicom_node.journal import HEAD, MAGIC_V2
+
+    def record(meta: dict[str, int], data: bytes, crc_ok: bool = True) -> bytes:
+        header = json.dumps(meta).encode()
+        crc = zlib.crc32(data, zlib.crc32(header)) ^ (0 if crc_ok else 1)
+        head = HEAD.pack(MAGIC_V2, len(header), crc, len(data), 7) + header
+        return head.ljust(HEAD_ROOM, b"\0") + data.ljust(round_up(len(data)), b"\0")
+
+    folder = tmp_path / "j"
+    folder.mkdir()
+    segment = record({"a": 1}, b"first") + record({"a": 2}, b"second") + record({"a": 3}, b"torn", crc_ok=False)
+    (folder / "seg-00000007.log").write_bytes(segment + bytes(4096))
+    journal = Journal(folder)
+    assert journal.current == 8
+    assert [(r.meta, bytes(r.data), r.segment) for r in journal.replay()] == [
+        ({"a": 1}, b"first", 7),
+        ({"a": 2}, b"second", 7),
+    ]
+    journal.close()
+
+
 def test_instances_journaled_before_a_crash_are_materialized_on_restart(tmp_path: Path, sqlite_url: str) -> None:
     config = make_config(tmp_path / "storage", db_url=sqlite_url, port=0)
     store = Store(config.node.storage)
