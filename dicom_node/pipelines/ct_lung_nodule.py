@@ -49,6 +49,7 @@ PATCH = 48
 COMPOSITIONS = ("solid", "part_solid", "ground_glass")
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "ct_lung_nodule"
 MALIGNANCY_CUTS = (0.3, 0.7)
+SCREEN_LOGIT = -4.0  # FPR3D single-view logit under which a candidate skips the ensemble's other views
 
 
 @dataclass
@@ -463,9 +464,11 @@ class NoduleModel:
         diameter: Calibrator | None = None,
         hu_refine: float | None = None,
         fpr3d: Any | None = None,
+        screen_logit: float = SCREEN_LOGIT,
     ) -> None:
         self.unet = unet
         self.fpr3d = fpr3d
+        self.screen_logit = screen_logit
         self.resmtnet = resmtnet
         self.device = device
         self.threshold = threshold
@@ -499,16 +502,24 @@ class NoduleModel:
                 prob[idx] = torch.sigmoid(logits.float())[:, 0, :h, :w].cpu().numpy()
         return prob
 
-    def components(self, prob: np.ndarray, region: np.ndarray, spacing: tuple[float, float, float]) -> list[Candidate]:
-        """3-D connected components of ``prob >= grow_threshold`` inside ``region`` that reach ``threshold``
-        (hysteresis: a component needs a confident seed; its outline follows the lower level)."""
-        binary = (prob >= self.grow_threshold) & region
+    def components(
+        self,
+        prob: np.ndarray,
+        region: np.ndarray,
+        spacing: tuple[float, float, float],
+        levels: tuple[float, float] | None = None,
+    ) -> list[Candidate]:
+        """3-D connected components of ``prob >= grow`` inside ``region`` that reach ``seed`` (hysteresis: a
+        component needs a confident seed; its outline follows the lower level). ``levels`` = (seed, grow),
+        by default (``threshold``, ``grow_threshold``)."""
+        seed, grow = (self.threshold, self.grow_threshold) if levels is None else levels
+        binary = (prob >= grow) & region
         labels, n = ndi.label(binary)
         if n == 0:
             return []
-        if self.grow_threshold < self.threshold:
+        if grow < seed:
             seeded = np.zeros(n + 1, dtype=bool)
-            seeded[np.unique(labels[(prob >= self.threshold) & binary])] = True
+            seeded[np.unique(labels[(prob >= seed) & binary])] = True
             seeded[0] = False
             labels = np.where(seeded[labels], labels, 0)
         voxel = float(np.prod(spacing))
@@ -622,18 +633,35 @@ class NoduleModel:
 
     def verify(self, norm: np.ndarray, dz: float, candidates: list[Candidate]) -> None:
         """The FPR3D logit (nodule vs. false positive, from a 3-D patch) of each candidate as its
-        ``fpr_logit`` feature, in place (no-op without an FPR3D network)."""
+        ``fpr_logit`` feature, in place (no-op without an FPR3D network).
+
+        With an ensemble (several members, or the eight flips of each cube), a single view of its first
+        member screens the candidates first: one scoring below ``screen_logit`` keeps that logit, a
+        certain false positive whose detection score it leaves near 0, and skips the other views.
+        """
         if self.fpr3d is None or not candidates:
             return
         import torch
 
-        logits: list[np.ndarray] = []
+        def logits(net: Any, cubes: np.ndarray) -> np.ndarray:
+            out = [
+                net(torch.from_numpy(cubes[i : i + self.batch]).to(self.device)).float().cpu().numpy()
+                for i in range(0, len(cubes), self.batch)
+            ]
+            return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+        cubes = np.stack([extract_patch3d(norm, c, dz) for c in candidates])
+        members = list(getattr(self.fpr3d, "members", []))
+        views = len(members) * len(getattr(self.fpr3d, "flips", ((),)))
         with torch.inference_mode():
-            for i in range(0, len(candidates), self.batch):
-                patches = np.stack([extract_patch3d(norm, c, dz) for c in candidates[i : i + self.batch]])
-                logits.append(self.fpr3d(torch.from_numpy(patches).to(self.device)).float().cpu().numpy())
-        for c, z in zip(candidates, np.concatenate(logits), strict=True):
-            c.features["fpr_logit"] = float(np.clip(z, -20, 20))
+            if views > 1:
+                z = logits(members[0], cubes)
+                keep = z >= self.screen_logit
+                z[keep] = logits(self.fpr3d, cubes[keep])
+            else:
+                z = logits(self.fpr3d, cubes)
+        for c, value in zip(candidates, z, strict=True):
+            c.features["fpr_logit"] = float(np.clip(value, -20, 20))
 
     def describe(
         self,
@@ -765,11 +793,23 @@ def load_model(bundle: str | Path | None, device: str) -> tuple[NoduleModel, str
         detector=Calibrator.from_json(cal["detection"]) if "detection" in cal else None,
         malignancy=Calibrator.from_json(cal["malignancy"]) if "malignancy" in cal else None,
         diameter=Calibrator.from_json(cal["diameter"]) if "diameter" in cal else None,
-        fpr3d=b.network("fpr3d"),
+        fpr3d=fpr3d_verifier(b.networks, bool(cfg.get("fpr3d_flips", False))),
+        screen_logit=float(cfg.get("fpr3d_screen_logit", SCREEN_LOGIT)),
     )
     model_min_score = float(cfg.get("min_score", 0.5))
     setattr(model, "min_score", model_min_score)  # noqa: B010
     return model, b.version
+
+
+def fpr3d_verifier(networks: dict[str, Any], flips: bool) -> Any | None:
+    """The bundle's FPR3D networks ("fpr3d", "fpr3d_2", ...) as one :class:`FPR3DEnsemble` (None without
+    any); ``flips`` averages each over the eight flips of its cube."""
+    from dicom_node.nets.fpr3d import FPR3DEnsemble
+
+    names = sorted((n for n in networks if n == "fpr3d" or n.startswith("fpr3d_")), key=lambda n: (len(n), n))
+    if not names:
+        return None
+    return FPR3DEnsemble([networks[n] for n in names], flips=flips).eval()
 
 
 @register("ct_lung_nodule")

@@ -20,6 +20,12 @@ from dicom_node.training.ct_data import Case
 FPR3D_BUILDER = "dicom_node.nets.fpr3d:build_fpr3d"
 FPR3D_KWARGS: dict[str, Any] = {"width": 8}
 SEED_LEVELS = ((0.5, 0.35), (0.12, 0.08))  # (seed, grow) U-Net probability levels for the candidates
+# The ensemble's members (since 1.4.0): (network seed, candidate levels). The second also learns from the
+# components seeded at U-Net probability 0.03: more faint nodules, and the vessels and fissures beside them.
+MEMBERS: tuple[tuple[int, tuple[tuple[float, float], ...]], ...] = (
+    (0, SEED_LEVELS),
+    (1, (*SEED_LEVELS, (0.03, 0.02))),
+)
 
 
 def truth_candidate(case: Case, index: int) -> Candidate:
@@ -46,41 +52,37 @@ def truth_candidate(case: Case, index: int) -> Candidate:
 
 
 def fpr3d_samples(
-    cases: Sequence[Case], model: NoduleModel, probs: Sequence[np.ndarray] | None = None
+    cases: Sequence[Case],
+    model: NoduleModel,
+    probs: Sequence[np.ndarray] | None = None,
+    levels: Sequence[tuple[float, float]] = SEED_LEVELS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(patches float16 (N, 2, 32, 32, 32), labels (N,)) from ``cases``; ``probs`` are the U-Net
-    probabilities of each case when already computed."""
+    """(patches float16 (N, 2, 32, 32, 32), labels (N,)) from ``cases``: candidates at each (seed, grow)
+    of ``levels`` and every truth; ``probs`` are the U-Net probabilities of each case when already computed."""
     from dicom_node.training.ct_lung_nodule import _match
 
     xs: list[np.ndarray] = []
     ys: list[int] = []
-    keep = (model.threshold, model.grow_threshold)
-    try:
-        for i, case in enumerate(cases):
-            if probs is not None:
-                prob = probs[i].astype(np.float32)
-            else:
-                slices = [int(k) for k in np.nonzero(case.region.any(axis=(1, 2)))[0]]
-                prob = model.probabilities(case.norm, slices)
-            seen: set[tuple[int, ...]] = set()
-            for seed, grow in SEED_LEVELS:
-                model.threshold, model.grow_threshold = seed, grow
-                cands = model.components(prob, case.region, case.spacing)
-                model.refine(case.norm, case.region, cands)
-                for c, m in zip(cands, _match(cands, case), strict=True):
-                    key = (c.box[0].start, c.box[1].start, c.box[2].start, int(c.local.sum()))
-                    if m < 0 or key in seen:
-                        continue
-                    seen.add(key)
-                    xs.append(extract_patch3d(case.norm, c, case.spacing[0]).astype(np.float16))
-                    ys.append(int(m > 0))
-            for t in case.truths:
-                xs.append(
-                    extract_patch3d(case.norm, truth_candidate(case, t.index), case.spacing[0]).astype(np.float16)
-                )
-                ys.append(1)
-    finally:
-        model.threshold, model.grow_threshold = keep
+    for i, case in enumerate(cases):
+        if probs is not None:
+            prob = probs[i].astype(np.float32)
+        else:
+            slices = [int(k) for k in np.nonzero(case.region.any(axis=(1, 2)))[0]]
+            prob = model.probabilities(case.norm, slices)
+        seen: set[tuple[int, ...]] = set()
+        for level in levels:
+            cands = model.components(prob, case.region, case.spacing, level)
+            model.refine(case.norm, case.region, cands)
+            for c, m in zip(cands, _match(cands, case), strict=True):
+                key = (c.box[0].start, c.box[1].start, c.box[2].start, int(c.local.sum()))
+                if m < 0 or key in seen:
+                    continue
+                seen.add(key)
+                xs.append(extract_patch3d(case.norm, c, case.spacing[0]).astype(np.float16))
+                ys.append(int(m > 0))
+        for t in case.truths:
+            xs.append(extract_patch3d(case.norm, truth_candidate(case, t.index), case.spacing[0]).astype(np.float16))
+            ys.append(1)
     return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
 
@@ -140,11 +142,20 @@ FPR3D_SETS = ((556, 60, 8), (557, 60, 10), (558, 64, 8))
 
 
 def add_fpr3d(
-    bundle_dir: Path, sets: Sequence[tuple[int, int, int]] = FPR3D_SETS, steps: int = 4000, progress: bool = True
+    bundle_dir: Path,
+    sets: Sequence[tuple[int, int, int]] = FPR3D_SETS,
+    steps: int = 4000,
+    progress: bool = True,
+    *,
+    seed: int = 0,
+    levels: Sequence[tuple[float, float]] = SEED_LEVELS,
+    member: bool = False,
 ) -> dict[str, Any]:
-    """Train FPR3D on candidates of ``bundle_dir``'s own U-Net and add it to the bundle's weights (the
-    U-Net and Res-MTNet are kept). Run :func:`dicom_node.training.ct_lung_nodule.calibrate` afterwards:
-    the detection calibrator reads its logit. Returns a summary for the metadata."""
+    """Train FPR3D on candidates (at ``levels``) of ``bundle_dir``'s own U-Net and put it in the bundle's
+    weights (the U-Net and Res-MTNet are kept): in place of its FPR3D networks, or with ``member`` as one
+    more member of their ensemble. Run :func:`dicom_node.training.ct_lung_nodule.calibrate` afterwards:
+    the detection calibrator reads the logit. Returns a summary for the metadata."""
+    from dicom_node.nets.fpr3d import FPR3DEnsemble
     from dicom_node.pipelines.ct_lung_nodule import load_model
     from dicom_node.training.ct_lung_nodule import _device, calibration_cases, save_networks
 
@@ -156,14 +167,17 @@ def add_fpr3d(
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     for one in sets:  # one set at a time: the cases of all sets at once would need about 12 GB
-        x, y = fpr3d_samples(calibration_cases((one,)), model)
+        x, y = fpr3d_samples(calibration_cases((one,)), model, levels=levels)
         xs.append(x)
         ys.append(y)
     x, y = np.concatenate(xs), np.concatenate(ys)
-    net = train_fpr3d(x, y, steps=steps, device=device, progress=progress)
-    save_networks(bundle_dir, model.unet, model.resmtnet, net)
+    net = train_fpr3d(x, y, steps=steps, seed=seed, device=device, progress=progress)
+    members = list(model.fpr3d.members) if member and model.fpr3d is not None else []
+    save_networks(bundle_dir, model.unet, model.resmtnet, FPR3DEnsemble([*members, net]))
     return {
         "sets": [list(s) for s in sets],
+        "levels": [list(level) for level in levels],
+        "seed": seed,
         "samples": len(y),
         "nodule_samples": int(y.sum()),
         "steps": steps,

@@ -26,6 +26,7 @@ from dicom_node.imaging.series import stack_25d
 from dicom_node.pipelines.ct_lung_nodule import (
     COMPOSITIONS,
     PATCH,
+    SCREEN_LOGIT,
     Candidate,
     NoduleModel,
     extract_patch,
@@ -35,7 +36,7 @@ from dicom_node.training.ct_data import Case, inserted_case, phantom_case, real_
 
 logger = logging.getLogger(__name__)
 
-VERSION = "1.3.0"
+VERSION = "1.4.0"
 UNET_PATCH = 96
 # Chosen on the validation seed (777) for bundle 1.2.0: hysteresis outline level, HU-aware outline
 # refinement level, and the operating point on the calibrated detection score.
@@ -342,7 +343,7 @@ def _metadata(extra: dict[str, Any]) -> dict[str, Any]:
         "monai_version": _monai_version(),
         "task": "Lung nodule detection, segmentation, malignancy/composition classification, diameter",
         "intended_use": "Research use only, not for diagnosis. Chest CT, axial, adult.",
-        "networks": ["unet", "resmtnet", "fpr3d"],
+        "networks": ["unet", "resmtnet", "fpr3d", "fpr3d_2"],
         "network_data_format": {
             "inputs": {
                 "unet": {
@@ -389,8 +390,13 @@ def _metadata(extra: dict[str, Any]) -> dict[str, Any]:
             "work_pixel_mm": 1.0,
             "grow_threshold": GROW_THRESHOLD,
             "hu_refine": HU_REFINE,
+            "fpr3d_flips": True,
+            "fpr3d_screen_logit": SCREEN_LOGIT,
         },
     }
+    fmt = meta["network_data_format"]
+    for side in ("inputs", "outputs"):  # the second FPR3D ensemble member reads and writes as the first
+        fmt[side]["fpr3d_2"] = fmt[side]["fpr3d"]
     meta.update(extra)
     return meta
 
@@ -464,10 +470,13 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
         "seconds": {"data": round(t_data, 1), "unet": round(t_unet, 1), "total": round(elapsed, 1)},
     }
     write_bundle(bundle_dir, unet, resmtnet, summary)
-    from dicom_node.training.ct_fpr3d import FPR3D_SETS, add_fpr3d
+    from dicom_node.training.ct_fpr3d import FPR3D_SETS, MEMBERS, add_fpr3d
 
     fpr_sets = ((556, 1, 0),) if quick else FPR3D_SETS
-    summary["fpr3d"] = add_fpr3d(bundle_dir, fpr_sets, steps=4 if quick else 4000, progress=progress)
+    for i, (fpr_seed, levels) in enumerate(MEMBERS):
+        summary["fpr3d" if i == 0 else f"fpr3d_{i + 1}"] = add_fpr3d(
+            bundle_dir, fpr_sets, 4 if quick else 4000, progress, seed=fpr_seed, levels=levels, member=i > 0
+        )
     meta_path = Path(bundle_dir) / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta["training"] = summary
@@ -479,16 +488,22 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
 
 
 def save_networks(bundle_dir: Path, unet: Any, resmtnet: Any, fpr3d: Any | None = None) -> None:
-    """The bundle's models/model.pt: U-Net, Res-MTNet and, when given, FPR3D, with their builders."""
+    """The bundle's models/model.pt: U-Net, Res-MTNet and, when given, FPR3D, with their builders.
+
+    ``fpr3d`` is one network or an :class:`~dicom_node.nets.fpr3d.FPR3DEnsemble`, whose members are
+    saved as "fpr3d", "fpr3d_2", ...
+    """
     from dicom_node.nets.bundle import save_state
+    from dicom_node.nets.fpr3d import FPR3DEnsemble
     from dicom_node.training.ct_fpr3d import FPR3D_BUILDER, FPR3D_KWARGS
 
     networks = {
         "unet": (UNET_BUILDER, {}, unet.cpu()),
         "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, resmtnet.cpu()),
     }
-    if fpr3d is not None:
-        networks["fpr3d"] = (FPR3D_BUILDER, FPR3D_KWARGS, fpr3d.cpu())
+    members = list(fpr3d.members) if isinstance(fpr3d, FPR3DEnsemble) else [] if fpr3d is None else [fpr3d]
+    for i, member in enumerate(members, start=1):
+        networks["fpr3d" if i == 1 else f"fpr3d_{i}"] = (FPR3D_BUILDER, FPR3D_KWARGS, member.cpu())
     save_state(Path(bundle_dir) / "models" / "model.pt", networks)
 
 
@@ -703,6 +718,14 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
         "",
         f"- components seeded at U-Net probability >= {inf.get('threshold')}, outlined at >= "
         f"{inf.get('grow_threshold', inf.get('threshold'))} (hysteresis);",
+        *(
+            [
+                "- FPR3D logit = the mean of its members' logits over the 8 flips of the cube (candidates whose "
+                f"single-view logit is below {inf.get('fpr3d_screen_logit')} keep that one);"
+            ]
+            if inf.get("fpr3d_flips")
+            else []
+        ),
         "- detection score = a logistic model on the candidate's features: "
         + ", ".join(cal.get("detection", {}).get("features", []))
         + ";",
@@ -739,15 +762,21 @@ def _first16_lines(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
-def _fpr3d_lines(info: Any) -> list[str]:
-    if not isinstance(info, dict):
-        return []
-    return [
-        f"- FPR3D: {info.get('steps', '?')} steps x 32 cubes (half nodules; flips, transposes, 2 mm shifts)",
-        f"  from {info.get('samples', '?')} samples ({info.get('nodule_samples', '?')} nodules): the U-Net's",
-        "  candidates at seed levels 0.5 and 0.12 plus every truth mask, on fresh phantoms and real-inserted",
-        f"  cases (seed, phantoms, real-inserted) = {info.get('sets', '?')}.",
+def _fpr3d_lines(training: dict[str, Any]) -> list[str]:
+    lines = []
+    members = [
+        training[k] for k in ("fpr3d", *(f"fpr3d_{i}" for i in range(2, 9))) if isinstance(training.get(k), dict)
     ]
+    for i, info in enumerate(members, start=1):
+        levels = " and ".join(str(level[0]) for level in info.get("levels", [[0.5], [0.12]]))
+        lines += [
+            f"- FPR3D{f' member {i}' if len(members) > 1 else ''}: {info.get('steps', '?')} steps x 32 cubes "
+            "(half nodules; flips, transposes, 2 mm shifts)",
+            f"  from {info.get('samples', '?')} samples ({info.get('nodule_samples', '?')} nodules): the U-Net's",
+            f"  candidates at seed levels {levels} plus every truth mask, on fresh phantoms and real-inserted",
+            f"  cases (seed, phantoms, real-inserted) = {info.get('sets', '?')}; network seed {info.get('seed', 0)}.",
+        ]
+    return lines
 
 
 def write_card(bundle_dir: Path) -> None:
@@ -773,6 +802,8 @@ def write_card(bundle_dir: Path) -> None:
         "composition (solid, part_solid, ground_glass) and diameter. Since 1.3.0 FPR3D (a 3-D CNN, 0.22 M",
         "parameters) reads a 32 mm cube around each component (isotropic 1 mm, with its mask) and tells a",
         "nodule from a vessel by what continues above and below it; its logit is a detection feature.",
+        "Since 1.4.0 that logit is the mean of two FPR3D networks (trained from different seeds and",
+        "candidates), each read over the 8 flips of the cube.",
         "Measurements from the mask: long and short axis (mm), volume (mm3), mean HU.",
         "",
         *_calibration_lines(meta),
@@ -795,7 +826,7 @@ def write_card(bundle_dir: Path) -> None:
         f"- Res-MTNet: {tr.get('resmtnet_steps', '?')} steps x 64 patches: U-Net candidates as hard",
         f"  negatives, jittered truth masks and {tr.get('resmtnet_patches', {}).get('extra_rendered_nodules', 0)}",
         "  extra nodules rendered into the training backgrounds (malignancy/composition/diameter).",
-        *_fpr3d_lines(tr.get("fpr3d")),
+        *_fpr3d_lines(tr),
         f"- Seed {tr.get('seed', '?')}, device {tr.get('device', '?')}, "
         f"{tr.get('seconds', {}).get('total', '?')} s in all.",
         *([f"- History: {tr['history']}"] if tr.get("history") else []),

@@ -9,7 +9,7 @@ from dicom_node.imaging.series import normalize_hu
 from dicom_node.nets.fpr3d import PATCH, build_fpr3d
 from dicom_node.pipelines.ct_lung_nodule import NoduleModel, extract_patch3d
 from dicom_node.training.ct_data import Case, NoduleTruth
-from dicom_node.training.ct_fpr3d import _augment3d, fpr3d_samples, train_fpr3d, truth_candidate
+from dicom_node.training.ct_fpr3d import FPR3D_KWARGS, _augment3d, fpr3d_samples, train_fpr3d, truth_candidate
 
 
 def _ball_mm(
@@ -33,6 +33,18 @@ def _case(dz: float = 2.0) -> Case:
     k = int(np.argmax(areas))
     truth = NoduleTruth(1, 12.0, 0, 0, k, (k, 25, 25))
     return Case("t", normalize_hu(hu), hu, spacing, np.ones(shape, dtype=bool), labels, [truth])
+
+
+def _random_fpr3d(seed: int) -> torch.nn.Module:
+    """A random FPR3D whose batch-norm statistics come from random cubes (else its output is flat)."""
+    torch.manual_seed(seed)
+    net = build_fpr3d(**FPR3D_KWARGS)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.momentum = None  # running statistics = those of the batch below
+    with torch.no_grad():
+        net(torch.rand(8, 2, PATCH, PATCH, PATCH) * torch.linspace(0, 1, PATCH))
+    return net.eval()
 
 
 def test_patch3d_is_isotropic_and_centred_on_the_candidate() -> None:
@@ -85,3 +97,51 @@ def test_training_steps_run_and_augmentation_keeps_shapes() -> None:
     assert not net.training
     with torch.inference_mode():
         assert net(torch.from_numpy(x[:3].astype(np.float32))).shape == (3,)
+
+
+def test_ensemble_averages_members_over_the_flips_of_the_cube(tmp_path) -> None:
+    from dicom_node.nets.bundle import load_bundle
+    from dicom_node.nets.fpr3d import FLIPS, FPR3DEnsemble
+    from dicom_node.nets.resmtnet import build_resmtnet
+    from dicom_node.nets.unet2d import build_unet2d
+    from dicom_node.pipelines.ct_lung_nodule import fpr3d_verifier
+    from dicom_node.training.ct_lung_nodule import save_networks
+
+    a, b = _random_fpr3d(0), _random_fpr3d(1)
+    x = torch.rand(3, 2, PATCH, PATCH, PATCH) * torch.linspace(0, 1, PATCH)  # brighter towards +x
+    with torch.inference_mode():
+        plain = FPR3DEnsemble([a, b], flips=False)(x)
+        assert torch.allclose(plain, (a(x) + b(x)) / 2, atol=1e-5)
+        tta = FPR3DEnsemble([a], flips=True)
+        expected = torch.stack([a(torch.flip(x, d) if d else x) for d in FLIPS]).mean(0)
+        assert torch.allclose(tta(x), expected, atol=1e-5)
+        assert torch.allclose(tta(torch.flip(x, (2, 4))), tta(x), atol=1e-5)  # the flips form a group
+        assert not torch.allclose(a(torch.flip(x, (2, 4))), a(x), atol=1e-5)  # one view alone is not invariant
+
+    # Members go to the bundle as fpr3d, fpr3d_2 and come back in that order.
+    save_networks(tmp_path, build_unet2d(), build_resmtnet(stem_stride=2), FPR3DEnsemble([a, b]))
+    networks = load_bundle(tmp_path / "models" / "model.pt").networks
+    assert sorted(networks) == ["fpr3d", "fpr3d_2", "resmtnet", "unet"]
+    again = fpr3d_verifier(networks, flips=False)
+    with torch.inference_mode():
+        assert torch.allclose(again(x), plain, atol=1e-5)
+    assert fpr3d_verifier({"unet": networks["unet"]}, flips=True) is None
+
+
+def test_verify_screens_with_one_view_before_the_whole_ensemble() -> None:
+    from dicom_node.nets.fpr3d import FPR3DEnsemble
+
+    case = _case()
+    a, b = _random_fpr3d(0), _random_fpr3d(1)
+    ensemble = FPR3DEnsemble([a, b]).eval()
+    cube = torch.from_numpy(extract_patch3d(case.norm, truth_candidate(case, 1), case.spacing[0])[None])
+    with torch.inference_mode():
+        single, full = float(a(cube)[0]), float(ensemble(cube)[0])
+    assert abs(single - full) > 1e-3  # else this test could not tell the two apart
+    # Below the screen a candidate keeps the first member's one-view logit; at or above it, the ensemble's.
+    for screen, expected in ((single + 0.5, single), (single - 0.5, full)):
+        cand = truth_candidate(case, 1)
+        NoduleModel(unet=None, resmtnet=None, fpr3d=ensemble, screen_logit=screen).verify(
+            case.norm, case.spacing[0], [cand]
+        )
+        assert abs(cand.features["fpr_logit"] - expected) < 1e-4

@@ -36,7 +36,11 @@ def test_quick_training_writes_a_bundle_the_pipeline_runs(tmp_path: Path) -> Non
     summary = train(tmp_path, seed=3, quick=True, progress=False)
     assert summary["quick"] is True and summary["nodules"] > 0
     meta = json.loads((tmp_path / "configs" / "metadata.json").read_text())
-    assert meta["networks"] == ["unet", "resmtnet", "fpr3d"] and "not for diagnosis" in meta["intended_use"]
+    assert meta["networks"] == ["unet", "resmtnet", "fpr3d", "fpr3d_2"] and "not for diagnosis" in meta["intended_use"]
+    assert meta["training"]["fpr3d_2"]["levels"][-1] == [0.03, 0.02]  # the second member's low seed level
+    from dicom_node.nets.bundle import load_bundle
+
+    assert sorted(load_bundle(tmp_path).networks) == ["fpr3d", "fpr3d_2", "resmtnet", "unet"]
     assert (tmp_path / "models" / "model.pt").stat().st_size < 5_000_000
     assert "not for diagnosis" in (tmp_path / "docs" / "README.md").read_text()
     pipe = CtLungNodule(bundle=str(tmp_path))
