@@ -105,17 +105,28 @@ def segment_lungs(volume: Volume) -> LungFields:
         full[:, :r2, :c2] = mask.repeat(2, axis=1).repeat(2, axis=2)
         if not full.any():
             return full
+        # Everything below stays within 2 pixels of the coarse field: work in its in-plane bounding box,
+        # widened by those 2 pixels (the same result as on the whole slices, in about half the time).
+        rr, cc = np.nonzero(full.any(axis=(0, 2)))[0], np.nonzero(full.any(axis=(0, 1)))[0]
+        box = (
+            slice(None),
+            slice(max(int(rr[0]) - 2, 0), min(int(rr[-1]) + 3, rows)),
+            slice(max(int(cc[0]) - 2, 0), min(int(cc[-1]) + 3, cols)),
+        )
+        sub_hu = hu[box]
         in_plane = np.zeros((3, 3, 3), dtype=bool)
         in_plane[1] = ndi.generate_binary_structure(2, 1)
         # Air-like voxels near the coarse field; vessels and nodules come back as filled holes, while thin
         # walls that mean pooling blurred away (trachea next to a lung) separate the airways again.
-        refined = ndi.binary_dilation(full, in_plane, iterations=2) & (hu < AIR_HU)
+        refined = ndi.binary_dilation(full[box], in_plane, iterations=2) & (sub_hu < AIR_HU)
         labels, _ = ndi.label(refined)
-        for i, box in enumerate(ndi.find_objects(labels), start=1):  # pure gas (trachea) as in full resolution
-            if box is not None and np.median(hu[box][labels[box] == i]) < GAS_MEDIAN_HU:
-                refined[box] &= labels[box] != i
-        _remove_airways(refined, hu, dy * dx)
-        return _fill_slices(refined, dy)
+        for i, sl in enumerate(ndi.find_objects(labels), start=1):  # pure gas (trachea) as in full resolution
+            if sl is not None and np.median(sub_hu[sl][labels[sl] == i]) < GAS_MEDIAN_HU:
+                refined[sl] &= labels[sl] != i
+        _remove_airways(refined, sub_hu, dy * dx)
+        full[:] = False
+        full[box] = _fill_slices(refined, dy)
+        return full
 
     left = refine(coarse.left)
     right = refine(coarse.right) & ~left
