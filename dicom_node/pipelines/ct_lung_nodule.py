@@ -50,6 +50,8 @@ COMPOSITIONS = ("solid", "part_solid", "ground_glass")
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "ct_lung_nodule"
 MALIGNANCY_CUTS = (0.3, 0.7)
 SCREEN_LOGIT = -4.0  # FPR3D single-view logit under which a candidate skips the ensemble's other views
+FAINT_MIN_LOGIT = 1.0  # FPR3D logit a faint candidate needs to be kept (chosen on the validation seed)
+FAINT_SCREEN_LOGIT = -2.5  # their one-view screen (kept ones scored >= -1.2 there on validation; 80% stop here)
 
 
 @dataclass
@@ -465,10 +467,16 @@ class NoduleModel:
         hu_refine: float | None = None,
         fpr3d: Any | None = None,
         screen_logit: float = SCREEN_LOGIT,
+        faint_levels: tuple[float, float] | None = None,
+        faint_min_logit: float = FAINT_MIN_LOGIT,
+        faint_screen_logit: float = FAINT_SCREEN_LOGIT,
     ) -> None:
         self.unet = unet
         self.fpr3d = fpr3d
         self.screen_logit = screen_logit
+        self.faint_levels = faint_levels
+        self.faint_min_logit = faint_min_logit
+        self.faint_screen_logit = faint_screen_logit
         self.resmtnet = resmtnet
         self.device = device
         self.threshold = threshold
@@ -549,6 +557,22 @@ class NoduleModel:
                 )
             )
         return out
+
+    def faint_components(
+        self, prob: np.ndarray, region: np.ndarray, spacing: tuple[float, float, float], confident: list[Candidate]
+    ) -> list[Candidate]:
+        """Components seeded at the low ``faint_levels`` (seed, grow) that touch no ``confident`` candidate
+        (none without ``faint_levels`` or an FPR3D network, which must vouch for each: see :meth:`detect`).
+
+        Faint nodules (ground glass, often against the pleura) can peak at a U-Net probability of 0.05,
+        below the confident seed; so do many vessels and fissures.
+        """
+        if self.faint_levels is None or self.fpr3d is None:
+            return []
+        taken = np.zeros(prob.shape, dtype=bool)
+        for c in confident:
+            taken[c.box] |= c.local
+        return [c for c in self.components(prob, region, spacing, self.faint_levels) if not taken[c.box][c.local].any()]
 
     def refine(self, norm: np.ndarray, region: np.ndarray, candidates: list[Candidate]) -> None:
         """HU-aware outline inside each component's neighbourhood (in place; no-op unless ``hu_refine``).
@@ -631,13 +655,13 @@ class NoduleModel:
             c.features["malignancy_logit"] = float(np.clip(mal_logit[i], -20, 20))
             c.features["diameter_net"] = c.diameter
 
-    def verify(self, norm: np.ndarray, dz: float, candidates: list[Candidate]) -> None:
+    def verify(self, norm: np.ndarray, dz: float, candidates: list[Candidate], screen: float | None = None) -> None:
         """The FPR3D logit (nodule vs. false positive, from a 3-D patch) of each candidate as its
         ``fpr_logit`` feature, in place (no-op without an FPR3D network).
 
         With an ensemble (several members, or the eight flips of each cube), a single view of its first
-        member screens the candidates first: one scoring below ``screen_logit`` keeps that logit, a
-        certain false positive whose detection score it leaves near 0, and skips the other views.
+        member screens the candidates first: one scoring below ``screen`` (default ``screen_logit``) keeps
+        that logit, a certain false positive whose detection score it leaves near 0, and skips the other views.
         """
         if self.fpr3d is None or not candidates:
             return
@@ -656,7 +680,7 @@ class NoduleModel:
         with torch.inference_mode():
             if views > 1:
                 z = logits(members[0], cubes)
-                keep = z >= self.screen_logit
+                keep = z >= (self.screen_logit if screen is None else screen)
                 z[keep] = logits(self.fpr3d, cubes[keep])
             else:
                 z = logits(self.fpr3d, cubes)
@@ -687,9 +711,14 @@ class NoduleModel:
         slices = [int(k) for k in np.nonzero(region.any(axis=(1, 2)))[0]]
         prob = self.probabilities(norm, slices)
         cands = self.components(prob, region, spacing)
-        self.refine(norm, region, cands)
-        self.classify(norm, cands)
+        faint = self.faint_components(prob, region, spacing, cands)
+        self.refine(norm, region, cands + faint)
+        if faint:  # FPR3D first: only the faint candidates it takes for nodules are described
+            self.verify(norm, spacing[0], faint, screen=self.faint_screen_logit)
+            faint = [c for c in faint if c.features["fpr_logit"] >= self.faint_min_logit]
         self.verify(norm, spacing[0], cands)
+        cands += faint
+        self.classify(norm, cands)
         self.describe(norm, prob, region, spacing, cands)
         return cands
 
@@ -781,6 +810,7 @@ def load_model(bundle: str | Path | None, device: str) -> tuple[NoduleModel, str
         resmtnet = load_bundle(DEFAULT_BUNDLE, device=device).network("resmtnet")
     cfg = b.metadata.get("inference", {}) if isinstance(b.metadata.get("inference"), dict) else {}
     cal = cfg.get("calibrators", {}) if isinstance(cfg.get("calibrators"), dict) else {}
+    faint = cfg.get("faint_levels")
     model = NoduleModel(
         unet,
         resmtnet,
@@ -795,6 +825,9 @@ def load_model(bundle: str | Path | None, device: str) -> tuple[NoduleModel, str
         diameter=Calibrator.from_json(cal["diameter"]) if "diameter" in cal else None,
         fpr3d=fpr3d_verifier(b.networks, bool(cfg.get("fpr3d_flips", False))),
         screen_logit=float(cfg.get("fpr3d_screen_logit", SCREEN_LOGIT)),
+        faint_levels=(float(faint[0]), float(faint[1])) if faint else None,
+        faint_min_logit=float(cfg.get("faint_min_logit", FAINT_MIN_LOGIT)),
+        faint_screen_logit=float(cfg.get("faint_screen_logit", FAINT_SCREEN_LOGIT)),
     )
     model_min_score = float(cfg.get("min_score", 0.5))
     setattr(model, "min_score", model_min_score)  # noqa: B010

@@ -25,6 +25,8 @@ from scipy import ndimage as ndi
 from dicom_node.imaging.series import stack_25d
 from dicom_node.pipelines.ct_lung_nodule import (
     COMPOSITIONS,
+    FAINT_MIN_LOGIT,
+    FAINT_SCREEN_LOGIT,
     PATCH,
     SCREEN_LOGIT,
     Candidate,
@@ -36,7 +38,7 @@ from dicom_node.training.ct_data import Case, inserted_case, phantom_case, real_
 
 logger = logging.getLogger(__name__)
 
-VERSION = "1.4.0"
+VERSION = "1.5.0"
 UNET_PATCH = 96
 # Chosen on the validation seed (777) for bundle 1.2.0: hysteresis outline level, HU-aware outline
 # refinement level, and the operating point on the calibrated detection score.
@@ -392,6 +394,9 @@ def _metadata(extra: dict[str, Any]) -> dict[str, Any]:
             "hu_refine": HU_REFINE,
             "fpr3d_flips": True,
             "fpr3d_screen_logit": SCREEN_LOGIT,
+            "faint_levels": [0.03, 0.02],
+            "faint_min_logit": FAINT_MIN_LOGIT,
+            "faint_screen_logit": FAINT_SCREEN_LOGIT,
         },
     }
     fmt = meta["network_data_format"]
@@ -718,6 +723,15 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
         "",
         f"- components seeded at U-Net probability >= {inf.get('threshold')}, outlined at >= "
         f"{inf.get('grow_threshold', inf.get('threshold'))} (hysteresis);",
+        *(
+            [
+                f"- since 1.5.0 also faint components, seeded at >= {faint[0]} and outlined at >= {faint[1]}, that "
+                "touch none of those: kept only where the FPR3D logit is >= "
+                f"{inf.get('faint_min_logit')} (faint ground-glass nodules the U-Net barely sees);"
+            ]
+            if (faint := inf.get("faint_levels"))
+            else []
+        ),
         *(
             [
                 "- FPR3D logit = the mean of its members' logits over the 8 flips of the cube (candidates whose "

@@ -145,3 +145,33 @@ def test_verify_screens_with_one_view_before_the_whole_ensemble() -> None:
             case.norm, case.spacing[0], [cand]
         )
         assert abs(cand.features["fpr_logit"] - expected) < 1e-4
+
+
+def test_faint_components_are_the_low_seeded_ones_no_confident_candidate_touches() -> None:
+    case = _case()
+    prob = np.zeros(case.norm.shape, dtype=np.float32)
+    prob[case.labels == 1] = 0.9  # a confident component: the ball
+    prob[:, 58:61, 58:61] = 0.05  # a faint one: the vessel
+    prob[:, 20:30, 55:70] = 0.04  # another faint one, apart from both
+    model = NoduleModel(unet=None, resmtnet=None, fpr3d=_random_fpr3d(0), faint_levels=(0.03, 0.02))
+    confident = model.components(prob, case.region, case.spacing)
+    assert len(confident) == 1
+    faint = model.faint_components(prob, case.region, case.spacing, confident)
+    assert len(faint) == 2 and all(c.prob_max < 0.5 for c in faint)
+    # A faint component touching a confident one is not a second candidate for it.
+    line = prob[:, 20:25, 25]
+    prob[:, 20:25, 25] = np.where(line > 0, line, 0.04)  # faint, running on from the ball along z
+    assert len(model.faint_components(prob, case.region, case.spacing, confident)) == 2
+    # Off without faint levels, and without an FPR3D network to vouch for them.
+    assert (
+        NoduleModel(unet=None, resmtnet=None, fpr3d=_random_fpr3d(0)).faint_components(
+            prob, case.region, case.spacing, confident
+        )
+        == []
+    )
+    assert (
+        NoduleModel(unet=None, resmtnet=None, faint_levels=(0.03, 0.02)).faint_components(
+            prob, case.region, case.spacing, confident
+        )
+        == []
+    )
