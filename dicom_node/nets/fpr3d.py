@@ -53,6 +53,11 @@ def build_fpr3d(**kwargs: Any) -> FPR3D:
     return FPR3D(**kwargs)
 
 
+def member_name(index: int) -> str:
+    """The bundle's name for ensemble member ``index`` (from 0): "fpr3d", "fpr3d_2", "fpr3d_3", ..."""
+    return "fpr3d" if index == 0 else f"fpr3d_{index + 1}"
+
+
 FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 

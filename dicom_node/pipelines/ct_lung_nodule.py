@@ -837,12 +837,12 @@ def load_model(bundle: str | Path | None, device: str) -> tuple[NoduleModel, str
 def fpr3d_verifier(networks: dict[str, Any], flips: bool) -> Any | None:
     """The bundle's FPR3D networks ("fpr3d", "fpr3d_2", ...) as one :class:`FPR3DEnsemble` (None without
     any); ``flips`` averages each over the eight flips of its cube."""
-    from dicom_node.nets.fpr3d import FPR3DEnsemble
+    from dicom_node.nets.fpr3d import FPR3DEnsemble, member_name
 
-    names = sorted((n for n in networks if n == "fpr3d" or n.startswith("fpr3d_")), key=lambda n: (len(n), n))
-    if not names:
-        return None
-    return FPR3DEnsemble([networks[n] for n in names], flips=flips).eval()
+    members: list[Any] = []
+    while member_name(len(members)) in networks:
+        members.append(networks[member_name(len(members))])
+    return FPR3DEnsemble(members, flips=flips).eval() if members else None
 
 
 @register("ct_lung_nodule")

@@ -475,11 +475,12 @@ def train(bundle_dir: Path, seed: int = 0, quick: bool = False, progress: bool =
         "seconds": {"data": round(t_data, 1), "unet": round(t_unet, 1), "total": round(elapsed, 1)},
     }
     write_bundle(bundle_dir, unet, resmtnet, summary)
+    from dicom_node.nets.fpr3d import member_name
     from dicom_node.training.ct_fpr3d import FPR3D_SETS, MEMBERS, add_fpr3d
 
     fpr_sets = ((556, 1, 0),) if quick else FPR3D_SETS
     for i, (fpr_seed, levels) in enumerate(MEMBERS):
-        summary["fpr3d" if i == 0 else f"fpr3d_{i + 1}"] = add_fpr3d(
+        summary[member_name(i)] = add_fpr3d(
             bundle_dir, fpr_sets, 4 if quick else 4000, progress, seed=fpr_seed, levels=levels, member=i > 0
         )
     meta_path = Path(bundle_dir) / "configs" / "metadata.json"
@@ -499,7 +500,7 @@ def save_networks(bundle_dir: Path, unet: Any, resmtnet: Any, fpr3d: Any | None 
     saved as "fpr3d", "fpr3d_2", ...
     """
     from dicom_node.nets.bundle import save_state
-    from dicom_node.nets.fpr3d import FPR3DEnsemble
+    from dicom_node.nets.fpr3d import FPR3DEnsemble, member_name
     from dicom_node.training.ct_fpr3d import FPR3D_BUILDER, FPR3D_KWARGS
 
     networks = {
@@ -507,8 +508,8 @@ def save_networks(bundle_dir: Path, unet: Any, resmtnet: Any, fpr3d: Any | None 
         "resmtnet": (RESMTNET_BUILDER, {"stem_stride": 2}, resmtnet.cpu()),
     }
     members = list(fpr3d.members) if isinstance(fpr3d, FPR3DEnsemble) else [] if fpr3d is None else [fpr3d]
-    for i, member in enumerate(members, start=1):
-        networks["fpr3d" if i == 1 else f"fpr3d_{i}"] = (FPR3D_BUILDER, FPR3D_KWARGS, member.cpu())
+    for i, member in enumerate(members):
+        networks[member_name(i)] = (FPR3D_BUILDER, FPR3D_KWARGS, member.cpu())
     save_state(Path(bundle_dir) / "models" / "model.pt", networks)
 
 
@@ -777,10 +778,10 @@ def _first16_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def _fpr3d_lines(training: dict[str, Any]) -> list[str]:
+    from dicom_node.nets.fpr3d import member_name
+
     lines = []
-    members = [
-        training[k] for k in ("fpr3d", *(f"fpr3d_{i}" for i in range(2, 9))) if isinstance(training.get(k), dict)
-    ]
+    members = [training[k] for k in map(member_name, range(8)) if isinstance(training.get(k), dict)]
     for i, info in enumerate(members, start=1):
         levels = " and ".join(str(level[0]) for level in info.get("levels", [[0.5], [0.12]]))
         lines += [
