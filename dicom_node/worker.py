@@ -8,6 +8,7 @@ deterministic, so a job re-run after a crash produces the very same objects.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -28,7 +30,7 @@ from dicom_node.db import deliveries, instances, now, results
 from dicom_node.db.engine import record_event
 from dicom_node.device import pick_device
 from dicom_node.findings import Findings
-from dicom_node.pipelines import create
+from dicom_node.pipelines import Pipeline, create
 from dicom_node.queue import Job, JobQueue, LeaseLost
 from dicom_node.store import Store, write_atomic
 
@@ -56,10 +58,50 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.device = pick_device(config.node.device)
         self.stop = threading.Event()
+        self._pipelines: dict[tuple[str, str], Pipeline] = {}
+
+    def pipeline(self, name: str, options: dict[str, Any]) -> Pipeline:
+        """The worker's instance of pipeline ``name`` with a route's ``options``: made once and kept, so its
+        model stays loaded between jobs (a changed bundle on disk is read when the worker restarts)."""
+        key = (name, json.dumps(options, sort_keys=True, default=str))
+        if key not in self._pipelines:
+            self._pipelines[key] = create(name, **options)
+        return self._pipelines[key]
+
+    def warm_up(self) -> None:
+        """Make every routed pipeline, load its model on the worker's device and run it once on a small
+        input (a pipeline's optional ``warm_up(device)``), and import the result encoders, so the first
+        study after a start is as fast as the next. A pipeline that fails here is logged; its jobs then
+        fail with the reason as usual."""
+        from dicom_node import outputs  # noqa: F401  (highdicom's import alone takes about 0.5 s)
+
+        for route in self.config.routes:
+            for name in route.pipelines:
+                if self.stop.is_set():
+                    return
+                t = time.perf_counter()
+                try:
+                    pipeline = self.pipeline(name, route.options.get(name, {}))
+                    warm = getattr(pipeline, "warm_up", None)
+                    if callable(warm):
+                        warm(self.device)
+                except Exception as exc:  # a broken model must not keep the worker down
+                    log.warning(
+                        "pipeline %s of route %s did not warm up: %s: %s", name, route.name, type(exc).__name__, exc
+                    )
+                    continue
+                log.info(
+                    "pipeline %s (route %s) ready on %s in %.1f s",
+                    name,
+                    route.name,
+                    self.device,
+                    time.perf_counter() - t,
+                )
 
     def run_forever(self) -> None:
         """Claim and run jobs until :attr:`stop` is set."""
         log.info("worker %s started on %s", self.name, self.device)
+        self.warm_up()
         last_housekeeping = 0.0
         while not self.stop.is_set():
             if time.monotonic() - last_housekeeping > 5:
@@ -145,7 +187,7 @@ class Worker:
         """Run the job's pipeline and encode its results (nothing is recorded yet)."""
         timings: dict[str, float] = {}
         route = self.config.route(job.route)
-        pipeline = create(job.pipeline, **route.options.get(job.pipeline, {}))
+        pipeline = self.pipeline(job.pipeline, route.options.get(job.pipeline, {}))
         paths = self.instance_paths(job)
         if not paths:
             raise RuntimeError("the series has no stored instances")

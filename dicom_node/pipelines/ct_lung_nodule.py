@@ -200,26 +200,6 @@ def extract_patch3d(norm: np.ndarray, c: Candidate, dz: float, size: int = 32) -
             vb = vol[a + 1] if 0 <= a + 1 < z1 - z0 else 0.0
             out[ch, i, ys - y0 : ye - y0, xs - x0 : xe - x0] = (1.0 - frac[i]) * va + frac[i] * vb
     return out
-    mask = np.zeros((n, ye - ys, xe - xs), dtype=np.float32)
-    inner = (
-        slice(None),
-        slice(max(c.box[1].start, ys), min(c.box[1].stop, ye)),
-        slice(max(c.box[2].start, xs), min(c.box[2].stop, xe)),
-    )
-    local = c.local[
-        :,
-        inner[1].start - c.box[1].start : inner[1].stop - c.box[1].start,
-        inner[2].start - c.box[2].start : inner[2].stop - c.box[2].start,
-    ]
-    mask[c.box[0], inner[1].start - ys : inner[1].stop - ys, inner[2].start - xs : inner[2].stop - xs] = local
-    src = (norm[:, ys:ye, xs:xe].astype(np.float32), mask)
-    for ch, vol in enumerate(src):
-        for i in range(size):
-            a, b = lo[i], lo[i] + 1
-            va = vol[a] if 0 <= a < n else 0.0
-            vb = vol[b] if 0 <= b < n else 0.0
-            out[ch, i, ys - y0 : ye - y0, xs - x0 : xe - x0] = (1.0 - frac[i]) * va + frac[i] * vb
-    return out
 
 
 HU_LO, HU_HI = -1000.0, 500.0  # normalize_hu's window: features read HU back from the normalized input
@@ -882,6 +862,14 @@ class CtLungNodule:
             self._model, self.version = load_model(self.bundle, device)
             self._device = device
         return self._model
+
+    def warm_up(self, device: str) -> None:
+        """Load the bundle for ``device`` (MONAI's import alone takes seconds) and import what the
+        candidate features use, ahead of the first study."""
+        import skimage.measure
+        import skimage.morphology  # noqa: F401
+
+        self.model(device)
 
     def run(self, volume: Volume, device: str = "cpu") -> Findings:
         """Detect nodules; "nothing found" is an empty findings list with a conclusion."""

@@ -204,6 +204,12 @@ class UsLungPipeline:
             self._models[device] = LungUsModel.load(self.bundle_dir, device)
         return self._models[device]
 
+    def warm_up(self, device: str) -> None:
+        """Load the bundle for ``device`` ahead of the first study."""
+        from dicom_node.nets.us_infer import pick_device
+
+        self._model(pick_device(device))
+
     def run(self, volume: Volume, device: str) -> Findings:
         """Segment ribs / pleural line / B-lines and classify every frame; see the module docstring."""
         from dicom_node.nets.us_infer import CLASS_NAMES, LungUsModel, pick_device
