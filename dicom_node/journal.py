@@ -4,7 +4,8 @@ Writing a new file, fsync'ing it, renaming it and fsync'ing its folder, then com
 three synchronous flushes per instance (about 14 ms here). The journal makes an instance durable with
 one: its bytes are appended to a preallocated segment file and ``fdatasync``'d (one flush covers every
 association that appended meanwhile). Only then does the receiver answer Success. A background
-materializer then writes the instance file and its database row, in batches; a checkpoint
+materializer then reads the records back (:meth:`Journal.read_records`) and writes the instance files
+and their database rows, in batches; a checkpoint
 (``syncfs`` of the storage file system + a durable database commit) retires whole segments. After a
 crash, :meth:`Journal.replay` yields every record of every unretired segment, and the ingestor
 re-materializes them idempotently: nothing that got Success is lost.
@@ -26,6 +27,7 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -33,14 +35,22 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crc32c import crc32c
 
-from dicom_node.buffers import HEAD_ROOM, InstanceBuffer, aligned_zeros, open_direct, pwrite_direct, round_up
+from dicom_node.buffers import (
+    HEAD_ROOM,
+    InstanceBuffer,
+    aligned_zeros,
+    open_direct,
+    pread_direct,
+    pwrite_direct,
+    round_up,
+)
 from dicom_node.store import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -51,7 +61,7 @@ HEAD = struct.Struct("<4sIIQI")  # the same, then the segment number (recycled s
 CHECKSUMS: dict[bytes, Callable[[Any, int], int]] = {MAGIC: crc32c, MAGIC_V2: zlib.crc32, MAGIC_V1: zlib.crc32}
 
 
-def checksum(magic: bytes, header: bytes, data: Any) -> int:
+def checksum(magic: bytes, header: bytes | memoryview, data: Any) -> int:
     """The CRC a record of format ``magic`` holds over its header and data."""
     crc = CHECKSUMS[magic]
     return crc(data, crc(header, 0))
@@ -62,19 +72,29 @@ SPARES = 2  # retired segments kept for reuse: already written, so appends need 
 READY = 2  # zero-filled segments kept ready for rotations
 ZERO_CHUNK = 8 * 1024 * 1024
 PREPARE_IDLE_S = 0.2  # spares are zero-filled only after appends paused this long
+READ_CHUNK = 16 * 1024 * 1024  # the materializer reads consecutive records back this much at a time
 
 
 @dataclass
 class Record:
-    """One journaled instance: its metadata and its Part 10 bytes."""
+    """One journaled instance: its metadata and its Part 10 bytes, in memory (``buffer``) or only in
+    its segment, at ``offset`` (the record's head block; see :meth:`Journal.read_records`)."""
 
     meta: dict[str, Any]
-    buffer: InstanceBuffer
+    buffer: InstanceBuffer | None
     segment: int = 0
+    offset: int = -1
+    length: int = -1  # Part 10 bytes
+
+    def __post_init__(self) -> None:
+        if self.length < 0 and self.buffer is not None:
+            self.length = self.buffer.length
 
     @property
     def data(self) -> memoryview:
-        """The Part 10 bytes."""
+        """The Part 10 bytes (of a record held in memory)."""
+        if self.buffer is None:
+            raise ValueError("the record's bytes are in its journal segment: see Journal.read_records")
         return self.buffer.view()
 
 
@@ -129,6 +149,7 @@ class Journal:
         self._last_append = 0.0  # monotonic time of the latest append: spares are prepared in pauses
         self._closed = False
         self._unmaterialized: Counter[int] = Counter()  # segment -> records appended, not yet materialized
+        self._read_chunks: list[mmap.mmap] = []  # read_records' buffer, kept between calls
         for leftover in self.folder.glob(".prepare-*.tmp"):  # a spare being prepared when the node stopped
             leftover.unlink(missing_ok=True)
         self._segment = self._open(max(used) + 1 if used else 1, busy=False)
@@ -221,6 +242,11 @@ class Journal:
         The record head is written into ``buf``'s reserved first block. Raises OSError if the record,
         or one before it in its segment, could not be written or flushed: it must not be acknowledged.
         """
+        return self.append_at(meta, buf)[0]
+
+    def append_at(self, meta: dict[str, Any], buf: InstanceBuffer) -> tuple[int, int]:
+        """:meth:`append`, returning the record's segment number and offset there: once this returns,
+        ``buf`` may be reused and the bytes read back with :meth:`read_records`."""
         header = json.dumps(meta, separators=(",", ":")).encode()
         if HEAD.size + len(header) > HEAD_ROOM:
             raise ValueError(f"journal header of {len(header)} bytes does not fit its block")
@@ -265,7 +291,91 @@ class Journal:
                     if (seg is not self._segment or self._closed) and not seg.users:
                         self._close_segment(seg)
                     self._changed.notify_all()
-        return seg.number
+        return seg.number, offset
+
+    def read_records(self, records: list[Record]) -> Generator[tuple[Record, memoryview], None, None]:
+        """The Part 10 bytes of acknowledged ``records`` (from :meth:`append_at`), in journal order.
+
+        Records that follow one another in a segment are read together, :data:`READ_CHUNK` bytes at a
+        time, with ``O_DIRECT`` reads into one reused buffer (the device copies them, not the CPU; no
+        page cache is filled). Each view starts block-aligned and is valid until the next one is
+        yielded. Records whose bytes are in ``buffer`` are yielded from there.
+        """
+        ordered = sorted(records, key=lambda rec: (rec.segment, rec.offset))
+        try:
+            chunk: mmap.mmap | None = self._read_chunks.pop()  # its pages already backed
+        except IndexError:
+            chunk = None
+        fd, direct, fd_segment = -1, False, -1
+        try:
+            i = 0
+            while i < len(ordered):
+                first = ordered[i]
+                if first.buffer is not None or first.offset < 0:
+                    with first.data as data:
+                        yield first, data
+                    i += 1
+                    continue
+                if fd_segment != first.segment:
+                    if fd >= 0:
+                        os.close(fd)
+                        fd = -1
+                    fd, direct = open_direct(self._path(first.segment), os.O_RDONLY)
+                    fd_segment = first.segment
+                # A run of records that follow each other without a gap, up to READ_CHUNK bytes.
+                end = first.offset + HEAD_ROOM + round_up(first.length)
+                j = i + 1
+                while j < len(ordered):
+                    nxt = ordered[j]
+                    if nxt.buffer is not None or nxt.segment != first.segment or nxt.offset != end:
+                        break
+                    after = end + HEAD_ROOM + round_up(nxt.length)
+                    if after - first.offset > READ_CHUNK:
+                        break
+                    end, j = after, j + 1
+                size = end - first.offset
+                if chunk is None or len(chunk) < size:
+                    if chunk is not None:
+                        chunk.close()
+                    chunk = aligned_zeros(max(size, READ_CHUNK))
+                with memoryview(chunk) as whole, whole[:size] as target:
+                    got, direct = pread_direct(fd, direct, target, first.offset)
+                if got != size:
+                    raise OSError(f"journal segment {first.segment} ends before its records ({got} of {size} bytes)")
+                with memoryview(chunk) as whole:
+                    for rec in ordered[i:j]:
+                        head = rec.offset - first.offset
+                        start = head + HEAD_ROOM
+                        with whole[start : start + rec.length] as data:
+                            self._check_read_back(rec, whole[head : head + HEAD_ROOM], data)
+                            yield rec, data
+                i = j
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if chunk is not None and len(chunk) == READ_CHUNK and not self._read_chunks:
+                self._read_chunks.append(chunk)  # kept for the next batch
+            elif chunk is not None:
+                try:
+                    chunk.close()
+                except BufferError:  # a caller still holds a view: the garbage collector closes it
+                    pass
+
+    @staticmethod
+    def _check_read_back(rec: Record, block: memoryview, data: memoryview) -> None:
+        """Raise OSError unless ``block`` + ``data`` are ``rec``'s record as it was appended (checked as
+        replay checks it: the disk, not memory, now holds the only copy)."""
+        with block:
+            magic, header_len, crc, data_len, segment = HEAD.unpack_from(block)
+            intact = (
+                magic == MAGIC
+                and segment == rec.segment
+                and data_len == rec.length
+                and HEAD.size + header_len <= HEAD_ROOM
+                and checksum(magic, block[HEAD.size : HEAD.size + header_len], data) == crc
+            )
+        if not intact:
+            raise OSError(f"journal segment {rec.segment}: the record at {rec.offset} does not read back intact")
 
     def _await_durable(self, seg: _Segment, start: int, end: int) -> None:
         """With the lock held: wait until [start, end) is part of the written prefix and flushed."""
@@ -310,10 +420,10 @@ class Journal:
             seg.open = False
             os.close(seg.fd)
 
-    def materialized(self, segment: int) -> None:
-        """One record of ``segment`` has its file and row (not yet flushed: see :meth:`retirable`)."""
+    def materialized(self, segment: int, count: int = 1) -> None:
+        """``count`` records of ``segment`` have their files and rows (not yet flushed: see :meth:`retirable`)."""
         with self._lock:
-            self._unmaterialized[segment] -= 1
+            self._unmaterialized[segment] -= count
 
     def retirable(self, up_to: int) -> int:
         """The highest segment number <= ``up_to`` such that it and every segment before it hold no

@@ -60,6 +60,19 @@ class Store:
         ]
         return self.root.joinpath("instances", *parts)
 
+    def instance_location(self, study_uid: str, series_uid: str, sop_uid: str) -> tuple[Path, str]:
+        """:meth:`instance_path` and that path relative to the root (as :meth:`relative` gives it),
+        built from the validated UIDs without asking the file system."""
+        relative = "/".join(
+            (
+                "instances",
+                check_uid(study_uid, "StudyInstanceUID"),
+                check_uid(series_uid, "SeriesInstanceUID"),
+                check_uid(sop_uid, "SOPInstanceUID") + ".dcm",
+            )
+        )
+        return self.root / relative, relative
+
     def result_path(self, job_id: int, sop_uid: str) -> Path:
         """Where a result object of ``job_id`` lives."""
         return self.root / "results" / str(int(job_id)) / (check_uid(sop_uid, "SOPInstanceUID") + ".dcm")

@@ -185,7 +185,7 @@ class _Association:
             self.close()
 
     # -- transport ------------------------------------------------------------------------------------
-    def _recv_exact(self, n: int) -> bytearray:
+    def _recv_exact(self, n: int) -> bytes | bytearray:
         if n > EAGER_ALLOCATION:  # a huge length must not reserve memory before the bytes arrive
             grown = bytearray()
             while len(grown) < n:
@@ -194,15 +194,17 @@ class _Association:
                     raise ConnectionError("peer closed the connection")
                 grown += chunk
             return grown
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self.conn.recv_into(view[got:], n - got, socket.MSG_WAITALL)
-            if k == 0:
+        # One call and one object for the common case (PDU and PDV headers, commands): all n bytes.
+        data = self.conn.recv(n, socket.MSG_WAITALL)
+        if len(data) == n:
+            return data
+        grown = bytearray(data)
+        while len(grown) < n:
+            if not data:
                 raise ConnectionError("peer closed the connection")
-            got += k
-        return buf
+            data = self.conn.recv(n - len(grown), socket.MSG_WAITALL)
+            grown += data
+        return grown
 
     def _read_pdu_header(self) -> tuple[int, int]:
         pdu_type, _, length = struct.unpack(">BBI", self._recv_exact(6))
@@ -210,7 +212,7 @@ class _Association:
             raise ul.ProtocolError(f"PDU of {length} bytes")
         return pdu_type, length
 
-    def _read_pdu(self) -> tuple[int, bytearray]:
+    def _read_pdu(self) -> tuple[int, bytes | bytearray]:
         pdu_type, length = self._read_pdu_header()
         return pdu_type, self._recv_exact(length)
 

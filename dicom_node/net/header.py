@@ -106,7 +106,8 @@ def _fast(data: Bytes) -> Header:
     header = Header(transfer_syntax=syntax, meta_sop_class=_text(meta.get(0x00020002, b"")))
     implicit, order = syntax == IMPLICIT_LE, (">" if syntax == EXPLICIT_BE else "<")
     header.pixel_offset = len(data)  # where the data set ends when it has no pixel data
-    while pos < len(data):
+    pos = _walk_fast(data, pos, header, implicit, order)
+    while pos < len(data):  # the last few bytes (a truncated data set), element by element
         start = pos
         if implicit:
             group, elem, length = struct.unpack_from("<HHI", data, pos)
@@ -135,6 +136,80 @@ def _fast(data: Bytes) -> Header:
     if not header.sop_uid:
         raise _Unsupported  # let pydicom tell what is wrong
     return header
+
+
+_UPPER_PAIRS = frozenset(bytes((a, b)) for a in range(65, 91) for b in range(65, 91))  # what a short VR may be
+_ELEMENT = {"<": struct.Struct("<HH2sH"), ">": struct.Struct(">HH2sH")}  # tag, VR, short length
+_IMPLICIT = struct.Struct("<HHI")
+_LONG = {"<": struct.Struct("<I"), ">": struct.Struct(">I")}
+_WANTED = {**TEXT, **NUMBERS}
+
+
+def _walk_fast(data: Bytes, pos: int, header: Header, implicit: bool, order: str) -> int:
+    """The top-level elements from ``pos`` up to the pixel data, in one tight loop (~50 per CT slice).
+
+    Reads while a whole element head fits; returns where it stopped (the data set's end, the pixel
+    data, which sets ``header.pixel_offset``, or a last few bytes :func:`_fast` reads one by one).
+    Element for element it does what that slower loop does, and fails the same way.
+    """
+    n = len(data)
+    wanted = _WANTED
+    if implicit:
+        unpack = _IMPLICIT.unpack_from
+        while pos + 12 <= n:
+            group, elem, length = unpack(data, pos)
+            tag = (group << 16) | elem
+            if tag == PIXEL_DATA:
+                header.pixel_offset = pos
+                return n
+            pos += 8
+            if length == 0xFFFFFFFF:
+                pos = _skip_undefined(data, pos, implicit=True, order="<")
+                continue
+            end = pos + length
+            if tag in wanted:
+                _set(header, tag, data[pos:end], "<")
+            pos = end
+        if pos > n:
+            raise _Unsupported
+        return pos
+    unpack_element = _ELEMENT[order].unpack_from
+    unpack_long = _LONG[order].unpack_from
+    upper = _UPPER_PAIRS
+    while pos + 12 <= n:
+        group, elem, vr, length = unpack_element(data, pos)
+        tag = (group << 16) | elem
+        if tag == PIXEL_DATA:
+            header.pixel_offset = pos
+            return n
+        if vr in LONG_VRS:
+            (length,) = unpack_long(data, pos + 8)
+            pos += 12
+            if length == 0xFFFFFFFF:
+                pos = _skip_undefined(data, pos, implicit=vr == b"UN", order=order)
+                if pos > n:
+                    raise _Unsupported
+                if tag in wanted:
+                    _set(header, tag, b"", order)
+                continue
+        elif vr in upper:
+            pos += 8
+        else:
+            raise _Unsupported  # not explicit VR after all
+        end = pos + length
+        if end > n:
+            raise _Unsupported
+        if tag in wanted:
+            _set(header, tag, data[pos:end], order)
+        pos = end
+    return pos
+
+
+def _set(header: Header, tag: int, value: Bytes, order: str) -> None:
+    if tag in TEXT:
+        setattr(header, TEXT[tag], _text(value))
+    elif len(value) == 2:
+        setattr(header, NUMBERS[tag], struct.unpack(order + "H", value)[0])
 
 
 def _explicit(data: Bytes, pos: int, order: str) -> tuple[int, Bytes, int]:

@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +35,7 @@ from typing import Any, Literal
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
 
-from dicom_node.buffers import Bytes, InstanceBuffer, write_instance_file
+from dicom_node.buffers import Bytes, InstanceBuffer, write_file
 from dicom_node.config import DuplicatePolicy, NodeConfig
 from dicom_node.db import instances, now, series, studies
 from dicom_node.db.engine import connect, log_event, reader, record_event
@@ -223,7 +224,7 @@ class Ingestor:
             self._queued_bytes += buf.length
         try:
             try:
-                segment = self.journal.append(meta, buf)
+                segment, offset = self.journal.append_at(meta, buf)
             except OSError as exc:
                 self._settle(sop_uid, entry, failed=True)
                 self._unqueue(buf.length)
@@ -243,7 +244,11 @@ class Ingestor:
             self._last_keep = time.monotonic()
             with self._pending_lock:
                 self._queued += 1
-            self._queue.put(Record(meta, buf, segment))
+            # The materializer reads the bytes back from the journal: the buffer's memory, already
+            # backed by pages, goes straight to the next instance instead of waiting in the queue.
+            length = buf.length
+            buf.release()
+            self._queue.put(Record(meta, None, segment, offset, length))
         finally:
             with self._pending_lock:
                 self._in_flight -= 1
@@ -294,21 +299,27 @@ class Ingestor:
         known = self._recorded([rec.meta["sop_uid"] for rec in records]) if replay or not overwrite else set()
         rows = []
         late: list[dict[str, Any]] = []  # duplicates of instances stored before they arrived
-        for rec in records:
-            m = rec.meta
-            path = self.store.instance_path(m["study_uid"], m["series_uid"], m["sop_uid"])
-            size = rec.buffer.length
-            if m["sop_uid"] in known and not overwrite:
-                if replay:
-                    if not path.exists() or path.stat().st_size != size:
-                        write_instance_file(path, rec.buffer)
+        contents = (
+            self.journal.read_records(records) if self.journal is not None else ((rec, rec.data) for rec in records)
+        )
+        with closing(contents):  # in journal order: a later copy of an instance wins
+            for rec, data in contents:
+                m = rec.meta
+                path, relative = self.store.instance_location(m["study_uid"], m["series_uid"], m["sop_uid"])
+                size = rec.length
+                if m["sop_uid"] in known and not overwrite:
+                    if replay:
+                        if not path.exists() or path.stat().st_size != size:
+                            write_file(path, data)
+                    else:
+                        late.append(m)
                 else:
-                    late.append(m)
-            else:
-                if not (replay and path.exists() and path.stat().st_size == size and not overwrite):
-                    write_instance_file(path, rec.buffer)
-                rows.append((m, self.store.relative(path), size))
-            rec.buffer.release()
+                    if not (replay and path.exists() and path.stat().st_size == size and not overwrite):
+                        write_file(path, data)
+                    rows.append((m, relative, size))
+        for rec in records:
+            if rec.buffer is not None:
+                rec.buffer.release()
         with self.writer.begin() as conn:
             self._record(conn, rows, skip_known=replay and not overwrite)
             for m in late:  # in this batch's transaction: a re-sent study is one commit, not one per copy
@@ -332,8 +343,8 @@ class Ingestor:
                         .values(duplicates=instances.c.duplicates + count)
                     )
         if not replay and self.journal is not None:
-            for rec in records:
-                self.journal.materialized(rec.segment)
+            for segment, count in Counter(rec.segment for rec in records).items():
+                self.journal.materialized(segment, count)
 
     def _materialize_safely(self, batch: list[Record]) -> None:
         try:
@@ -344,7 +355,7 @@ class Ingestor:
         finally:
             with self._pending_lock:
                 self._queued -= len(batch)
-            self._unqueue(sum(rec.buffer.length for rec in batch))
+            self._unqueue(sum(rec.length for rec in batch))
 
     def _unqueue(self, size: int) -> None:
         with self._room:
@@ -371,7 +382,7 @@ class Ingestor:
             stop = False
             # Wait for a pause in the traffic (or a full backlog): file writes and rows then never
             # compete with the receiving threads for the interpreter while a study streams in.
-            backlog = first.buffer.length
+            backlog = first.length
             while backlog < BACKLOG_BYTES and len(batch) < 8 * BATCH:
                 quiet = time.monotonic() - self._last_keep
                 try:
@@ -384,7 +395,7 @@ class Ingestor:
                     stop = True
                     break
                 batch.append(item)
-                backlog += item.buffer.length
+                backlog += item.length
             for start in range(0, len(batch), BATCH):
                 self._materialize_safely(batch[start : start + BATCH])
             dirty = True

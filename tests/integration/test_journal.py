@@ -171,18 +171,18 @@ def test_a_copy_waiting_on_a_failed_first_copy_is_kept_itself(
     ingestor, _, engine = _ingestor(tmp_path, sqlite_url)
     journal = ingestor.journal
     assert journal is not None
-    real_append = journal.append
+    real_append = journal.append_at
     release = threading.Event()
     calls: list[int] = []
 
-    def append(meta: dict[str, object], buf: InstanceBuffer) -> int:
+    def append_at(meta: dict[str, object], buf: InstanceBuffer) -> tuple[int, int]:
         calls.append(1)
         if len(calls) == 1:  # the first copy's disk fails, after the second copy arrived
             release.wait(10)
             raise OSError(5, "Input/output error")
         return real_append(meta, buf)
 
-    monkeypatch.setattr(journal, "append", append)
+    monkeypatch.setattr(journal, "append_at", append_at)
     outcomes: dict[str, int] = {}
     first = threading.Thread(
         target=lambda: outcomes.update(first=ingestor.keep(data, calling_ae="A", called_ae="NODE").status)
@@ -326,3 +326,61 @@ def test_no_acknowledged_record_is_lost_under_concurrency_failures_and_recycling
     assert failures > 0 and len(acknowledged) > 200
     assert [name for _, name in acknowledged if name not in replayed and name not in materialized] == []
     assert len(recycled) > 10  # segments were reused (with older records in them) along the way
+
+
+def test_records_are_read_back_from_their_segments_in_journal_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The materializer reads acknowledged records back from the journal (their buffers are reused at
+    once): every byte comes back, in journal order, across rotations, reads split at READ_CHUNK."""
+    from dicom_node import journal as journal_module
+    from dicom_node.buffers import write_file
+    from dicom_node.journal import Record
+
+    monkeypatch.setattr(journal_module, "READ_CHUNK", 1 << 20)
+    journal = Journal(tmp_path / "j", segment_bytes=4 << 20)
+    payloads = [os.urandom(100_000 + 4093 * i) for i in range(30)] + [os.urandom(1_500_000), os.urandom(7)]
+    records = []
+    for i, payload in enumerate(payloads):
+        buf = InstanceBuffer.from_bytes(payload)
+        segment, offset = journal.append_at({"i": i}, buf)
+        buf.release()  # its memory goes to the next instance
+        records.append(Record({"i": i}, None, segment, offset, len(payload)))
+    assert len({rec.segment for rec in records}) > 1  # rotated at 4 MiB
+    files = tmp_path / "files"
+    got = []
+    for rec, data in journal.read_records(list(reversed(records))):
+        got.append(rec.meta["i"])
+        assert write_file(files / f"{rec.meta['i']}.dcm", data) == len(payloads[rec.meta["i"]])
+    assert got == list(range(len(payloads)))
+    assert all((files / f"{i}.dcm").read_bytes() == payload for i, payload in enumerate(payloads))
+    journal.close()
+
+
+def test_a_record_that_does_not_read_back_intact_is_refused(tmp_path: Path) -> None:
+    """Once the buffer is reused the disk holds the only copy: a flipped byte stops the read-back at that
+    record with an error (the materializer then keeps the segment), and nothing damaged is yielded."""
+    from dicom_node.journal import HEAD_ROOM, Record
+
+    journal = Journal(tmp_path / "j")
+    payloads = [os.urandom(50_000), os.urandom(60_000)]
+    records = []
+    for i, payload in enumerate(payloads):
+        buf = InstanceBuffer.from_bytes(payload)
+        segment, offset = journal.append_at({"i": i}, buf)
+        buf.release()
+        records.append(Record({"i": i}, None, segment, offset, len(payload)))
+    second = records[1]
+    fd = os.open(tmp_path / "j" / f"seg-{second.segment:08d}.log", os.O_RDWR)
+    try:
+        at = second.offset + HEAD_ROOM + 1234
+        os.pwrite(fd, bytes([os.pread(fd, 1, at)[0] ^ 0xFF]), at)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    got = []
+    with pytest.raises(OSError, match="does not read back intact"):
+        for rec, data in journal.read_records(records):
+            got.append((rec.meta["i"], bytes(data)))
+    assert got == [(0, payloads[0])]
+    journal.close()

@@ -17,6 +17,33 @@ from tests.peers.dicomfiles import REAL, require
 TRANSFER_SYNTAXES = REAL / "ct_chest_slice_transfer_syntaxes"
 
 
+@pytest.mark.parametrize("size", [5, BLOCK, 3 * BLOCK, 3 * BLOCK + 1])
+def test_instance_file_of_any_length_replaces_the_old_one(tmp_path: Path, size: int) -> None:
+    """Whole blocks unbuffered, a partial last block through the page cache; the rename replaces."""
+    path = tmp_path / "a" / "b" / "x.dcm"
+    assert write_instance_file(path, InstanceBuffer.from_bytes(os.urandom(5 * BLOCK))) == 5 * BLOCK
+    payload = os.urandom(size)
+    assert write_instance_file(path, InstanceBuffer.from_bytes(payload)) == size
+    assert path.read_bytes() == payload
+    assert [p.name for p in path.parent.iterdir()] == ["x.dcm"]
+
+
+def test_a_released_buffer_is_reused_with_only_the_new_bytes() -> None:
+    a, b = socket.socketpair()
+    first = InstanceBuffer()
+    first.append(os.urandom(3 * BLOCK))
+    first.release()  # back to the pool, its pages backed
+    payload = os.urandom(BLOCK + 9)
+    a.sendall(payload)
+    second = InstanceBuffer()
+    second.recv(b, len(payload))
+    assert bytes(second.view()) == payload
+    with second.padded(HEAD_ROOM) as padded:
+        assert bytes(padded[len(payload) :]) == bytes(len(padded) - len(payload))
+    a.close()
+    b.close()
+
+
 def test_buffer_grows_and_keeps_its_bytes() -> None:
     buf = InstanceBuffer(capacity=BLOCK)
     payload = os.urandom(3 * BLOCK + 17)
