@@ -11,12 +11,13 @@ import logging
 import multiprocessing as mp
 import signal
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_node.config import NodeConfig
-from dicom_node.db import connect
+from dicom_node.db import connect, now
 from dicom_node.delivery import Sender
 from dicom_node.intake.stability import StabilitySweep
 from dicom_node.net.receivers import make_receiver
@@ -24,6 +25,8 @@ from dicom_node.queue import JobQueue
 from dicom_node.store import Store
 
 log = logging.getLogger(__name__)
+
+DUE_SLACK_S = 0.02  # a due sweep runs this long after the series' quiet period ends (clock granularity)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -86,7 +89,7 @@ class Node:
                 self.receivers.append(self._spawn(receiver_main, "receiver", i))
         every = self.config.intake.sweep_interval_s
         jobs = [
-            (self.sweep.sweep, every),
+            (self._sweep, every),
             (self.queue.requeue_expired, 5.0),
             (self.sender.tick, 1.0),
             (self._watch_workers, 2.0),
@@ -103,6 +106,22 @@ class Node:
             len(self.workers),
             self.engine.url.render_as_string(hide_password=True),
         )
+
+    def _sweep(self) -> None:
+        """The stability sweep; when a series falls quiet before the next regular sweep, one more sweep
+        is scheduled for that moment (at most one pending), so its job is not queued up to a sweep
+        interval late."""
+        self.sweep.sweep()
+        due = self.sweep.next_due()
+        if due is not None and now() < due < now() + self.config.intake.sweep_interval_s:
+            self.scheduler.add_job(
+                _guarded(self._sweep),
+                "date",
+                run_date=datetime.fromtimestamp(due + DUE_SLACK_S, tz=UTC),
+                id="sweep-due",
+                replace_existing=True,
+                misfire_grace_time=None,
+            )
 
     def _spawn(self, main: Any, role: str, index: int) -> Any:
         """Start ``main(config_json, index, log_level)`` in a fresh (spawned) child process."""

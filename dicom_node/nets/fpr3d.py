@@ -8,10 +8,13 @@ Output: one logit, nodule vs. false positive.
 
 from __future__ import annotations
 
+import copy
+import itertools
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 PATCH = 32
 
@@ -58,6 +61,25 @@ def member_name(index: int) -> str:
     return "fpr3d" if index == 0 else f"fpr3d_{index + 1}"
 
 
+def inference_copy(net: nn.Module) -> nn.Module:
+    """A copy of an evaluation-mode ``net`` that computes the same logits faster: each batch norm folded
+    into the convolution before it, the weights in channels-last 3-D layout (on this CPU about twice as
+    fast; logits equal to about 1e-6). For reading only: it has no batch norms left to train or save."""
+    fast = copy.deepcopy(net).eval()
+    for block in fast.modules():
+        if isinstance(block, nn.Sequential):
+            names = list(block._modules)
+            for first, second in itertools.pairwise(names):
+                conv, norm = block._modules[first], block._modules[second]
+                if isinstance(conv, nn.Conv3d) and isinstance(norm, nn.BatchNorm3d):
+                    block._modules[first] = fuse_conv_bn_eval(conv, norm)
+                    block._modules[second] = nn.Identity()
+    for param in fast.parameters():
+        if param.dim() == 5:  # the convolution kernels
+            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+    return fast
+
+
 FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 
@@ -72,11 +94,24 @@ class FPR3DEnsemble(nn.Module):
             raise ValueError("an FPR3D ensemble needs at least one member")
         self.members = nn.ModuleList(members)
         self.flips = FLIPS if flips else ((),)
+        self._readers: tuple[torch.device, list[nn.Module]] | None = None
+
+    def readers(self, device: torch.device) -> list[nn.Module]:
+        """The members as they read cubes on ``device``: while every member is in evaluation mode, their
+        :func:`inference_copy` (made once per device); else the members themselves. Saving and training
+        use :attr:`members`."""
+        if any(m.training for m in self.members):
+            return list(self.members)
+        if self._readers is None or self._readers[0] != device:
+            self._readers = (device, [inference_copy(m).to(device) for m in self.members])
+        return self._readers[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        readers = self.readers(x.device)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         total = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
         for dims in self.flips:  # one view at a time: on the CPU, 8x larger batches run slower per cube
             view = torch.flip(x, dims) if dims else x
-            for member in self.members:
+            for member in readers:
                 total += member(view).float()
-        return total / (len(self.flips) * len(self.members))
+        return total / (len(self.flips) * len(readers))

@@ -649,17 +649,21 @@ class NoduleModel:
 
         def logits(net: Any, cubes: np.ndarray) -> np.ndarray:
             out = [
-                net(torch.from_numpy(cubes[i : i + self.batch]).to(self.device)).float().cpu().numpy()
+                net(torch.from_numpy(cubes[i : i + self.batch]).to(self.device).contiguous(memory_format=fast))
+                .float()
+                .cpu()
+                .numpy()
                 for i in range(0, len(cubes), self.batch)
             ]
             return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
+        fast = torch.channels_last_3d
         cubes = np.stack([extract_patch3d(norm, c, dz) for c in candidates])
         members = list(getattr(self.fpr3d, "members", []))
         views = len(members) * len(getattr(self.fpr3d, "flips", ((),)))
         with torch.inference_mode():
             if views > 1:
-                z = logits(members[0], cubes)
+                z = logits(self.fpr3d.readers(torch.device(self.device))[0], cubes)
                 keep = z >= (self.screen_logit if screen is None else screen)
                 z[keep] = logits(self.fpr3d, cubes[keep])
             else:

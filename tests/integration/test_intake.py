@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -73,6 +74,20 @@ def test_quiet_series_is_routed_and_a_late_instance_starts_a_new_revision(tmp_pa
     assert _jobs(sweep) == [("chest-ct", 1), ("chest-ct", 2)]
     # Sweeping again decides nothing new.
     assert sweep.sweep(at=now() + 60) == 0
+
+
+def test_next_due_is_when_the_next_series_falls_quiet(tmp_path: Path, db_url: str) -> None:
+    ingestor, sweep = _setup(tmp_path, db_url)
+    assert sweep.next_due() is None  # nothing receiving
+    slab = sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())
+    for f in slab[:3]:
+        _keep(ingestor, f.read_bytes())
+    with sweep.engine.connect() as conn:
+        last_seen = conn.execute(select(series.c.last_seen)).scalar_one()
+    assert sweep.next_due(at=last_seen + 1) == pytest.approx(last_seen + 5)  # quiet period 5 s
+    assert sweep.next_due(at=last_seen + 6) is None  # already quiet: the regular sweep takes it
+    assert sweep.sweep(at=last_seen + 5) == 1
+    assert sweep.next_due(at=last_seen + 1) is None  # routed
 
 
 def test_study_route_waits_for_every_series(tmp_path: Path, db_url: str) -> None:

@@ -1,4 +1,4 @@
-"""The worker keeps one instance of each routed pipeline and warms it up before taking jobs."""
+"""The worker warms up its encoders and keeps one warmed-up instance of each routed pipeline."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dicom_node.db.engine import connect
 from dicom_node.store import Store
 from dicom_node.worker import Worker
 from tests.nodes import node_config_text
+from tests.peers.orthanc import free_port
 
 BROKEN_ROUTE = """
 [[routes]]
@@ -28,7 +29,9 @@ def test_warm_up_loads_each_routed_model_once_and_a_broken_one_only_logs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     missing = tmp_path / "no-such-bundle"
-    text = node_config_text(tmp_path / "storage", pipelines='["ct_lung_nodule", "ct_lung_field"]')
+    text = node_config_text(
+        tmp_path / "storage", pipelines='["ct_lung_nodule", "ct_lung_field"]', dest_port=free_port()
+    )
     config = parse_config(text + BROKEN_ROUTE.format(bundle=missing))
     worker = Worker(config, connect(config.node.database_url()), Store(config.node.storage))
     with caplog.at_level(logging.INFO, logger="dicom_node.worker"):
@@ -41,5 +44,6 @@ def test_warm_up_loads_each_routed_model_once_and_a_broken_one_only_logs(
     messages = [r.getMessage() for r in caplog.records]
     assert any("ct_lung_nodule (route chest-ct) ready on cpu" in m for m in messages)
     assert any("ct_lung_field (route chest-ct) ready on cpu" in m for m in messages)
+    assert any("encoders (seg, sr) ready" in m for m in messages)  # the destination's kinds, encoded once
     broken = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(broken) == 1 and "route broken" in broken[0].getMessage() and str(missing) in broken[0].getMessage()

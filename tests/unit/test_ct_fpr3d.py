@@ -175,3 +175,22 @@ def test_faint_components_are_the_low_seeded_ones_no_confident_candidate_touches
         )
         == []
     )
+
+
+def test_inference_copy_folds_batch_norm_and_gives_the_same_logits() -> None:
+    from dicom_node.nets.fpr3d import FPR3DEnsemble, inference_copy
+
+    net = _random_fpr3d(2)
+    fast = inference_copy(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())  # the original is untouched
+    x = torch.rand(4, 2, PATCH, PATCH, PATCH) * torch.linspace(0, 1, PATCH)
+    with torch.inference_mode():
+        expected = net(x)
+        assert torch.allclose(fast(x), expected, atol=1e-4)
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last_3d)), expected, atol=1e-4)
+    ensemble = FPR3DEnsemble([net], flips=False)
+    assert ensemble.readers(x.device)[0] is not net  # evaluation mode: the folded copy reads
+    assert ensemble.readers(x.device)[0] is ensemble.readers(x.device)[0]  # made once
+    net.train()
+    assert ensemble.readers(x.device) == [net]  # a member in training: batch statistics, no copy
