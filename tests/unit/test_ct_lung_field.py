@@ -97,3 +97,17 @@ def test_applies_to_reasons() -> None:
     us = pydicom.Dataset()
     us.Modality = "US"
     assert "not CT" in (pipe.applies_to([us]) or "")
+
+
+def test_fill_holes_per_slice_matches_scipy_on_each_slice() -> None:
+    from dicom_node.pipelines.ct_lung_field import fill_holes_per_slice
+
+    rng = np.random.default_rng(3)
+    mask = ndi.binary_opening(rng.random((6, 40, 50)) > 0.45, structure=np.ones((1, 2, 2), bool))
+    mask[2] = False  # an empty slice
+    mask[3, 10:30, 10:30] = True
+    mask[3, 15:20, 15:20] = False  # a square hole
+    filled = fill_holes_per_slice(mask)
+    assert filled[3, 15:20, 15:20].all()
+    for k in range(mask.shape[0]):
+        assert np.array_equal(filled[k], ndi.binary_fill_holes(mask[k])), k
