@@ -23,6 +23,7 @@ import importlib
 import json
 import logging
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,12 @@ def _load_file(path: Path, device: str) -> dict[str, Any]:
     if path.suffix == ".pt2":
         program = torch.export.load(str(path))
         return {"network": program.module()}
-    try:
-        module = torch.jit.load(str(path), map_location=device)
-        return {"network": module.eval()}
-    except (RuntimeError, ValueError):
-        pass
+    if _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location=device)
+            return {"network": module.eval()}
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"{path.name}: a TorchScript archive that does not load ({exc})") from exc
     try:
         state = torch.load(str(path), map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
@@ -105,6 +107,16 @@ def _load_file(path: Path, device: str) -> dict[str, Any]:
         net.load_state_dict(entry["state_dict"])
         nets[str(name)] = net.to(device).eval()
     return nets
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding compiled ``code/``); a ``torch.save``
+    state file is a zip without it, so it is never handed to the deprecated ``torch.jit.load``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def load_bundle(path: str | Path, device: str = "cpu") -> Bundle:
