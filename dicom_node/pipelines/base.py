@@ -19,6 +19,10 @@ class Pipeline(Protocol):
     pipeline can run on it, or a human-readable reason why not. ``load`` turns the series' files
     into the :class:`Volume` the pipeline wants (HU volume for CT, cropped frames for US).
     ``run`` must work on the CPU and use ``device`` ("cuda" or "cpu") for torch work.
+
+    A worker makes one instance per route's options and reuses it for every job (keep models on it,
+    never a study's state), and at start calls its optional ``warm_up(device)`` method, if it has one,
+    to load the model before the first study.
     """
 
     name: str

@@ -260,9 +260,10 @@ def test_no_acknowledged_record_is_lost_under_concurrency_failures_and_recycling
 
     real_write = journal_module.pwrite_direct
     chaos = random.Random(0)
+    failing = threading.Event()  # only while the appenders run: opening a journal zero-fills a segment
 
     def flaky_write(fd: int, direct: bool, data: memoryview, offset: int) -> tuple[int, bool]:
-        if len(data) < journal_module.ZERO_CHUNK and chaos.random() < 0.02:
+        if failing.is_set() and len(data) < journal_module.ZERO_CHUNK and chaos.random() < 0.02:
             time.sleep(0.005)  # a slow failure: records reserved after this one finish first
             raise OSError(5, "injected write failure")
         return real_write(fd, direct, data, offset)
@@ -316,10 +317,12 @@ def test_no_acknowledged_record_is_lost_under_concurrency_failures_and_recycling
             journal.retire(journal.retirable(journal.rotate()))
 
     threads = [threading.Thread(target=append, args=(k,)) for k in range(6)] + [threading.Thread(target=checkpoint)]
+    failing.set()
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
+    failing.clear()
     assert not any(t.is_alive() for t in threads)  # no deadlock
     journal.close()
     replayed = {r.meta["id"] for r in Journal(tmp_path / "j", segment_bytes=128 * 1024).replay()}
