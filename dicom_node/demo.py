@@ -113,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     pacs = DemoPacs(out / "received")
     config = demo_config(out, pacs)
     node = Node(config, log_level="WARNING")
+    t_start = time.time()
     node.start()
     try:
+        ready = node.wait_ready(120)
         print(
             f"2/4 node {config.node.ae_title} listening on 127.0.0.1:{node.receiver.port} "
-            f"(SQLite at {config.node.database_url()}); demo PACS {pacs.ae_title} on port {pacs.port}"
+            f"(SQLite at {config.node.database_url()}); worker {'ready' if ready else 'still loading'} "
+            f"after {time.time() - t_start:.1f} s (models loaded); demo PACS {pacs.ae_title} on port {pacs.port}"
         )
         t0 = time.time()
         sent = send_files(

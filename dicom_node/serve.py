@@ -11,6 +11,7 @@ import logging
 import multiprocessing as mp
 import signal
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,8 +37,9 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def worker_main(config_json: str, index: int, log_level: str) -> None:
-    """Entry point of one worker process; gets the already validated config as JSON."""
+def worker_main(config_json: str, index: int, log_level: str, ready: Any = None) -> None:
+    """Entry point of one worker process; gets the already validated config as JSON, and sets
+    ``ready`` (a multiprocessing Event) once its models are loaded."""
     setup_logging(log_level)
     config = NodeConfig.model_validate_json(config_json)
     from dicom_node.worker import Worker
@@ -46,7 +48,7 @@ def worker_main(config_json: str, index: int, log_level: str) -> None:
     worker = Worker(config, engine, Store(config.node.storage), name=None)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
-    worker.run_forever()
+    worker.run_forever(ready)
 
 
 def receiver_main(config_json: str, index: int, log_level: str) -> None:
@@ -77,6 +79,7 @@ class Node:
         self.sender = Sender(config, self.engine, self.store)
         self.scheduler = BackgroundScheduler()
         self.workers: list[Any] = []
+        self._ready: list[Any] = []  # one multiprocessing Event per worker, set once it is warm
         self.receivers: list[Any] = []
         self.stopped = threading.Event()
 
@@ -98,7 +101,7 @@ class Node:
             self.scheduler.add_job(_guarded(func), "interval", seconds=seconds, max_instances=1, coalesce=True)
         self.scheduler.start()
         for i in range(self.config.node.workers):
-            self.workers.append(self._spawn(worker_main, "worker", i))
+            self.workers.append(self._spawn_worker(i))
         log.info(
             "node %s up: port %d, %d worker(s), database %s",
             self.config.node.ae_title,
@@ -123,12 +126,26 @@ class Node:
                 misfire_grace_time=None,
             )
 
-    def _spawn(self, main: Any, role: str, index: int) -> Any:
-        """Start ``main(config_json, index, log_level)`` in a fresh (spawned) child process."""
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until every worker has loaded its pipelines' models (see :meth:`Worker.warm_up`); False
+        if that took longer than ``timeout`` seconds. Studies received meanwhile are kept and queued."""
+        deadline = time.monotonic() + timeout
+        return all(event.wait(max(deadline - time.monotonic(), 0.0)) for event in self._ready)
+
+    def _spawn_worker(self, index: int) -> Any:
+        ready = mp.get_context("spawn").Event()
+        if index < len(self._ready):
+            self._ready[index] = ready
+        else:
+            self._ready.append(ready)
+        return self._spawn(worker_main, "worker", index, ready)
+
+    def _spawn(self, main: Any, role: str, index: int, *extra: Any) -> Any:
+        """Start ``main(config_json, index, log_level, *extra)`` in a fresh (spawned) child process."""
         ctx = mp.get_context("spawn")
         proc = ctx.Process(
             target=main,
-            args=(self.config.model_dump_json(), index, self.log_level),
+            args=(self.config.model_dump_json(), index, self.log_level, *extra),
             name=f"{role}-{index}",
             daemon=True,
         )
@@ -139,7 +156,7 @@ class Node:
         for i, proc in enumerate(self.workers):
             if not proc.is_alive() and not self.stopped.is_set():
                 log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
-                self.workers[i] = self._spawn(worker_main, "worker", i)
+                self.workers[i] = self._spawn_worker(i)
 
     def stop(self) -> None:
         """Stop everything; pending work stays in the database."""

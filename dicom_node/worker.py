@@ -109,10 +109,12 @@ class Worker:
                     time.perf_counter() - t,
                 )
 
-    def run_forever(self) -> None:
-        """Claim and run jobs until :attr:`stop` is set."""
+    def run_forever(self, ready: Any = None) -> None:
+        """Warm up, set ``ready`` (an Event, if given), then claim and run jobs until :attr:`stop` is set."""
         log.info("worker %s started on %s", self.name, self.device)
         self.warm_up()
+        if ready is not None:
+            ready.set()
         last_housekeeping = 0.0
         while not self.stop.is_set():
             if time.monotonic() - last_housekeeping > 5:

@@ -47,3 +47,16 @@ def test_warm_up_loads_each_routed_model_once_and_a_broken_one_only_logs(
     assert any("encoders (seg, sr) ready" in m for m in messages)  # the destination's kinds, encoded once
     broken = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(broken) == 1 and "route broken" in broken[0].getMessage() and str(missing) in broken[0].getMessage()
+
+
+def test_the_node_knows_when_its_workers_are_ready(tmp_path: Path) -> None:
+    from dicom_node.serve import Node
+
+    config = parse_config(node_config_text(tmp_path / "storage", pipelines='["ct_lung_field"]', workers=2))
+    node = Node(config, log_level="WARNING")
+    node.start()
+    try:
+        assert node.wait_ready(120)  # each spawned worker warmed up and said so
+        assert len(node.workers) == 2 and all(p.is_alive() for p in node.workers)
+    finally:
+        node.stop()
