@@ -225,12 +225,6 @@ def pread_direct(fd: int, direct: bool, target: memoryview, offset: int) -> tupl
 _tmp_names = itertools.count()
 
 
-def write_instance_file(path: Path, buf: InstanceBuffer) -> int:
-    """Write the buffer's Part 10 bytes to ``path`` (see :func:`write_file`); returns the size."""
-    with buf.view() as data:
-        return write_file(path, data)
-
-
 def write_file(path: Path, data: memoryview) -> int:
     """Write ``data`` to ``path`` through a temporary name, without a flush; returns the size.
 

@@ -53,15 +53,10 @@ class Store:
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Where an instance lives; all three UIDs must be valid."""
-        parts = [
-            check_uid(study_uid, "StudyInstanceUID"),
-            check_uid(series_uid, "SeriesInstanceUID"),
-            check_uid(sop_uid, "SOPInstanceUID") + ".dcm",
-        ]
-        return self.root.joinpath("instances", *parts)
+        return self.instance_location(study_uid, series_uid, sop_uid)[0]
 
     def instance_location(self, study_uid: str, series_uid: str, sop_uid: str) -> tuple[Path, str]:
-        """:meth:`instance_path` and that path relative to the root (as :meth:`relative` gives it),
+        """Where an instance lives, and that path relative to the root (as :meth:`relative` gives it),
         built from the validated UIDs without asking the file system."""
         relative = "/".join(
             (

@@ -255,7 +255,7 @@ class Ingestor:
         return Outcome(SUCCESS, "", sop_uid)
 
     def _keep_file(self, meta: dict[str, Any], buf: InstanceBuffer, calling_ae: str, address: str) -> Outcome:
-        path = self.store.instance_path(meta["study_uid"], meta["series_uid"], meta["sop_uid"])
+        path, relative = self.store.instance_location(meta["study_uid"], meta["series_uid"], meta["sop_uid"])
         existed = path.exists()
         try:
             with buf.view() as data:
@@ -271,7 +271,7 @@ class Ingestor:
             )
         try:
             with self.engine.begin() as conn:
-                self._record(conn, [(meta, self.store.relative(path), size)])
+                self._record(conn, [(meta, relative, size)])
         except Exception as exc:  # the database refused: the peer must resend, so it must not see Success
             log.exception("cannot record instance")
             if not existed:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.buffers import BLOCK, HEAD_ROOM, InstanceBuffer, write_instance_file
+from dicom_node.buffers import BLOCK, HEAD_ROOM, InstanceBuffer, write_file
 from dicom_node.net.header import read_header
 from dicom_node.net.ingest import check_pixel_data
 from tests.peers.dicomfiles import REAL, require
@@ -17,13 +17,19 @@ from tests.peers.dicomfiles import REAL, require
 TRANSFER_SYNTAXES = REAL / "ct_chest_slice_transfer_syntaxes"
 
 
+def write_instance_file(path: Path, payload: bytes) -> int:
+    """``write_file`` from a block-aligned buffer, as the materializer's journal reads give it."""
+    with InstanceBuffer.from_bytes(payload).view() as data:
+        return write_file(path, data)
+
+
 @pytest.mark.parametrize("size", [5, BLOCK, 3 * BLOCK, 3 * BLOCK + 1])
 def test_instance_file_of_any_length_replaces_the_old_one(tmp_path: Path, size: int) -> None:
     """Whole blocks unbuffered, a partial last block through the page cache; the rename replaces."""
     path = tmp_path / "a" / "b" / "x.dcm"
-    assert write_instance_file(path, InstanceBuffer.from_bytes(os.urandom(5 * BLOCK))) == 5 * BLOCK
+    assert write_instance_file(path, os.urandom(5 * BLOCK)) == 5 * BLOCK
     payload = os.urandom(size)
-    assert write_instance_file(path, InstanceBuffer.from_bytes(payload)) == size
+    assert write_instance_file(path, payload) == size
     assert path.read_bytes() == payload
     assert [p.name for p in path.parent.iterdir()] == ["x.dcm"]
 
@@ -79,7 +85,7 @@ def test_instance_file_has_exactly_the_bytes(tmp_path: Path, folder: Path | None
     path = base / f"dicom-node-test-{os.getpid()}" / "x.dcm"
     payload = os.urandom(BLOCK * 2 + 5)
     try:
-        assert write_instance_file(path, InstanceBuffer.from_bytes(payload)) == len(payload)
+        assert write_instance_file(path, payload) == len(payload)
         assert path.read_bytes() == payload
         assert [p.name for p in path.parent.iterdir()] == ["x.dcm"]  # no temporary left behind
     finally:
