@@ -1,7 +1,8 @@
 """One pipeline on one study in a fresh process: ``python -m benchmarks.infer_child NAME DEVICE FOLDER``.
 
-Prints one JSON line (load and run seconds, memory high-water marks, the findings' summary); the parent
-reads this process's own peak RSS from ``os.wait4``.
+Prints one JSON line (load and run seconds, memory high-water marks, the findings' summary). The peak
+RSS is this address space's ``VmHWM`` at the end, read here: the parent's ``os.wait4`` would report at
+least the parent's own peak, which Linux carries over into a child's ``ru_maxrss`` at ``exec``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main(argv: list[str]) -> int:
                 "run_s": run_s,
                 "baseline_rss_mb": baseline_mb,
                 "after_load_rss_mb": loaded_mb,
+                "peak_rss_mb": _vm_hwm_mb(),
                 "gpu_peak_mb": gpu_peak_mb,
                 "torch_threads": threads,
                 "version": pipeline.version,

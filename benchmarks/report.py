@@ -247,7 +247,7 @@ def _inference_md(runs: list[InferenceRun]) -> list[str]:
         "",
         "Each registered pipeline that accepts the CT series, in a fresh process per (pipeline, study, "
         "device): `create(name).load(paths)` then `.run(volume, device)`. Peak RSS is that process's "
-        "`ru_maxrss` (os.wait4), interpreter and imports included (baseline = before loading).",
+        "own high-water mark (`VmHWM`), interpreter and imports included (baseline = before loading).",
         "",
     ]
     rows = []

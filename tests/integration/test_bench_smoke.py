@@ -49,3 +49,21 @@ def test_scale_runs_real_workers_on_postgres() -> None:
     wait = next(r for r in runs if r.pipeline == "bench_wait100")
     assert wait.seconds >= 0.3  # three jobs of 100 ms each on one worker cannot overlap
     assert all(r.jobs_per_s > 0 for r in runs)
+
+
+@pytest.mark.slow
+def test_inference_peak_rss_is_the_childs_own_not_this_processs() -> None:
+    import numpy as np
+
+    from benchmarks.inference import run_one
+
+    def vm_hwm_mb() -> float:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+    folder = require(CT_LIDC_SLAB) / "dicom"
+    ballast = np.ones(1 << 27)  # 1 GiB, resident: os.wait4 would report at least this for any child
+    run = run_one("ct_lung_field", "cpu", "slab", folder, 12)
+    assert run.error == "" and run.run_s > 0
+    assert run.baseline_rss_mb <= run.peak_rss_mb < vm_hwm_mb() - 512
+    del ballast
