@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 
-def _vm_hwm_mb() -> float:
+def vm_hwm_mb() -> float:
+    """This process's peak resident memory (``VmHWM``) in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -32,11 +33,11 @@ def main(argv: list[str]) -> int:
     if reason is not None:
         print(json.dumps({"not_applicable": reason}))
         return 0
-    baseline_mb = _vm_hwm_mb()
+    baseline_mb = vm_hwm_mb()
     t = time.perf_counter()
     volume = pipeline.load(files)
     load_s = time.perf_counter() - t
-    loaded_mb = _vm_hwm_mb()
+    loaded_mb = vm_hwm_mb()
     gpu_peak_mb = None
     if device == "cuda":
         import torch
@@ -63,7 +64,7 @@ def main(argv: list[str]) -> int:
                 "run_s": run_s,
                 "baseline_rss_mb": baseline_mb,
                 "after_load_rss_mb": loaded_mb,
-                "peak_rss_mb": _vm_hwm_mb(),
+                "peak_rss_mb": vm_hwm_mb(),
                 "gpu_peak_mb": gpu_peak_mb,
                 "torch_threads": threads,
                 "version": pipeline.version,

@@ -96,15 +96,14 @@ def run_one(pipeline: str, device: str, study: str, folder: Path, slices: int) -
             stderr=stderr,
             start_new_session=True,
         )
-        status = _wait(proc, CHILD_TIMEOUT_S)
+        code = _wait(proc, CHILD_TIMEOUT_S)
         out.wall_s = time.perf_counter() - t0
         stdout.seek(0)
         stderr.seek(0)
         text, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-    if status is None:
+    if code is None:
         out.error = f"timed out after {CHILD_TIMEOUT_S:.0f} s"
         return out
-    code = os.waitstatus_to_exitcode(status)
     if code != 0:
         lines = [line for line in err.strip().splitlines() if line.strip()]
         out.error = lines[-1][:300] if lines else f"exit {code}"
@@ -139,22 +138,16 @@ def run_one(pipeline: str, device: str, study: str, folder: Path, slices: int) -
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
-    """Reap ``proc`` and return its wait status; kill its group and return None after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status = os.waitpid(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return status
-        if time.monotonic() > deadline:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(proc.pid, 0)
-            proc.returncode = -9
-            return None
-        time.sleep(0.05)
+    """``proc``'s exit code; after ``timeout`` seconds its group is killed and None returned."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        return None
 
 
 def run_inference(studies: list[tuple[str, Path, int]], only: list[str] | None = None) -> list[InferenceRun]:

@@ -55,11 +55,8 @@ def test_scale_runs_real_workers_on_postgres() -> None:
 def test_inference_peak_rss_is_the_childs_own_not_this_processs() -> None:
     import numpy as np
 
+    from benchmarks.infer_child import vm_hwm_mb
     from benchmarks.inference import run_one
-
-    def vm_hwm_mb() -> float:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
 
     folder = require(CT_LIDC_SLAB) / "dicom"
     ballast = np.ones(1 << 27)  # 1 GiB, resident: os.wait4 would report at least this for any child
