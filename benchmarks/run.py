@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="smoke run: 1 run per cell, a 48-slice study")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
-    p.add_argument("--runs", type=int, help="ingest runs per cell with 1 association (default 3; quick 1)")
+    p.add_argument("--runs", type=int, help="ingest runs per cell with 1 association (default 5; quick 1)")
     p.add_argument("--runs-multi", type=int, help="ingest runs per cell with 4 associations (default --runs)")
     p.add_argument("--e2e-runs", type=int, help="end-to-end runs of the 133-slice study (default 3; quick 1)")
     p.add_argument("--e2e-runs-large", type=int, default=1, help="end-to-end runs of the 500-slice study")
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
-    args.runs = args.runs or (1 if args.quick else 3)
+    args.runs = args.runs or (1 if args.quick else 5)  # a 500-image run lasts 0.3-1.2 s: 5 pairs steady the median
     args.e2e_runs = args.e2e_runs or (1 if args.quick else 3)
     args.out = args.out or (QUICK_OUT if args.quick else RESULTS)
     args.node_options = {}
@@ -84,8 +84,11 @@ class Studies:
         return chest_ct(48, 1.0, self.cache) if self.quick else chest_ct(500, 0.625, self.cache)
 
     def small(self) -> Study:
-        """133 slices (end to end); quick: the 48-slice study."""
-        return self.large() if self.quick else chest_ct(133, 2.5, self.cache)
+        """133 slices (end to end); quick: the 48-slice study. Seed 14 gives this study two nodules the
+        pipeline is meant to find (10.8 mm solid lobulated, 8.2 mm ground-glass spiculated), so the end
+        to end run encodes and delivers a SEG; seed 11's are 3.6 and 4.5 mm ground glass, below the
+        6 mm the detector is specified for."""
+        return self.large() if self.quick else chest_ct(133, 2.5, self.cache, seed=14)
 
     def e2e(self) -> list[Study]:
         return [self.large()] if self.quick else [self.small(), self.large()]

@@ -39,6 +39,7 @@ from dicom_node.findings import Category, Evaluation, Finding, Findings, Measure
 from dicom_node.imaging.ct import load_ct_series
 from dicom_node.imaging.series import normalize_hu, resample_inplane, resize_to, stack_25d
 from dicom_node.imaging.volume import Volume
+from dicom_node.nets.boosted import BoostedTrees
 from dicom_node.pipelines.base import register
 from dicom_node.pipelines.ct_lung_field import ct_applies_to, segment_lungs
 
@@ -222,18 +223,37 @@ DETECT_FEATURES = (
     "radial_cv",
     "fpr_logit",  # 1.3.0; 0 for a bundle without FPR3D
 )
-MALIGNANCY_FEATURES = (  # no HU level: that is composition, which the synthetic truth keeps independent
-    "malignancy_logit",
+# 1.6.0: boosted trees on every feature of the candidate except its size (1.2.0-1.5.0: a logistic model
+# on malignancy_logit, calcified_fraction, hu_std and the outline-shape features). Size stays out: in the
+# phantoms it is independent of the truth, unlike real nodules, and leaving it out cost nothing on
+# validation. The HU level is in: the synthetic truth keeps composition independent of malignancy, but
+# an outline feature reads differently on ground glass, and trees can use that.
+MALIGNANCY_TREE_FEATURES = (
+    "air_shell",
     "calcified_fraction",
+    "circularity_hu",
+    "elongation",
+    "fpr_logit",
+    "hu_mean",
+    "hu_p90",
     "hu_std",
-    "radial_cv",
-    "solidity_2d",
-    "radial_iqr",
+    "malignancy_logit",
+    "nodule_logit",
     "notch_fraction",
-    "radial_iqr_hu",
     "notch_fraction_hu",
+    "pleural",
+    "prob_max",
+    "prob_mean",
+    "radial_cv",
+    "radial_cv_hu",
+    "radial_iqr",
+    "radial_iqr_hu",
+    "shell_dense",
+    "solidity_2d",
+    "solidity_2d_hu",
     "spicule_fraction",
 )
+NETWORK_FEATURES = ("nodule_logit", "malignancy_logit", "diameter_net", "fpr_logit")  # not from candidate_features
 
 
 def _solidity_and_radial(mask2d: np.ndarray) -> tuple[float, float, float]:
@@ -428,6 +448,17 @@ class Calibrator:
         )
 
 
+ScoreModel = Calibrator | BoostedTrees  # what a bundle's "calibrators" entries load as
+
+
+def calibrator_from_json(d: dict[str, Any]) -> ScoreModel:
+    """A bundle's calibrator entry: boosted trees (``"kind": "boosted_trees"``) or a logistic / linear
+    :class:`Calibrator`."""
+    if d.get("kind") == BoostedTrees.kind:
+        return BoostedTrees.from_json(d)
+    return Calibrator.from_json(d)
+
+
 class NoduleModel:
     """The networks plus the numeric steps, on arrays (no DICOM): used by the pipeline and by evaluation."""
 
@@ -441,9 +472,9 @@ class NoduleModel:
         batch: int = 16,
         nodule_weight: float = 0.5,
         grow_threshold: float | None = None,
-        detector: Calibrator | None = None,
-        malignancy: Calibrator | None = None,
-        diameter: Calibrator | None = None,
+        detector: ScoreModel | None = None,
+        malignancy: ScoreModel | None = None,
+        diameter: ScoreModel | None = None,
         hu_refine: float | None = None,
         fpr3d: Any | None = None,
         screen_logit: float = SCREEN_LOGIT,
@@ -804,9 +835,9 @@ def load_model(bundle: str | Path | None, device: str) -> tuple[NoduleModel, str
         nodule_weight=float(cfg.get("nodule_weight", 0.5)),
         grow_threshold=float(cfg["grow_threshold"]) if "grow_threshold" in cfg else None,
         hu_refine=float(cfg["hu_refine"]) if cfg.get("hu_refine") else None,
-        detector=Calibrator.from_json(cal["detection"]) if "detection" in cal else None,
-        malignancy=Calibrator.from_json(cal["malignancy"]) if "malignancy" in cal else None,
-        diameter=Calibrator.from_json(cal["diameter"]) if "diameter" in cal else None,
+        detector=calibrator_from_json(cal["detection"]) if "detection" in cal else None,
+        malignancy=calibrator_from_json(cal["malignancy"]) if "malignancy" in cal else None,
+        diameter=calibrator_from_json(cal["diameter"]) if "diameter" in cal else None,
         fpr3d=fpr3d_verifier(b.networks, bool(cfg.get("fpr3d_flips", False))),
         screen_logit=float(cfg.get("fpr3d_screen_logit", SCREEN_LOGIT)),
         faint_levels=(float(faint[0]), float(faint[1])) if faint else None,

@@ -7,11 +7,14 @@ import json
 import numpy as np
 
 from dicom_node.imaging.series import normalize_hu
+from dicom_node.nets.boosted import BoostedTrees
 from dicom_node.pipelines.ct_lung_nodule import (
     DETECT_FEATURES,
-    MALIGNANCY_FEATURES,
+    MALIGNANCY_TREE_FEATURES,
+    NETWORK_FEATURES,
     Calibrator,
     NoduleModel,
+    calibrator_from_json,
     candidate_features,
 )
 from dicom_node.training.ct_lung_nodule import fit_linear, fit_logistic
@@ -55,7 +58,7 @@ def test_candidate_features_separate_a_ball_from_a_tube() -> None:
     assert f_ball["solidity_2d"] > 0.85 and f_ball["radial_cv"] < 0.2
     assert abs(f_ball["long_axis_mm"] - 11.0) <= 1.5
     assert set(DETECT_FEATURES) - {"nodule_logit", "fpr_logit"} <= set(f_ball)
-    assert set(MALIGNANCY_FEATURES) - {"malignancy_logit"} <= set(f_ball)
+    assert set(MALIGNANCY_TREE_FEATURES) - set(NETWORK_FEATURES) <= set(f_ball)
 
 
 def test_logistic_calibrator_round_trips_through_json() -> None:
@@ -87,3 +90,34 @@ def test_hu_refinement_follows_the_half_level_outline() -> None:
     (c,) = cands
     assert (c.mask == truth).all()
     assert c.key_slice == 6 and c.center == (6, 24, 24)
+
+
+def test_malignancy_trees_learn_from_the_extra_rows_too() -> None:
+    from dicom_node.training.ct_lung_nodule import fit_calibrators
+
+    rng = np.random.default_rng(4)
+
+    def row(truth: int, malignant: int) -> dict[str, object]:
+        feats = {f: float(rng.normal()) for f in (*DETECT_FEATURES, *MALIGNANCY_TREE_FEATURES)}
+        feats["notch_fraction_hu"] = float(malignant) + 0.3 * float(rng.normal())
+        return {"truth": truth, "malignant": malignant, "diameter": 8.0, "features": feats}
+
+    rows = [row(0, -1) for _ in range(30)] + [row(1, 0) for _ in range(30)]  # only benign nodules
+    extra = [row(1, int(i % 2)) for i in range(200)]
+    assert "malignancy" not in fit_calibrators(rows)
+    cal = fit_calibrators(rows, malignancy_rows=extra)
+    assert cal["detection"]["kind"] == "logistic" and cal["diameter"]["kind"] == "linear"
+    trees = calibrator_from_json(json.loads(json.dumps(cal["malignancy"])))
+    assert isinstance(trees, BoostedTrees) and trees.features == MALIGNANCY_TREE_FEATURES
+    notched, smooth = dict(extra[0]["features"]), dict(extra[0]["features"])  # type: ignore[call-overload]
+    notched["notch_fraction_hu"], smooth["notch_fraction_hu"] = 1.0, 0.0
+    assert trees(notched) > 0.7 > 0.3 > trees(smooth)
+
+
+def test_the_shipped_bundle_grades_malignancy_with_trees_on_the_named_features() -> None:
+    from dicom_node.pipelines.ct_lung_nodule import DEFAULT_BUNDLE
+
+    meta = json.loads((DEFAULT_BUNDLE / "configs" / "metadata.json").read_text())
+    trees = calibrator_from_json(meta["inference"]["calibrators"]["malignancy"])
+    assert isinstance(trees, BoostedTrees) and trees.features == MALIGNANCY_TREE_FEATURES
+    assert meta["inference"]["calibration"]["malignancy_nodule_candidates"] >= 1000
