@@ -156,5 +156,5 @@ class Findings:
         counts: dict[str, int] = {}
         for f in self.findings:
             counts[f.category.value] = counts.get(f.category.value, 0) + 1
-        parts = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
+        parts = ", ".join(f"{n} {c}{'' if n == 1 else 's'}" for c, n in sorted(counts.items()))
         return f"{self.pipeline} {self.version}: {parts}"

@@ -206,3 +206,10 @@ def test_rib_has_no_lung_site_and_nodule_has_laterality(ct: Volume) -> None:
     assert [g.finding_type.meaning for g in groups] == ["Nodule", "Nodule", "Rib"]
     assert groups[0].finding_sites[0].laterality.value == "24028007"  # right
     assert groups[2].finding_sites == []
+
+
+def test_summary_counts_findings_per_category(ct: Volume) -> None:
+    findings = two_findings(ct)
+    findings.findings.append(Finding("lung", np.zeros(ct.shape, dtype=bool)))
+    assert findings.summary() == "toy 1.0: 1 lung, 2 nodules"
+    assert Findings("toy", "1.0", []).summary() == "toy 1.0: no findings"
