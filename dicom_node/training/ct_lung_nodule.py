@@ -1285,7 +1285,7 @@ def calibrate(
         "nodule_candidates": sum(1 for r in rows if r["truth"] > 0),
         "l2": l2,
         "malignancy_extra_sets": [list(t) for t in extra],
-        "malignancy_nodule_candidates": sum(1 for r in rows + extra_rows if r["truth"] > 0),
+        "malignancy_nodule_candidates": sum(1 for r in rows + extra_rows if r["truth"] > 0 and r["malignant"] >= 0),
         "malignancy_trees": dict(MALIGNANCY_TREES),
     }
     meta["inference"] = inference
