@@ -57,7 +57,10 @@ class BoostedTrees:
             "depth": self.depth,
             "base": round(float(self.base), 6),
             "split_feature": self.split_feature.astype(int).tolist(),
-            "split_threshold": [[round(float(v), 6) for v in row] for row in self.split_threshold],
+            # a node that does not split sends every row left: threshold +inf, stored as null (strict JSON)
+            "split_threshold": [
+                [round(float(v), 6) if np.isfinite(v) else None for v in row] for row in self.split_threshold
+            ],
             "leaf": [[round(float(v), 6) for v in row] for row in self.leaf],
         }
 
@@ -69,7 +72,9 @@ class BoostedTrees:
             depth=depth,
             base=float(d["base"]),
             split_feature=np.asarray(d["split_feature"], dtype=int).reshape(-1, 2**depth - 1),
-            split_threshold=np.asarray(d["split_threshold"], dtype=float).reshape(-1, 2**depth - 1),
+            split_threshold=np.asarray(
+                [[np.inf if v is None else v for v in row] for row in d["split_threshold"]], dtype=float
+            ).reshape(-1, 2**depth - 1),
             leaf=np.asarray(d["leaf"], dtype=float).reshape(-1, 2**depth),
         )
         if len(model.split_feature) != len(model.leaf) or len(model.split_threshold) != len(model.leaf):

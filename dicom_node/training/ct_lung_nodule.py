@@ -1289,7 +1289,7 @@ def calibrate(
         "malignancy_trees": dict(MALIGNANCY_TREES),
     }
     meta["inference"] = inference
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    meta_path.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
     return inference
 
 

@@ -52,6 +52,8 @@ def test_a_node_without_a_valid_split_sends_every_row_left() -> None:
     y = np.r_[np.ones(10), np.zeros(20)]
     model = fit_boosted_trees(x, y, ("constant",), trees=3, min_leaf=5)
     assert np.isinf(model.split_threshold).all()
+    text = json.dumps(model.to_json(), allow_nan=False)  # strict JSON: the +inf thresholds are stored as null
+    assert np.isinf(BoostedTrees.from_json(json.loads(text)).split_threshold).all()
     assert np.allclose(model.logit(x), model.logit(x)[0])  # one value for all rows: the prior, shrunk toward it
 
 
