@@ -236,10 +236,9 @@ def _e2e_md(runs: list[E2ERun], notes: list[str]) -> list[str]:
                 f"- Target for {slices} slices: <= {target:g} s including the 5 s quiet period: "
                 f"**{value:.1f} s**, {'met' if value <= target else 'NOT met'}."
             ]
-    for (_study, _pipeline), items in groups.items():
         found = "; ".join(sorted({r.summary for r in items}))
         stored = ", ".join(sorted({o for r in items for o in r.objects}))
-        lines += [f"- Findings, {items[0].slices} slices: {found} (stored in Orthanc: {stored or 'nothing'})."]
+        lines += [f"- Findings, {slices} slices: {found} (stored in Orthanc: {stored or 'nothing'})."]
     lines += [""]
     return lines
 

@@ -253,7 +253,6 @@ MALIGNANCY_TREE_FEATURES = (
     "solidity_2d_hu",
     "spicule_fraction",
 )
-NETWORK_FEATURES = ("nodule_logit", "malignancy_logit", "diameter_net", "fpr_logit")  # not from candidate_features
 
 
 def _solidity_and_radial(mask2d: np.ndarray) -> tuple[float, float, float]:

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from dicom_node.imaging.series import stack_25d
+from dicom_node.nets.boosted import BoostedTrees
 from dicom_node.pipelines.ct_lung_nodule import (
     COMPOSITIONS,
     FAINT_MIN_LOGIT,
@@ -762,7 +763,7 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
 
 def _malignancy_line(mal: dict[str, Any], info: dict[str, Any]) -> str:
     names = ", ".join(mal.get("features", []))
-    if mal.get("kind") != "boosted_trees":
+    if mal.get("kind") != BoostedTrees.kind:
         return (
             "- malignancy probability = a logistic model on Res-MTNet's malignancy logit and shape/HU features "
             f"of the mask and of an HU-defined outline: {names};"
@@ -1249,8 +1250,7 @@ def calibrate(
     block. Without ``cases``, the cases of ``sets`` (default :data:`CALIBRATION_SETS`) are generated;
     with them, ``sets`` only names, for the metadata, the sets they were generated from. The malignancy
     trees also learn from the nodule candidates of ``malignancy_sets`` (default, without ``cases``:
-    :data:`MALIGNANCY_EXTRA_SETS`; with them: none). Cases are generated one set at a time (a set of 68
-    is about 3 GB)."""
+    :data:`MALIGNANCY_EXTRA_SETS`; with them: none)."""
     bundle_dir = Path(bundle_dir)
     device = _device()
     model, _ = load_model(bundle_dir, device)
@@ -1260,17 +1260,11 @@ def calibrate(
     if cases is None:
         sets = CALIBRATION_SETS if sets is None else sets
         extra = MALIGNANCY_EXTRA_SETS if malignancy_sets is None else malignancy_sets
-        rows, n_cases = [], 0
-        for one in sets:
-            set_cases = calibration_cases((one,))
-            rows += candidate_table(set_cases, model, progress)
-            n_cases += len(set_cases)
+        rows, n_cases = _set_tables(sets, model, progress)
     else:
         extra = malignancy_sets or ()
         rows, n_cases = candidate_table(cases, model, progress), len(cases)
-    extra_rows: list[dict[str, Any]] = []
-    for one in extra:
-        extra_rows += candidate_table(calibration_cases((one,)), model, progress)
+    extra_rows, _ = _set_tables(extra, model, progress)
     meta_path = bundle_dir / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
     inference = dict(meta.get("inference", {}))
@@ -1291,6 +1285,20 @@ def calibrate(
     meta["inference"] = inference
     meta_path.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
     return inference
+
+
+def _set_tables(
+    sets: Sequence[tuple[int, int, int]], model: NoduleModel, progress: bool
+) -> tuple[list[dict[str, Any]], int]:
+    """The :func:`candidate_table` rows of the calibration cases of ``sets`` and the number of cases,
+    generated one set at a time (a set of 68 cases is about 3 GB)."""
+    rows: list[dict[str, Any]] = []
+    n_cases = 0
+    for one in sets:
+        set_cases = calibration_cases((one,))
+        rows += candidate_table(set_cases, model, progress)
+        n_cases += len(set_cases)
+    return rows, n_cases
 
 
 def finetune_unet(
