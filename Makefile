@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test test-unit test-fast lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,19 @@ install: $(STAMP)
 demo: install
 	$(PY) -m dicom_node.demo
 
+# What CI runs: lint, types and every test (PostgreSQL required when CI is set).
 test: install
 	$(VENV)/bin/ruff check dicom_node tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
+
+# Pure unit tests: no network peers, no database server, no training; under a minute.
+test-unit: install
+	$(VENV)/bin/pytest -q tests/unit -m "not slow and not postgres"
+
+# Everything but the slow tests (trainings, full pipelines, end-to-end runs).
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check dicom_node tests benchmarks

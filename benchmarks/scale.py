@@ -105,8 +105,8 @@ def run_scale(
 def _run_cell(
     root: Path, url: str, sample: Path, n: int, counts: dict[str, int], groups: list[Group]
 ) -> list[ScaleRun]:
-    from dicom_node.config import load_config
     from dicom_node.db import connect, instances, jobs
+    from dicom_node.intake.routing_check import load_checked_config
     from dicom_node.queue import JobQueue
 
     storage = root / "storage"
@@ -114,7 +114,7 @@ def _run_cell(
     shutil.copy(sample, storage / "instances" / "sample.dcm")
     config_path = root / "node.toml"
     config_path.write_text(_config_text(storage, url))
-    config = load_config(config_path)
+    config = load_checked_config(config_path)
     engine = connect(url)  # migrates the schema before any worker starts
     try:
         for i in range(n):

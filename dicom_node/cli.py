@@ -26,9 +26,16 @@ def _config_path(arg: str | None) -> Path:
     raise ConfigError("no config file: pass --config, set DICOM_NODE_CONFIG, or run `dicom-node init node.toml`")
 
 
-def _load(args: argparse.Namespace) -> tuple[NodeConfig, Path]:
+def _load(args: argparse.Namespace, *, check_routes: bool = True) -> tuple[NodeConfig, Path]:
+    """The config for a command; ``check_routes`` also checks route match keys and pipelines against the
+    router and the pipeline registry (which imports every pipeline): needed by the commands that route
+    or run pipelines, not by those that only read the database or send files."""
     path = _config_path(args.config)
-    return load_config(path), path
+    if not check_routes:
+        return load_config(path), path
+    from dicom_node.intake.routing_check import load_checked_config
+
+    return load_checked_config(path), path
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -111,7 +118,7 @@ def cmd_route_test(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from dicom_node.admin import status_report
 
-    config, _ = _load(args)
+    config, _ = _load(args, check_routes=False)
     report = status_report(config)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -125,7 +132,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from dicom_node import admin
 
-    config, _ = _load(args)
+    config, _ = _load(args, check_routes=False)
     if args.action == "list":
         for line in admin.list_jobs(config, state=args.state, limit=args.limit):
             print(line)
@@ -144,7 +151,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     from dicom_node.net.scu import SendError, send_files
 
     if args.to:
-        config, _ = _load(args)
+        config, _ = _load(args, check_routes=False)
         dest = config.destination(args.to)
         host, port, aet = dest.host, dest.port, dest.ae_title
         calling = config.node.ae_title
@@ -230,12 +237,17 @@ TRAINABLE = {
     "ct-lung-nodule": ("dicom_node.training.ct_lung_nodule", "models/ct_lung_nodule"),
     "us-lung": ("dicom_node.training.us_lung", "models/us_lung"),
 }
+# Models whose training needs --out: it never writes into the shipped bundle unless that path is named.
+TRAIN_NEEDS_OUT = {"ct-lung-nodule"}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import importlib
 
     module_name, default_dir = TRAINABLE[args.model]
+    if args.out is None and args.model in TRAIN_NEEDS_OUT:
+        print(f"error: train {args.model} needs --out DIR (the shipped bundle is {default_dir})", file=sys.stderr)
+        return 2
     module = importlib.import_module(module_name)
     out = Path(args.out or default_dir)
     metrics = module.train(out, seed=args.seed, quick=args.quick, progress=not args.quiet)
@@ -247,9 +259,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import importlib
 
     module_name, default_dir = TRAINABLE[args.model]
+    if args.real is not None:
+        return _evaluate_real(args, default_dir)
     module = importlib.import_module(module_name)
     metrics = module.evaluate(Path(args.bundle or default_dir), seed=args.seed)
     print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+def _evaluate_real(args: argparse.Namespace, default_dir: str | Path) -> int:
+    """``evaluate ct-lung-nodule --real [DIR]``: the pipeline on every real chest CT in DIR, one line per scan."""
+    if args.model != "ct-lung-nodule":
+        print(f"error: --real is available for ct-lung-nodule only, not {args.model}", file=sys.stderr)
+        return 2
+    from dicom_node.pipelines.ct_lung_nodule import CtLungNodule
+    from dicom_node.training.ct_lung_nodule.data import REAL_DIR
+    from dicom_node.training.ct_lung_nodule.real import evaluate_real_scans
+
+    real_dir = Path(args.real) if args.real else REAL_DIR
+    if not real_dir.is_dir():
+        print(f"error: no real data folder at {real_dir}", file=sys.stderr)
+        return 2
+    pipeline = CtLungNodule(bundle=str(args.bundle or default_dir))
+    results = evaluate_real_scans(pipeline, real_dir, png_dir=Path(args.png) if args.png else None)
+    for name, e in results.items():
+        if e.get("not_applicable"):
+            print(f"{name}: not applicable ({e['not_applicable']})")
+            continue
+        overlap = f", Dice {e['dice']}" if "dice" in e else ""
+        print(
+            f"{name}: lesion {'found' if e['lesion_found'] else 'MISSED'}{overlap}, "
+            f"{e['false_positives']} false positive(s), {e['nodules_outside_lung']} nodule(s) outside the lungs, "
+            f"{e['seconds']} s"
+        )
+    print(json.dumps(results, indent=2, default=str))
     return 0
 
 
@@ -313,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a shipped model and write its bundle")
     p.add_argument("model", choices=sorted(TRAINABLE))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="bundle folder (default models/<name>)")
+    p.add_argument("--out", help="bundle folder (default models/<name>; required for ct-lung-nodule)")
     p.add_argument("--quick", action="store_true", help="a tiny run, for smoke tests")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -322,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", choices=sorted(TRAINABLE))
     p.add_argument("--bundle", help="bundle folder (default models/<name>)")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument(
+        "--real",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="ct-lung-nodule: run the pipeline on the real chest CT in DIR (default ../shared/data/real) instead",
+    )
+    p.add_argument("--png", metavar="DIR", help="with --real: one PNG per scan, each finding's key slice")
     p.set_defaults(func=cmd_evaluate)
     return parser
 

@@ -2,6 +2,10 @@
 
 Every default lives here and nowhere else. ``load_config(path)`` returns a validated :class:`NodeConfig`;
 any problem raises :class:`ConfigError` whose message starts with ``file:line:``.
+
+This module imports nothing else of the package: what needs the router's grammar or the pipeline
+registry (route ``match`` keys, pipeline names and options) is checked by
+:mod:`dicom_node.intake.routing_check`, whose ``load_checked_config`` is what the node's commands use.
 """
 
 from __future__ import annotations
@@ -141,16 +145,10 @@ class Route(_Model):
 
     @field_validator("match")
     @classmethod
-    def _known_keys(cls, value: dict[str, Any]) -> dict[str, MatchValue]:
-        from dicom_node.intake.rules import check_match  # the grammar lives with the router
-
-        coerced = {key: _match_value(key, spec) for key, spec in value.items()}
-        for key, spec in coerced.items():
-            try:
-                check_match(key, spec)
-            except ValueError as exc:
-                raise ValueError(f"match key '{key}': {exc}") from None
-        return coerced
+    def _coerce_match(cls, value: dict[str, Any]) -> dict[str, MatchValue]:
+        # The keys and patterns are checked against the router's grammar by
+        # dicom_node.intake.routing_check, which loads configs for use.
+        return {key: _match_value(key, spec) for key, spec in value.items()}
 
 
 class IntakeSection(_Model):
@@ -183,30 +181,20 @@ class NodeConfig(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> NodeConfig:
-        from dicom_node.pipelines import available
-        from dicom_node.pipelines.base import check_options
-
+        # Pipeline names and options are checked against the registry by dicom_node.intake.routing_check.
         names = [d.name for d in self.destinations]
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise ValueError(f"destinations[{i}]: duplicate destination name {name!r}")
-        known = set(available())
         for i, route in enumerate(self.routes):
             for dest in route.destinations:
                 if dest not in names:
                     raise ValueError(f"routes[{i}]: unknown destination {dest!r} (known: {', '.join(names)})")
-            for pipeline in route.pipelines:
-                if pipeline not in known:
-                    raise ValueError(f"routes[{i}]: unknown pipeline {pipeline!r} (known: {', '.join(sorted(known))})")
             for pipeline, options in route.options.items():
                 if pipeline not in route.pipelines or not isinstance(options, dict):
                     raise ValueError(
                         f"routes[{i}]: options must be a table per pipeline of the route, got {pipeline!r}"
                     )
-                try:
-                    check_options(pipeline, options)
-                except ValueError as exc:
-                    raise ValueError(f"routes[{i}]: {exc}") from None
         return self
 
     def destination(self, name: str) -> Destination:
@@ -225,11 +213,15 @@ class NodeConfig(_Model):
 def load_config(path: str | Path) -> NodeConfig:
     """Read and validate a config file; storage paths are resolved relative to the file."""
     path = Path(path)
+    return parse_config(read_config_text(path), path)
+
+
+def read_config_text(path: Path) -> str:
+    """The config file's text; a :class:`ConfigError` naming the file when it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-    return parse_config(text, path)
 
 
 def parse_config(text: str, path: Path = Path("<config>")) -> NodeConfig:
@@ -248,11 +240,19 @@ def parse_config(text: str, path: Path = Path("<config>")) -> NodeConfig:
     except ValidationError as exc:
         err: dict[str, Any] = dict(exc.errors()[0])
         loc = _loc_from_message(err)
-        line = locate(text, loc)
-        where = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{path}:{line}: {where}: {msg}{more}") from None
+        raise config_error(text, path, loc, msg, more=exc.error_count() - 1) from None
+
+
+def config_error(text: str, path: Path, loc: tuple[str | int, ...], msg: str, *, more: int = 0) -> ConfigError:
+    """The error for a problem at config path ``loc``: ``path:line: routes.1.match.Foo: msg``.
+
+    ``text`` is the file's text (to find the line); ``more`` counts further problems not shown.
+    """
+    line = locate(text, loc)
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    suffix = f" (and {more} more problem(s))" if more > 0 else ""
+    return ConfigError(f"{path}:{line}: {where}: {msg}{suffix}")
 
 
 def _loc_from_message(err: Any) -> tuple[str | int, ...]:

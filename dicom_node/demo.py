@@ -21,8 +21,9 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from sqlalchemy import select
 
-from dicom_node.config import NodeConfig, load_config
+from dicom_node.config import NodeConfig
 from dicom_node.db import deliveries, jobs
+from dicom_node.intake.routing_check import load_checked_config
 from dicom_node.net.scu import send_files
 from dicom_node.net.sockets import set_nodelay
 from dicom_node.serve import Node, setup_logging
@@ -66,7 +67,7 @@ class DemoPacs:
 
 def demo_config(out: Path, pacs: DemoPacs) -> NodeConfig:
     """The example config, pointed at demo-out/ and at the demo PACS, on a free port."""
-    example = load_config(REPO / "config" / "node.example.toml")
+    example = load_checked_config(REPO / "config" / "node.example.toml")
     node = example.node.model_copy(update={"storage": out / "storage", "port": 0, "host": "127.0.0.1"})
     pacs_dest = example.destinations[0].model_copy(
         update={

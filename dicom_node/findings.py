@@ -18,6 +18,7 @@ class Category(StrEnum):
 
     LUNG = "lung"
     NODULE = "nodule"
+    MASS = "mass"  # a lung lesion of 30 mm or more (Fleischner glossary): reported whole, never as a nodule
     RIB = "rib"
     PLEURAL_LINE = "pleural_line"
     B_LINE = "b_line"

@@ -2,10 +2,10 @@
 
 pynetdicom spends most of its per-message time in general-purpose encoding of tiny command sets and
 file meta; this acceptor parses exactly what a storage SCP needs by hand. Data set fragments are read
-from the socket straight into the instance's page-aligned :class:`~dicom_node.buffers.InstanceBuffer`,
+from the socket straight into the instance's page-aligned :class:`~dicom_node.ingest.buffers.InstanceBuffer`,
 after the file meta built from the command: the bytes the peer sent, never re-encoded and never copied
 again on their way to the journal and the store. The buffer goes to the same
-:class:`~dicom_node.net.ingest.Ingestor` as the pynetdicom receiver's bytes. Association policy,
+:class:`~dicom_node.ingest.ingestor.Ingestor` as the pynetdicom receiver's bytes. Association policy,
 A-ASSOCIATE-RJ reasons and status codes are the same too. One thread per association; TCP_NODELAY on
 every socket; the maximum PDU we accept is unlimited.
 """
@@ -20,11 +20,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from dicom_node.buffers import InstanceBuffer
 from dicom_node.config import NodeConfig
 from dicom_node.db.engine import log_event
+from dicom_node.ingest.buffers import InstanceBuffer
+from dicom_node.ingest.ingestor import Ingestor
 from dicom_node.net import dimse, ul
-from dicom_node.net.ingest import Ingestor
 from dicom_node.net.policy import AssociationPolicy
 from dicom_node.store import Store
 
@@ -207,7 +207,7 @@ class _Association:
         return grown
 
     def _read_pdu_header(self) -> tuple[int, int]:
-        pdu_type, _, length = struct.unpack(">BBI", self._recv_exact(6))
+        pdu_type, _, length = ul.PDU_HEADER.unpack(self._recv_exact(ul.PDU_HEADER.size))
         if length > MAX_PDU_BODY:
             raise ul.ProtocolError(f"PDU of {length} bytes")
         return pdu_type, length
@@ -225,7 +225,7 @@ class _Association:
     # -- association establishment --------------------------------------------------------------------
     def _negotiate(self, others: int) -> bool:
         pdu_type, body = self._read_pdu()
-        if pdu_type != ul.ASSOCIATE_RQ:
+        if pdu_type != ul.A_ASSOCIATE_RQ:
             raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
         request = ul.parse_associate_rq(bytes(body))
         self.calling_ae, self.called_ae = request.calling_ae, request.called_ae
@@ -264,25 +264,28 @@ class _Association:
         parsed: dict[int, int | str] | None = None
         data: InstanceBuffer | None = None
         context_id = 0
+        # Protocol constants as locals: this loop runs once per PDV.
+        pdv_header, command_fragment, last_fragment = ul.PDV_HEADER.size, ul.PDV_COMMAND, ul.PDV_LAST
         while True:
             pdu_type, length = self._read_pdu_header()
             if pdu_type != ul.P_DATA_TF:
                 self._recv_exact(length)
-                if pdu_type == ul.RELEASE_RQ:
+                if pdu_type == ul.A_RELEASE_RQ:
                     self.conn.sendall(ul.build_release_rp())
                     return
-                if pdu_type == ul.ABORT:
+                if pdu_type == ul.A_ABORT_RQ:
                     log.info("association from %s aborted by the peer", self.address)
                     return
                 raise ul.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X} during the association")
             while length:
-                size, ctx_id, control = ul.parse_pdv_header(self._recv_exact(6) if length >= 6 else b"", length)
-                length -= 6 + size
+                head = self._recv_exact(pdv_header) if length >= pdv_header else b""
+                size, ctx_id, control = ul.parse_pdv_header(head, length)
+                length -= pdv_header + size
                 if ctx_id not in self.contexts:
                     raise ul.ProtocolError(f"PDV on presentation context {ctx_id}, which was not accepted")
-                if control & 0x01:  # command fragment
+                if control & command_fragment:
                     command.append(bytes(self._recv_exact(size)))
-                    if control & 0x02:
+                    if control & last_fragment:
                         parsed = dimse.decode_command(b"".join(command))
                         command, context_id = [], ctx_id
                         if parsed.get(dimse.DATA_SET_TYPE, dimse.NO_DATA_SET) == dimse.NO_DATA_SET:
@@ -294,7 +297,7 @@ class _Association:
                     if parsed is None or data is None:
                         raise ul.ProtocolError("data set fragment before its command")
                     data.recv(self.conn, size)
-                    if control & 0x02:
+                    if control & last_fragment:
                         self._dispatch(parsed, context_id, data)
                         parsed, data = None, None
 
@@ -319,12 +322,13 @@ class _Association:
         field = command.get(dimse.COMMAND_FIELD)
         message_id = int(command.get(dimse.MESSAGE_ID, 0))
         if field == dimse.C_ECHO_RQ:
-            response = dimse.encode_response(dimse.C_ECHO_RSP, message_id, 0x0000, VERIFICATION)
+            response = dimse.encode_response(dimse.C_ECHO_RSP, message_id, dimse.SUCCESS, VERIFICATION)
         elif field == dimse.C_STORE_RQ and data is not None:
             response = self._store(command, message_id, data)
         else:
-            # Unrecognised operation (0x0211) on an otherwise healthy association.
-            response = dimse.encode_response((int(field or 0) | 0x8000) & 0xFFFF, message_id, 0x0211)
+            # An unrecognized operation on an otherwise healthy association: answered, not aborted.
+            response_field = (int(field or 0) | dimse.RESPONSE) & 0xFFFF
+            response = dimse.encode_response(response_field, message_id, dimse.UNRECOGNIZED_OPERATION)
         self.conn.sendall(ul.build_p_data(context_id, True, True, response))
 
     def _store(self, command: dict[int, Any], message_id: int, data: InstanceBuffer) -> bytes:

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from dicom_node.config import NodeConfig
+from dicom_node.net import ul
 
 log = logging.getLogger(__name__)
 
-# (result, source, diagnostic) as PS3.8 Table 9-21 defines them
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognised
-REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE title not recognised
-REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, presentation, local limit exceeded
+# A-ASSOCIATE-RJ (result, source, reason/diagnostic) as PS3.8 Table 9-21 defines them
+REJECT_CALLING_AE = (ul.REJECTED_PERMANENT, ul.SOURCE_SERVICE_USER, ul.CALLING_AE_NOT_RECOGNIZED)
+REJECT_CALLED_AE = (ul.REJECTED_PERMANENT, ul.SOURCE_SERVICE_USER, ul.CALLED_AE_NOT_RECOGNIZED)
+REJECT_BUSY = (ul.REJECTED_TRANSIENT, ul.SOURCE_PROVIDER_PRESENTATION, ul.LOCAL_LIMIT_EXCEEDED)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The receiving SCP: C-ECHO and C-STORE for every storage SOP class and transfer syntax.
 
-The C-STORE handler is short (write, record, answer); the work is in :class:`~dicom_node.net.ingest.Ingestor`.
+The C-STORE handler is short (write, record, answer); the work is in :class:`~dicom_node.ingest.ingestor.Ingestor`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from sqlalchemy import Engine
 
 from dicom_node.config import NodeConfig
 from dicom_node.db.engine import log_event
-from dicom_node.net.ingest import Ingestor
+from dicom_node.ingest.ingestor import Ingestor
+from dicom_node.net.dimse import CANNOT_UNDERSTAND, SUCCESS
 from dicom_node.net.policy import AssociationPolicy
 from dicom_node.net.sockets import set_nodelay
 from dicom_node.store import Store
@@ -55,7 +56,7 @@ class Receiver:
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self._on_store),
         ]
         address = (self.config.node.host, self.config.node.port)
@@ -113,7 +114,7 @@ class Receiver:
                 level="WARNING",
                 calling_ae=assoc.requestor.ae_title.strip(),
             )
-            return 0xC000
+            return CANNOT_UNDERSTAND
         outcome = self.ingestor.keep(
             data,
             calling_ae=assoc.requestor.ae_title.strip(),

@@ -11,6 +11,7 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.presentation import build_context
 
+from dicom_node.net.dimse import STATUS_CLASS, SUCCESS, WARNING
 from dicom_node.net.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ class Sent:
 
     @property
     def ok(self) -> bool:
-        # 0x0000 success; 0xB000, 0xB007, 0xB006 are warnings that still mean "stored"
-        return self.status is not None and (self.status == 0 or self.status & 0xF000 == 0xB000)
+        # Success, or a warning (0xB000, 0xB007, 0xB006...) that still means "stored"
+        return self.status is not None and (self.status == SUCCESS or self.status & STATUS_CLASS == WARNING)
 
 
 def _contexts(paths: Sequence[Path]) -> list[tuple[str, str]]:

@@ -40,6 +40,7 @@ LOCAL_CODES: dict[str, Code] = {
 CATEGORY_CODES: dict[Category, tuple[Code, Code]] = {
     Category.LUNG: (ANATOMICAL_STRUCTURE, codes.SCT.Lung),
     Category.NODULE: (MORPHOLOGICALLY_ABNORMAL, codes.SCT.Nodule),
+    Category.MASS: (MORPHOLOGICALLY_ABNORMAL, codes.SCT.Mass),
     Category.RIB: (ANATOMICAL_STRUCTURE, codes.SCT.Rib),
     Category.PLEURAL_LINE: (ANATOMICAL_STRUCTURE, codes.SCT.Pleura),
     Category.B_LINE: (MORPHOLOGICALLY_ABNORMAL, LOCAL_CODES["b_line"]),

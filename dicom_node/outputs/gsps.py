@@ -40,9 +40,13 @@ def srgb_profile() -> bytes:
     return (files("highdicom") / "_icc_profiles" / "sRGB_v4_ICC_preference.icc").read_bytes()
 
 
-def build_gsps(findings: Findings, volume: Volume, uids: UidFactory, options: EncodeOptions) -> Dataset:
-    """Build the presentation state of ``findings`` on ``volume``'s key images."""
-    per_slice: dict[int, tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]] = defaultdict(lambda: ([], []))
+_PerSlice = dict[int, tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]]
+
+
+def _drawings(findings: Findings, volume: Volume, uids: UidFactory, options: EncodeOptions) -> _PerSlice:
+    """Outline and label of every finding, by key slice; one status text on the middle slice when
+    there is nothing to draw."""
+    per_slice: _PerSlice = defaultdict(lambda: ([], []))
     for i, finding in enumerate(findings.findings):
         if finding.key_slice is None:
             continue
@@ -80,6 +84,11 @@ def build_gsps(findings: Findings, volume: Volume, uids: UidFactory, options: En
                 anchor_point_visible=False,
             )
         )
+    return per_slice
+
+
+def _graphic_annotations(per_slice: _PerSlice, volume: Volume) -> tuple[list[hd.pr.GraphicAnnotation], list[Dataset]]:
+    """One annotation on the ``AI`` layer per drawn image, and the referenced images (each once)."""
     annotations: list[hd.pr.GraphicAnnotation] = []
     referenced: dict[str, Dataset] = {}
     for index in sorted(per_slice):
@@ -95,7 +104,34 @@ def build_gsps(findings: Findings, volume: Volume, uids: UidFactory, options: En
                 text_objects=texts or None,
             )
         )
-    images = list(referenced.values())
+    return annotations, list(referenced.values())
+
+
+def _grayscale_state(volume: Volume, source: Dataset, common: dict[str, Any]) -> Dataset:
+    """A grayscale state: lung window for CT, the full stored range otherwise."""
+    if volume.modality.upper() == "CT":
+        center, width, explanation = CT_WINDOW[0], CT_WINDOW[1], "LUNG"
+    else:
+        bits = int(source.get("BitsStored", 8))
+        center, width, explanation = 2.0 ** (bits - 1) - 0.5, 2.0**bits, "FULL RANGE"
+    voi = [hd.pr.SoftcopyVOILUTTransformation(window_center=center, window_width=width, window_explanation=explanation)]
+    modality_lut = None
+    if volume.is_multiframe and "SharedFunctionalGroupsSequence" not in source:
+        # highdicom looks for the Modality LUT of a multi-frame image in functional groups,
+        # which classic multi-frame (US cine) images do not have: state the identity explicitly.
+        modality_lut = hd.ModalityLUTTransformation(
+            rescale_intercept=float(source.get("RescaleIntercept", 0.0)),
+            rescale_slope=float(source.get("RescaleSlope", 1.0)),
+            rescale_type=hd.RescaleTypeValues.US,
+        )
+    return hd.pr.GrayscaleSoftcopyPresentationState(  # type: ignore[arg-type]
+        voi_lut_transformations=voi, modality_lut_transformation=modality_lut, **common
+    )
+
+
+def build_gsps(findings: Findings, volume: Volume, uids: UidFactory, options: EncodeOptions) -> Dataset:
+    """Build the presentation state of ``findings`` on ``volume``'s key images."""
+    annotations, images = _graphic_annotations(_drawings(findings, volume, uids, options), volume)
     source = volume.sources[0]
     common: dict[str, Any] = dict(
         referenced_images=images,
@@ -114,26 +150,7 @@ def build_gsps(findings: Findings, volume: Volume, uids: UidFactory, options: En
         icc = bytes(source.ICCProfile) if "ICCProfile" in source else srgb_profile()
         pr: Dataset = hd.pr.ColorSoftcopyPresentationState(icc_profile=icc, **common)  # type: ignore[arg-type]
     else:
-        if volume.modality.upper() == "CT":
-            center, width, explanation = CT_WINDOW[0], CT_WINDOW[1], "LUNG"
-        else:
-            bits = int(source.get("BitsStored", 8))
-            center, width, explanation = 2.0 ** (bits - 1) - 0.5, 2.0**bits, "FULL RANGE"
-        voi = [
-            hd.pr.SoftcopyVOILUTTransformation(window_center=center, window_width=width, window_explanation=explanation)
-        ]
-        modality_lut = None
-        if volume.is_multiframe and "SharedFunctionalGroupsSequence" not in source:
-            # highdicom looks for the Modality LUT of a multi-frame image in functional groups,
-            # which classic multi-frame (US cine) images do not have: state the identity explicitly.
-            modality_lut = hd.ModalityLUTTransformation(
-                rescale_intercept=float(source.get("RescaleIntercept", 0.0)),
-                rescale_slope=float(source.get("RescaleSlope", 1.0)),
-                rescale_type=hd.RescaleTypeValues.US,
-            )
-        pr = hd.pr.GrayscaleSoftcopyPresentationState(  # type: ignore[arg-type]
-            voi_lut_transformations=voi, modality_lut_transformation=modality_lut, **common
-        )
+        pr = _grayscale_state(volume, source, common)
     finish_identity(pr, source, f"AI annotations ({findings.pipeline})", options.institution_name)
     logger.debug("GSPS built: %d annotated images", len(annotations))
     return pr

@@ -21,6 +21,7 @@ CT_WINDOW: tuple[float, float] = (-600.0, 1500.0)
 COLORS: dict[Category, tuple[int, int, int]] = {
     Category.LUNG: (80, 160, 255),
     Category.NODULE: (255, 215, 0),
+    Category.MASS: (255, 90, 200),
     Category.RIB: (200, 200, 200),
     Category.PLEURAL_LINE: (0, 220, 120),
     Category.B_LINE: (255, 120, 0),

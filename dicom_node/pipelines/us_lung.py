@@ -198,7 +198,7 @@ class UsLungPipeline:
         return load_us(paths)
 
     def _model(self, device: str) -> object:
-        from dicom_node.nets.us_infer import LungUsModel
+        from dicom_node.networks.us_infer import LungUsModel
 
         if device not in self._models:
             self._models[device] = LungUsModel.load(self.bundle_dir, device)
@@ -206,13 +206,13 @@ class UsLungPipeline:
 
     def warm_up(self, device: str) -> None:
         """Load the bundle for ``device`` ahead of the first study."""
-        from dicom_node.nets.us_infer import pick_device
+        from dicom_node.networks.us_infer import pick_device
 
         self._model(pick_device(device))
 
     def run(self, volume: Volume, device: str) -> Findings:
         """Segment ribs / pleural line / B-lines and classify every frame; see the module docstring."""
-        from dicom_node.nets.us_infer import CLASS_NAMES, LungUsModel, pick_device
+        from dicom_node.networks.us_infer import CLASS_NAMES, LungUsModel, pick_device
 
         start = time.perf_counter()
         model = self._model(pick_device(device))

@@ -221,22 +221,9 @@ def _scene(rng: np.random.Generator, geo: _Geometry, pattern: LungPattern) -> _S
     )
 
 
-def _frame(
-    rng: np.random.Generator,
-    geo: _Geometry,
-    sc: _Scene,
-    shift: float,
-    wall_speckle: np.ndarray,
-    lung_speckle: np.ndarray,
-    shred: np.ndarray,
-) -> dict[str, np.ndarray]:
+def _rib_masks(geo: _Geometry, sc: _Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Ribs: the cortex, and the rib with its shadow below, along the beam."""
     u, d = geo.u, geo.d
-    pleura_d: np.ndarray = sc.pleura0 + sc.pleura_amp * np.sin(2 * np.pi * u / sc.pleura_period + sc.pleura_phase)
-    if sc.cons is not None:
-        inside = (u > sc.cons[0]) & (u < sc.cons[1])
-        pleura_d = pleura_d + inside * 0.6 * shred
-    half_t = sc.pleura_thick / 2
-    # ribs: cortex plus shadow below, along the beam
     rib_mask = np.zeros(u.shape, dtype=bool)
     cortex = np.zeros(u.shape, dtype=bool)
     for c, w, top, k in sc.ribs:
@@ -244,7 +231,16 @@ def _frame(
         surface = top + k * (u - c) ** 2
         rib_mask |= within & (d >= surface)
         cortex |= within & (d >= surface) & (d < surface + float(1.2 + 0.3 * w / 10))
-    # tissue echogenicity (before speckle)
+    return rib_mask, cortex
+
+
+def _wall_echo(
+    rng: np.random.Generator, geo: _Geometry, sc: _Scene, pleura_d: np.ndarray, rib_mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tissue echogenicity before speckle: chest wall with fasciae, and the pleural line; returns it with
+    the wall, pleura and lung masks."""
+    u, d = geo.u, geo.d
+    half_t = sc.pleura_thick / 2
     echo = np.zeros(u.shape, dtype=np.float64)
     wall = d < pleura_d - half_t
     echo[wall] = sc.wall_level
@@ -254,6 +250,16 @@ def _frame(
     lung = (d > pleura_d + half_t) & ~rib_mask
     grain = 0.75 + 0.25 * np.clip(_smooth_noise(rng, u.shape, (0.5, 2.0)), -1, 1)
     echo[pleura] = sc.pleura_bright * grain[pleura]
+    return echo, wall, pleura, lung
+
+
+def _lung_echo(
+    rng: np.random.Generator, geo: _Geometry, sc: _Scene, pleura_d: np.ndarray, lung: np.ndarray, shred: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Echogenicity below the pleura: aerated lung noise, effusion (anechoic, with the lung surface line)
+    and consolidation (tissue-like, with border and air bronchograms); returns it and both masks."""
+    u, d = geo.u, geo.d
+    half_t = sc.pleura_thick / 2
     lung_echo = np.full(u.shape, sc.lung_noise)
     lung_top = pleura_d.copy()
     eff_mask = np.zeros(u.shape, dtype=bool)
@@ -275,7 +281,15 @@ def _frame(
         lung_echo = np.where(border, 0.7, lung_echo)
         bronch = cons_mask & (_smooth_noise(rng, u.shape, (0.8, 2.5)) > 2.0)
         lung_echo = np.where(bronch, 0.85, lung_echo)
-    # A-lines: reverberations of the pleura at multiples of its depth (from the lung surface)
+    return lung_echo, eff_mask, cons_mask
+
+
+def _artefacts(
+    geo: _Geometry, sc: _Scene, shift: float, pleura_d: np.ndarray, lung: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """B-lines (vertical, moving with the sliding lung) and A-lines (reverberations of the pleura at
+    multiples of its depth, from the lung surface): B-line mask, B-line echo, A-line echo."""
+    u, d = geo.u, geo.d
     b_mask = np.zeros(u.shape, dtype=bool)
     b_echo = np.zeros(u.shape)
     for ub, w, bright in sc.b_lines:
@@ -291,6 +305,27 @@ def _frame(
             if a_depth > geo.depth:
                 break
             a_echo += a_gain * sc.a_decay ** (k - 2) * np.exp(-(((d - k * pleura_d) / sc.pleura_thick) ** 2))
+    return b_mask, b_echo, a_echo
+
+
+def _frame(
+    rng: np.random.Generator,
+    geo: _Geometry,
+    sc: _Scene,
+    shift: float,
+    wall_speckle: np.ndarray,
+    lung_speckle: np.ndarray,
+    shred: np.ndarray,
+) -> dict[str, np.ndarray]:
+    u, d = geo.u, geo.d
+    pleura_d: np.ndarray = sc.pleura0 + sc.pleura_amp * np.sin(2 * np.pi * u / sc.pleura_period + sc.pleura_phase)
+    if sc.cons is not None:
+        inside = (u > sc.cons[0]) & (u < sc.cons[1])
+        pleura_d = pleura_d + inside * 0.6 * shred
+    rib_mask, cortex = _rib_masks(geo, sc)
+    echo, wall, pleura, lung = _wall_echo(rng, geo, sc, pleura_d, rib_mask)
+    lung_echo, eff_mask, cons_mask = _lung_echo(rng, geo, sc, pleura_d, lung, shred)
+    b_mask, b_echo, a_echo = _artefacts(geo, sc, shift, pleura_d, lung)
     a_echo = np.where(cons_mask | eff_mask, 0.0, a_echo) * (1 - np.clip(b_echo * 2, 0, 1))
     lung_total = np.where(cons_mask | eff_mask, lung_echo, np.maximum(lung_echo, b_echo) + a_echo)
     lung_total = np.where(eff_mask, lung_echo, lung_total)

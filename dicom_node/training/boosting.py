@@ -1,4 +1,4 @@
-"""Fitting :class:`dicom_node.nets.boosted.BoostedTrees`: Newton boosting of fixed-depth trees on the
+"""Fitting :class:`dicom_node.networks.boosted.BoostedTrees`: Newton boosting of fixed-depth trees on the
 logistic loss, with splits searched over quantile bins of each feature (as histogram boosting does)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dicom_node.nets.boosted import BoostedTrees
+from dicom_node.networks.boosted import BoostedTrees
 
 
 def fit_boosted_trees(

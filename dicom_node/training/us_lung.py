@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from dicom_node.nets.us_infer import CLASS_NAMES, METADATA_FILE, MODEL_FILE, LungUsModel
-from dicom_node.nets.us_lung import (
+from dicom_node.networks.us_infer import CLASS_NAMES, METADATA_FILE, MODEL_FILE, LungUsModel
+from dicom_node.networks.us_lung import (
     Encoder,
     HierarchicalClassifier,
     NetConfig,
@@ -379,22 +379,11 @@ def train(
     bundle_dir = Path(bundle_dir)
     record_path = bundle_dir / "docs" / "table.json"
     t0 = time.perf_counter()
-    if reuse_table and record_path.is_file():
-        previous = json.loads(record_path.read_text())
-        table = [TableRow(**row) for row in previous["segmentation"]]
-        table_seconds = float(previous.get("table_seconds", 0.0))
-        pretraining = previous.get("pretraining", {})
-        long_rows = [TableRow(**row) for row in previous.get("segmentation_long", [])]
-        _say(progress, f"reusing the comparison table in {record_path} ({len(table)} runs)")
+    reused = reuse_table and record_path.is_file()
+    if reused:
+        table, long_rows, pretraining, table_seconds = _previous_table(record_path, progress)
     else:
-        whole, whole_dice = pretrain_whole(TABLE_CONFIG, budget, seed, progress)
-        encoder, encoder_acc = pretrain_encoder(TABLE_CONFIG, budget, seed, progress)
-        pretraining = {"salient_object_dice": whole_dice, "photo_recognition_accuracy": encoder_acc}
-        sources = {"whole": whole, "encoder": encoder}
-        table = comparison_table(TABLE_CONFIG, budget, seed, sources, progress)
-        long_rows = comparison_table(
-            TABLE_CONFIG, budget, seed, sources, progress, _long_specs(budget), budget.long_steps
-        )
+        table, long_rows, pretraining = _run_table(budget, seed, progress)
         table_seconds = time.perf_counter() - t0
     biggest = [r for r in table if r.n_train == budget.table_sizes[-1] and r.augmentation and r.freeze == "none"]
     best = max(biggest, key=lambda r: r.rib_dice + r.pleura_dice)
@@ -410,13 +399,7 @@ def train(
     val_x, val_y, val_c = generate_set(budget.val_frames, seed=seed + 2)
     d = dice_scores(_segment(unet, val_x), val_y)
     _say(progress, f"final U-Net: validation rib {d[1]:.3f} pleura {d[2]:.3f} b-line {d[3]:.3f}")
-    cls_rows: list[dict[str, object]] = []
-    small = budget.table_sizes[-1]
-    for name, source in (("scratch", None), ("segmentation encoder", unet)):
-        model = train_classifier(source, config, x[:small], c[:small], budget.table_steps, budget.batch, seed)
-        scores = classification_scores(_classify(model, val_x), val_c)
-        cls_rows.append({"encoder": name, "n_train": small, **scores})
-        _say(progress, f"classifier from {name} (n={small}): {scores}")
+    cls_rows = _classifier_comparison(unet, config, budget, seed, (x, c), (val_x, val_c), progress)
     classifier = train_classifier(unet, config, x, c, budget.cls_steps, budget.batch, seed)
     _write_bundle(bundle_dir, unet, classifier, config, seed, quick)
     record = {
@@ -431,7 +414,7 @@ def train(
         "pretraining": pretraining,
         "training_seconds": time.perf_counter() - t0 + (table_seconds if reuse_table else 0.0),
         "final_validation_dice": {"rib": d[1], "pleura": d[2], "b_line": d[3]},
-        "table_reused": bool(reuse_table and record_path.is_file()),
+        "table_reused": reused,
         "quick": quick,
     }
     record_path.parent.mkdir(parents=True, exist_ok=True)
@@ -439,6 +422,49 @@ def train(
     metrics = write_card(bundle_dir, progress=progress)
     metrics["table"] = record["segmentation"]
     return metrics
+
+
+def _previous_table(record_path: Path, progress: bool) -> tuple[list[TableRow], list[TableRow], dict, float]:
+    """The comparison (table, longer-schedule rows, pre-training scores, seconds) of an earlier run."""
+    previous = json.loads(record_path.read_text())
+    table = [TableRow(**row) for row in previous["segmentation"]]
+    table_seconds = float(previous.get("table_seconds", 0.0))
+    pretraining = previous.get("pretraining", {})
+    long_rows = [TableRow(**row) for row in previous.get("segmentation_long", [])]
+    _say(progress, f"reusing the comparison table in {record_path} ({len(table)} runs)")
+    return table, long_rows, pretraining, table_seconds
+
+
+def _run_table(budget: Budget, seed: int, progress: bool) -> tuple[list[TableRow], list[TableRow], dict]:
+    """Pre-train both transfer sources, then run the comparison and its longer-schedule rows."""
+    whole, whole_dice = pretrain_whole(TABLE_CONFIG, budget, seed, progress)
+    encoder, encoder_acc = pretrain_encoder(TABLE_CONFIG, budget, seed, progress)
+    pretraining = {"salient_object_dice": whole_dice, "photo_recognition_accuracy": encoder_acc}
+    sources = {"whole": whole, "encoder": encoder}
+    table = comparison_table(TABLE_CONFIG, budget, seed, sources, progress)
+    long_rows = comparison_table(TABLE_CONFIG, budget, seed, sources, progress, _long_specs(budget), budget.long_steps)
+    return table, long_rows, pretraining
+
+
+def _classifier_comparison(
+    unet: UNet,
+    config: NetConfig,
+    budget: Budget,
+    seed: int,
+    train_set: tuple[np.ndarray, np.ndarray],
+    val_set: tuple[np.ndarray, np.ndarray],
+    progress: bool,
+) -> list[dict[str, object]]:
+    """Classifiers from scratch and from the segmentation encoder on the table's largest size."""
+    (x, c), (val_x, val_c) = train_set, val_set
+    cls_rows: list[dict[str, object]] = []
+    small = budget.table_sizes[-1]
+    for name, source in (("scratch", None), ("segmentation encoder", unet)):
+        model = train_classifier(source, config, x[:small], c[:small], budget.table_steps, budget.batch, seed)
+        scores = classification_scores(_classify(model, val_x), val_c)
+        cls_rows.append({"encoder": name, "n_train": small, **scores})
+        _say(progress, f"classifier from {name} (n={small}): {scores}")
+    return cls_rows
 
 
 def _long_specs(budget: Budget) -> list[tuple[str, str, int, bool]]:

@@ -9,7 +9,7 @@ import pytest
 from benchmarks.ingest import IngestResult, Run
 from benchmarks.report import Report, key_ratios, markdown, write
 from benchmarks.scale import run_scale
-from tests.conftest import PG_OK
+from tests.conftest import require_postgres
 from tests.peers.dicomfiles import CT_LIDC_SLAB, require
 
 
@@ -41,8 +41,7 @@ def test_report_pairs_runs_by_index_and_takes_the_median_ratio(tmp_path: Path) -
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_scale_runs_real_workers_on_postgres() -> None:
-    if not PG_OK:
-        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432")
+    require_postgres()
     sample = sorted((require(CT_LIDC_SLAB) / "dicom").iterdir())[0]
     runs = run_scale(sample, worker_counts=(1,), jobs={"bench_noop": 6, "bench_wait100": 3})
     assert [(r.pipeline, r.workers, r.jobs) for r in runs] == [("bench_noop", 1, 6), ("bench_wait100", 1, 3)]

@@ -41,6 +41,9 @@ def test_check_config_names_the_bad_line(tmp_path: Path, capsys: pytest.CaptureF
     bad.write_text('[node]\nae_title = "NODE"\nport = "eleven"\n')
     assert main(["check-config", "--config", str(bad)]) == 2
     assert f"{bad}:3: node.port" in capsys.readouterr().err
+    bad.write_text('[[routes]]\nname = "r"\npipelines = ["ct_lung_field"]\n[routes.match]\nFooBar = "x"\n')
+    assert main(["check-config", "--config", str(bad)]) == 2  # route keys are checked beyond config.py
+    assert f"{bad}:5: routes.0.match.FooBar: match key 'FooBar'" in capsys.readouterr().err
 
 
 def test_route_test_explains_each_file(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from dicom_node.config import parse_config
 from dicom_node.db import connect, jobs, now, series
+from dicom_node.ingest.ingestor import Ingestor
 from dicom_node.intake.stability import StabilitySweep
-from dicom_node.net.ingest import Ingestor
 from dicom_node.queue import JobQueue
 from dicom_node.store import Store
 from tests.nodes import node_config_text

@@ -11,11 +11,12 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import Engine, select
 
-from dicom_node.buffers import InstanceBuffer
 from dicom_node.db import instances
-from dicom_node.journal import Journal
-from dicom_node.net.header import read_header
-from dicom_node.net.ingest import Ingestor, describe
+from dicom_node.ingest.buffers import InstanceBuffer
+from dicom_node.ingest.header import read_header
+from dicom_node.ingest.index import describe
+from dicom_node.ingest.ingestor import Ingestor
+from dicom_node.ingest.journal import Journal
 from dicom_node.store import Store
 from tests.nodes import make_config
 from tests.peers.dicomfiles import CT_LIDC_SLAB, require
@@ -61,8 +62,8 @@ def test_records_of_the_previous_format_are_replayed(tmp_path: Path) -> None:
     import json
     import zlib
 
-    from dicom_node.buffers import HEAD_ROOM, round_up
-    from dicom_node.journal import HEAD, MAGIC_V2
+    from dicom_node.ingest.buffers import HEAD_ROOM, round_up
+    from dicom_node.ingest.journal import HEAD, MAGIC_V2
 
     def record(meta: dict[str, int], data: bytes, crc_ok: bool = True) -> bytes:
         header = json.dumps(meta).encode()
@@ -152,7 +153,7 @@ def test_replay_restores_a_file_whose_row_survived_the_crash(tmp_path: Path, sql
     with engine.connect() as conn:
         path = store.absolute(conn.execute(select(instances.c.path)).scalar_one())
     # The crash: the journal and the row are durable, the file's creation never reached the disk.
-    ingestor._worker = None  # type: ignore[assignment]  # no final checkpoint: the journal keeps its records
+    ingestor.materializer._thread = None  # type: ignore[union-attr]  # no final checkpoint: the journal keeps its records
     ingestor.journal.close()  # type: ignore[union-attr]
     path.unlink()
     again, _, _ = _ingestor(tmp_path, sqlite_url)  # the restart replays the journal
@@ -216,12 +217,13 @@ def test_segments_are_retired_under_sustained_traffic(
 
     import numpy as np
 
-    import dicom_node.net.ingest as ingest_module
+    import dicom_node.ingest.ingestor as ingestor_module
+    import dicom_node.ingest.materialize as materialize_module
     from dicom_node.synth.dicom_series import write_ct_series
 
-    monkeypatch.setattr(ingest_module, "Journal", functools.partial(Journal, segment_bytes=64 * 1024))
-    monkeypatch.setattr(ingest_module, "BACKLOG_BYTES", 64 * 1024)
-    monkeypatch.setattr(ingest_module, "CHECKPOINT_EVERY_S", 0.2)
+    monkeypatch.setattr(ingestor_module, "Journal", functools.partial(Journal, segment_bytes=64 * 1024))
+    monkeypatch.setattr(materialize_module, "BACKLOG_BYTES", 64 * 1024)
+    monkeypatch.setattr(materialize_module, "CHECKPOINT_EVERY_S", 0.2)
     files = write_ct_series(np.zeros((200, 16, 16)), (1.0, 1.0, 1.0), tmp_path / "series")
     payloads = [f.read_bytes() for f in files]
     ingestor, store, _ = _ingestor(tmp_path, sqlite_url, extra_node='duplicate_policy = "overwrite"')
@@ -256,7 +258,7 @@ def test_no_acknowledged_record_is_lost_under_concurrency_failures_and_recycling
     its segment was retired."""
     import random
 
-    import dicom_node.journal as journal_module
+    import dicom_node.ingest.journal as journal_module
 
     real_write = journal_module.pwrite_direct
     chaos = random.Random(0)
@@ -336,9 +338,9 @@ def test_records_are_read_back_from_their_segments_in_journal_order(
 ) -> None:
     """The materializer reads acknowledged records back from the journal (their buffers are reused at
     once): every byte comes back, in journal order, across rotations, reads split at READ_CHUNK."""
-    from dicom_node import journal as journal_module
-    from dicom_node.buffers import write_file
-    from dicom_node.journal import Record
+    from dicom_node.ingest import journal as journal_module
+    from dicom_node.ingest.buffers import write_file
+    from dicom_node.ingest.journal import Record
 
     monkeypatch.setattr(journal_module, "READ_CHUNK", 1 << 20)
     journal = Journal(tmp_path / "j", segment_bytes=4 << 20)
@@ -363,7 +365,7 @@ def test_records_are_read_back_from_their_segments_in_journal_order(
 def test_a_record_that_does_not_read_back_intact_is_refused(tmp_path: Path) -> None:
     """Once the buffer is reused the disk holds the only copy: a flipped byte stops the read-back at that
     record with an error (the materializer then keeps the segment), and nothing damaged is yielded."""
-    from dicom_node.journal import HEAD_ROOM, Record
+    from dicom_node.ingest.journal import HEAD_ROOM, Record
 
     journal = Journal(tmp_path / "j")
     payloads = [os.urandom(50_000), os.urandom(60_000)]

@@ -23,6 +23,7 @@ from dicom_node.synth.us_lung import LungPattern, Probe
 from tests.peers.dicomcheck import dciodvfy, dsrdump
 
 ACCEPTED = (r"Unrecognized defined term <99DICOMNODE>", r"attribute <Laterality>")
+pytestmark = pytest.mark.slow  # runs the whole us_lung pipeline on a cine
 
 
 @pytest.fixture(scope="module")

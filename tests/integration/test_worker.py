@@ -49,6 +49,7 @@ def test_warm_up_loads_each_routed_model_once_and_a_broken_one_only_logs(
     assert len(broken) == 1 and "route broken" in broken[0].getMessage() and str(missing) in broken[0].getMessage()
 
 
+@pytest.mark.slow  # a whole node: two spawned workers import torch and warm up their pipelines
 def test_the_node_knows_when_its_workers_are_ready(tmp_path: Path) -> None:
     from dicom_node.serve import Node
 

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from dicom_node.nets.boosted import BoostedTrees
+from dicom_node.networks.boosted import BoostedTrees
 from dicom_node.training.boosting import fit_boosted_trees
-from dicom_node.training.ct_lung_nodule import _auc, fit_logistic
+from dicom_node.training.ct_lung_nodule.calibration import fit_logistic
+from dicom_node.training.ct_lung_nodule.evaluation import auc
 
 
 def _xor(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,8 +29,8 @@ def test_trees_learn_an_interaction_that_a_logistic_model_misses() -> None:
     trees = fit_boosted_trees(x, y, ("a", "b", "noise"), trees=60, depth=2, learning_rate=0.2)
     lin = fit_logistic(x, y, l2=1.0)
     lin_z = ((xt - lin["mean"]) / lin["scale"]) @ lin["coef"] + lin["intercept"]
-    assert _auc(trees.logit(xt), yt) > 0.9
-    assert _auc(lin_z, yt) < 0.65
+    assert auc(trees.logit(xt), yt) > 0.9
+    assert auc(lin_z, yt) < 0.65
     assert set(np.unique(trees.split_feature)) <= {0, 1, 2}
     assert (trees.split_feature == 2).mean() < 0.2  # the noise feature is seldom chosen
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.buffers import BLOCK, HEAD_ROOM, InstanceBuffer, write_file
-from dicom_node.net.header import read_header
-from dicom_node.net.ingest import check_pixel_data
+from dicom_node.ingest.buffers import BLOCK, HEAD_ROOM, InstanceBuffer, write_file
+from dicom_node.ingest.header import check_pixel_data, read_header
 from tests.peers.dicomfiles import REAL, require
 
 TRANSFER_SYNTAXES = REAL / "ct_chest_slice_transfer_syntaxes"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from dicom_node.config import ConfigError, load_config, parse_config
+from dicom_node.intake.routing_check import load_checked_config, parse_checked_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_example_config_is_valid() -> None:
-    config = load_config(REPO / "config" / "node.example.toml")
+    config = load_checked_config(REPO / "config" / "node.example.toml")
     assert config.node.ae_title == "DICOM_NODE"
     assert config.node.storage == (REPO / "storage").resolve()
     assert config.node.database_url().startswith("sqlite:///")
@@ -57,7 +60,7 @@ def test_example_config_is_valid() -> None:
 )
 def test_errors_name_the_line(text: str, line: int, words: str) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_config(text, Path("node.toml"))
+        parse_checked_config(text, Path("node.toml"))
     message = str(info.value)
     assert message.startswith(f"node.toml:{line}:"), message
     assert words in message
@@ -65,11 +68,11 @@ def test_errors_name_the_line(text: str, line: int, words: str) -> None:
 
 def test_route_options_are_checked_against_the_pipeline() -> None:
     good = "[[routes]]\nname = 'r'\npipelines = ['ct_lung_nodule']\n[routes.options.ct_lung_nodule]\nbundle = '/x'\n"
-    assert parse_config(good).routes[0].options == {"ct_lung_nodule": {"bundle": "/x"}}
+    assert parse_checked_config(good).routes[0].options == {"ct_lung_nodule": {"bundle": "/x"}}
     with pytest.raises(ConfigError, match="unexpected keyword argument 'bundel'"):
-        parse_config(good.replace("bundle =", "bundel ="))
+        parse_checked_config(good.replace("bundle =", "bundel ="))
     with pytest.raises(ConfigError, match="options must be a table per pipeline"):
-        parse_config(good.replace("options.ct_lung_nodule", "options.us_lung"))
+        parse_checked_config(good.replace("options.ct_lung_nodule", "options.us_lung"))
 
 
 def test_defaults_live_in_one_place() -> None:
@@ -77,3 +80,58 @@ def test_defaults_live_in_one_place() -> None:
     assert config.intake.quiet_period_s == 5.0
     assert config.node.max_pdu == 0
     assert config.routes == []
+
+
+ROUTES = """\
+[node]
+ae_title = "NODE"
+
+[[routes]]
+name = "chest"
+pipelines = ["ct_lung_field"]
+match = { Modality = "CT" }
+
+[[routes]]
+name = "other"
+pipelines = ["{pipeline}"]
+
+[routes.match]
+Modality = "CT"
+{key} = "x"
+"""
+
+
+@pytest.mark.parametrize(
+    ("key", "pipeline", "expected"),
+    [
+        ("FooBar", "ct_lung_field", "node.toml:15: routes.1.match.FooBar: match key 'FooBar': not a DICOM keyword"),
+        ("SeriesDescription", "nope", "node.toml:9: routes.1: unknown pipeline 'nope' (known: "),
+    ],
+)
+def test_routes_are_checked_when_the_file_is_loaded_for_use(
+    tmp_path: Path, key: str, pipeline: str, expected: str
+) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(ROUTES.replace("{key}", key).replace("{pipeline}", pipeline))
+    parse_config(path.read_text(), path)  # the file on its own is well formed: config.py does not know routing
+    load_config(path)
+    with pytest.raises(ConfigError) as info:
+        load_checked_config(path)
+    assert str(info.value).startswith(f"{tmp_path}/{expected}"), str(info.value)
+
+
+def test_checked_config_counts_further_route_problems() -> None:
+    text = ROUTES.replace("{key}", "FooBar").replace("{pipeline}", "nope").replace('Modality = "CT" }', "Bad = 1 }")
+    with pytest.raises(ConfigError) as info:
+        parse_checked_config(text, Path("node.toml"))
+    assert str(info.value).startswith("node.toml:7: routes.0.match.Bad: match key 'Bad'"), str(info.value)
+    assert str(info.value).endswith("(and 1 more problem(s))")
+
+
+def test_config_module_imports_nothing_of_ours() -> None:
+    code = (
+        "import sys, dicom_node.config; "
+        "print(sorted(m for m in sys.modules if m.startswith('dicom_node') or m in ('numpy', 'scipy', 'torch')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "['dicom_node', 'dicom_node.config']"

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from dicom_node.nets.bundle import load_bundle, save_state
-from dicom_node.nets.resmtnet import build_resmtnet
-from dicom_node.nets.unet2d import build_unet2d
+from dicom_node.networks.bundle import load_bundle, save_state
+from dicom_node.networks.resmtnet import build_resmtnet
+from dicom_node.networks.unet2d import build_unet2d
 
 torch.set_num_threads(1)
 
 
 def test_state_bundle_round_trip(tmp_path: Path) -> None:
     unet = build_unet2d().eval()
-    save_state(tmp_path / "models" / "model.pt", {"unet": ("dicom_node.nets.unet2d:build_unet2d", {}, unet)})
+    save_state(tmp_path / "models" / "model.pt", {"unet": ("dicom_node.networks.unet2d:build_unet2d", {}, unet)})
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "metadata.json").write_text(json.dumps({"version": "9.9.9"}))
     with warnings.catch_warnings():
@@ -60,7 +60,7 @@ def test_foreign_builder_refused(tmp_path: Path) -> None:
     entry = {"builder": "os:system", "kwargs": {}, "state_dict": {}}
     payload = {"format": "dicom-node-state-v1", "networks": {"x": entry}}
     torch.save(payload, tmp_path / "model.pt")
-    with pytest.raises(ValueError, match=r"not in dicom_node\.nets"):
+    with pytest.raises(ValueError, match=r"not in dicom_node\.networks"):
         load_bundle(tmp_path / "model.pt")
 
 
@@ -73,3 +73,11 @@ def test_missing_bundle(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"garbage")
     with pytest.raises((ValueError, RuntimeError)):
         load_bundle(tmp_path / "junk.pt")
+
+
+def test_state_file_from_before_the_rename_loads(tmp_path: Path) -> None:
+    """State files written when the package was ``dicom_node.nets`` name their builders so; they still load."""
+    net = build_unet2d()
+    save_state(tmp_path / "models" / "model.pt", {"unet": ("dicom_node.nets.unet2d:build_unet2d", {}, net)})
+    bundle = load_bundle(tmp_path)
+    assert type(bundle.networks["unet"]) is type(net)

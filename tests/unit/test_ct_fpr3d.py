@@ -6,10 +6,11 @@ import numpy as np
 import torch
 
 from dicom_node.imaging.series import normalize_hu
-from dicom_node.nets.fpr3d import PATCH, build_fpr3d
+from dicom_node.networks.fpr3d import PATCH, build_fpr3d
 from dicom_node.pipelines.ct_lung_nodule import NoduleModel, extract_patch3d
-from dicom_node.training.ct_data import Case, NoduleTruth
-from dicom_node.training.ct_fpr3d import FPR3D_KWARGS, _augment3d, fpr3d_samples, train_fpr3d, truth_candidate
+from dicom_node.training.ct_lung_nodule.bundle import FPR3D_KWARGS, save_networks
+from dicom_node.training.ct_lung_nodule.data import Case, NoduleTruth
+from dicom_node.training.ct_lung_nodule.fpr3d import _augment3d, fpr3d_samples, train_fpr3d, truth_candidate
 
 
 def _ball_mm(
@@ -100,12 +101,11 @@ def test_training_steps_run_and_augmentation_keeps_shapes() -> None:
 
 
 def test_ensemble_averages_members_over_the_flips_of_the_cube(tmp_path) -> None:
-    from dicom_node.nets.bundle import load_bundle
-    from dicom_node.nets.fpr3d import FLIPS, FPR3DEnsemble
-    from dicom_node.nets.resmtnet import build_resmtnet
-    from dicom_node.nets.unet2d import build_unet2d
+    from dicom_node.networks.bundle import load_bundle
+    from dicom_node.networks.fpr3d import FLIPS, FPR3DEnsemble
+    from dicom_node.networks.resmtnet import build_resmtnet
+    from dicom_node.networks.unet2d import build_unet2d
     from dicom_node.pipelines.ct_lung_nodule import fpr3d_verifier
-    from dicom_node.training.ct_lung_nodule import save_networks
 
     a, b = _random_fpr3d(0), _random_fpr3d(1)
     x = torch.rand(3, 2, PATCH, PATCH, PATCH) * torch.linspace(0, 1, PATCH)  # brighter towards +x
@@ -129,7 +129,7 @@ def test_ensemble_averages_members_over_the_flips_of_the_cube(tmp_path) -> None:
 
 
 def test_verify_screens_with_one_view_before_the_whole_ensemble() -> None:
-    from dicom_node.nets.fpr3d import FPR3DEnsemble
+    from dicom_node.networks.fpr3d import FPR3DEnsemble
 
     case = _case()
     a, b = _random_fpr3d(0), _random_fpr3d(1)
@@ -178,7 +178,7 @@ def test_faint_components_are_the_low_seeded_ones_no_confident_candidate_touches
 
 
 def test_inference_copy_folds_batch_norm_and_gives_the_same_logits() -> None:
-    from dicom_node.nets.fpr3d import FPR3DEnsemble, inference_copy
+    from dicom_node.networks.fpr3d import FPR3DEnsemble, inference_copy
 
     net = _random_fpr3d(2)
     fast = inference_copy(net)

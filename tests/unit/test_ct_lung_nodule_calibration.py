@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from dicom_node.imaging.series import normalize_hu
-from dicom_node.nets.boosted import BoostedTrees
+from dicom_node.networks.boosted import BoostedTrees
 from dicom_node.pipelines.ct_lung_nodule import (
     DETECT_FEATURES,
     MALIGNANCY_TREE_FEATURES,
@@ -16,7 +16,7 @@ from dicom_node.pipelines.ct_lung_nodule import (
     calibrator_from_json,
     candidate_features,
 )
-from dicom_node.training.ct_lung_nodule import fit_linear, fit_logistic
+from dicom_node.training.ct_lung_nodule.calibration import fit_calibrators, fit_linear, fit_logistic
 
 
 def _ball(shape: tuple[int, int, int], center: tuple[int, int, int], r: float) -> np.ndarray:
@@ -92,8 +92,6 @@ def test_hu_refinement_follows_the_half_level_outline() -> None:
 
 
 def test_malignancy_trees_learn_from_the_extra_rows_too() -> None:
-    from dicom_node.training.ct_lung_nodule import fit_calibrators
-
     rng = np.random.default_rng(4)
 
     def row(truth: int, malignant: int) -> dict[str, object]:

@@ -11,7 +11,8 @@ import pytest
 from dicom_node.findings import Category, Evaluation
 from dicom_node.imaging.ct import load_ct_series
 from dicom_node.pipelines.ct_lung_nodule import CtLungNodule
-from dicom_node.training.ct_lung_nodule import _auc, froc, train
+from dicom_node.training.ct_lung_nodule.evaluation import auc, froc
+from dicom_node.training.ct_lung_nodule.recipe import train
 
 ROOT = Path(__file__).resolve().parents[2]
 LIDC = (ROOT / ".." / "shared" / "data" / "real" / "ct_lidc0002_slab12" / "dicom").resolve()
@@ -25,9 +26,9 @@ def test_froc_counts_false_positives_per_scan() -> None:
 
 
 def test_auc() -> None:
-    assert _auc(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0
-    assert _auc(np.array([0.1, 0.9]), np.array([1, 0])) == 0.0
-    assert np.isnan(_auc(np.array([0.5]), np.array([1])))
+    assert auc(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0
+    assert auc(np.array([0.1, 0.9]), np.array([1, 0])) == 0.0
+    assert np.isnan(auc(np.array([0.5]), np.array([1])))
 
 
 @pytest.mark.slow
@@ -38,7 +39,7 @@ def test_quick_training_writes_a_bundle_the_pipeline_runs(tmp_path: Path) -> Non
     meta = json.loads((tmp_path / "configs" / "metadata.json").read_text())
     assert meta["networks"] == ["unet", "resmtnet", "fpr3d", "fpr3d_2"] and "not for diagnosis" in meta["intended_use"]
     assert meta["training"]["fpr3d_2"]["levels"][-1] == [0.03, 0.02]  # the second member's low seed level
-    from dicom_node.nets.bundle import load_bundle
+    from dicom_node.networks.bundle import load_bundle
 
     assert sorted(load_bundle(tmp_path).networks) == ["fpr3d", "fpr3d_2", "resmtnet", "unet"]
     assert (tmp_path / "models" / "model.pt").stat().st_size < 5_000_000
@@ -49,6 +50,6 @@ def test_quick_training_writes_a_bundle_the_pipeline_runs(tmp_path: Path) -> Non
     assert result.pipeline == "ct_lung_nodule" and result.version == meta["version"]
     assert result.conclusions
     for f in result.findings:  # an untrained model may or may not find anything; the contract must hold
-        assert f.category is Category.NODULE and f.mask.shape == vol.shape
+        assert f.category in (Category.NODULE, Category.MASS) and f.mask.shape == vol.shape
         assert f.evaluations[Evaluation.COMPOSITION] in ("solid", "part_solid", "ground_glass")
         assert f.evaluations[Evaluation.MALIGNANCY_LIKELIHOOD] in ("low", "intermediate", "high")

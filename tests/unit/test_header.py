@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.net.header import _fast, _Unsupported, _with_pydicom, read_header
+from dicom_node.ingest.header import _fast, _Unsupported, _with_pydicom, read_header
 from tests.peers.dicomfiles import REAL, require
 
 

@@ -35,7 +35,7 @@ def test_associate_rq_is_parsed() -> None:
         (3, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"]),
     ]
     ac = ul.build_associate_ac(rq, [(1, ul.ACCEPTANCE, "1.2.840.10008.1.2.4.90"), (3, 3, "")])
-    assert ac[0] == ul.ASSOCIATE_AC and struct.unpack(">I", ac[2:6])[0] == len(ac) - 6
+    assert ac[0] == ul.A_ASSOCIATE_AC and struct.unpack(">I", ac[2:6])[0] == len(ac) - 6
     assert b"1.2.840.10008.1.2.4.90" in ac and ul.IMPLEMENTATION_CLASS_UID.encode() in ac
 
 

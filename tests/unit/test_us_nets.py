@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dicom_node.nets.us_lung import (
+from dicom_node.networks.us_lung import (
     Freeze,
     NetConfig,
     build_unet,

@@ -83,7 +83,11 @@ def test_normal_cine_is_classified_normal(pipeline: UsLungPipeline, tmp_path: Pa
 
 
 @pytest.mark.skipif(not REAL_US, reason="shared real data not present")
-@pytest.mark.parametrize("path", REAL_US, ids=[p.name for p in REAL_US])
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.slow) if "cine" in p.name else p for p in REAL_US],  # 27 frames: ~5 s
+    ids=[p.name for p in REAL_US],
+)
 def test_real_non_lung_ultrasound_is_not_applicable(pipeline: UsLungPipeline, path: Path) -> None:
     volume = load_us([path])
     result = pipeline.run(volume, "cpu")
@@ -118,7 +122,7 @@ def test_unknown_spacing_gives_no_length(pipeline: UsLungPipeline, tmp_path: Pat
 def test_cuda_request_falls_back_to_cpu_without_a_gpu() -> None:
     import torch
 
-    from dicom_node.nets.us_infer import pick_device
+    from dicom_node.networks.us_infer import pick_device
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device("cuda") == expected

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dicom_node.nets.us_infer import LungUsModel
+from dicom_node.networks.us_infer import LungUsModel
 from dicom_node.training.us_lung import evaluate, train
+
+pytestmark = pytest.mark.slow  # the fixture trains a (quick) bundle: about 10 s
 
 
 @pytest.fixture(scope="module")

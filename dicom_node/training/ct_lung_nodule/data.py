@@ -2,30 +2,32 @@
 
 Sources: synthetic chest phantoms (:mod:`dicom_node.synth.ct_phantom`), synthetic nodules inserted
 into the real lung parenchyma of the chest CT in ``shared/data/real`` (LIDC slab and single chest
-slice), and the real LIDC nodule tip with the readers' outlines.
+slice), and the real LIDC nodule tip with the readers' outlines. Also what the networks' trainings
+share: which truth a candidate overlaps, and flips of 2-D patches.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.dataset import Dataset
 from scipy import ndimage as ndi
 
 from dicom_node.imaging.ct import load_ct_series
 from dicom_node.imaging.series import normalize_hu, resample_inplane
 from dicom_node.imaging.volume import Volume
 from dicom_node.pipelines.ct_lung_field import segment_lungs
-from dicom_node.pipelines.ct_lung_nodule import WORK_MM, long_short_axes, search_region
+from dicom_node.pipelines.ct_lung_nodule import WORK_MM, Candidate, long_short_axes, search_region
 from dicom_node.synth.ct_nodule import COMPOSITIONS, blend, random_spec, render_occupancy
 from dicom_node.synth.ct_phantom import make_phantom
+from dicom_node.training.ct_lidc import lidc_nodule_masks
+from dicom_node.training.ct_lung_nodule.runtime import progress_bar
 
-logger = logging.getLogger(__name__)
-
-REAL_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
+REAL_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "real"
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Case:
     region: np.ndarray
     labels: np.ndarray  # 0 background, i > 0 nodule i, -1 ignored (unlabelled real nodule)
     truths: list[NoduleTruth] = field(default_factory=list)
+    lung: np.ndarray | None = None  # the lung field (phantoms), for the pipeline's inside-the-lung rule
 
 
 def _truths(labels: np.ndarray, spacing: tuple[float, float, float], meta: list[tuple[int, int]]) -> list[NoduleTruth]:
@@ -79,13 +82,12 @@ def phantom_case(
     fields = segment_lungs(vol)
     region = search_region(fields.both, fields.left, fields.right)
     meta = [(int(n.malignant), COMPOSITIONS.index(n.composition)) for n in ph.nodules]
-    return Case(name, normalize_hu(ph.hu), ph.hu, ph.spacing, region, ph.labels, _truths(ph.labels, ph.spacing, meta))
+    truths = _truths(ph.labels, ph.spacing, meta)
+    return Case(name, normalize_hu(ph.hu), ph.hu, ph.spacing, region, ph.labels, truths, lung=fields.both)
 
 
 def phantom_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> Volume:
     """Wrap an HU array as a :class:`Volume` with minimal axial CT headers (for the pipelines)."""
-    from pydicom.dataset import Dataset
-
     sources = []
     for k in range(hu.shape[0]):
         ds = Dataset()
@@ -122,8 +124,6 @@ def real_volumes(real_dir: Path = REAL_DIR) -> list[tuple[str, Volume, np.ndarra
         truth = None
         xml = lidc / "annotations" / "071.xml"
         if xml.exists():
-            from dicom_node.training.ct_lidc import lidc_nodule_masks
-
             truth = lidc_nodule_masks(xml, vol)
         out.append(("lidc0002_slab12", vol, truth))
     single = real_dir / "ct_chest_slice_transfer_syntaxes" / "CTImage.dcm"
@@ -211,81 +211,66 @@ def _working_lungs(
     return hu, spacing, zoom, both, left, right
 
 
-def real_case(name: str, vol: Volume, truth: np.ndarray | None) -> Case:
-    """A real volume on the working grid with the readers' nodule mask as label 1 (no class truth)."""
-    hu, spacing, zoom, lung, left, right = _working_lungs(vol)
-    labels = np.zeros(hu.shape, dtype=np.int16)
-    meta: list[tuple[int, int]] = []
-    if truth is not None and truth.any():
-        labels[resample_inplane(truth.astype(np.float32), zoom, order=1) >= 0.5] = 1
-        meta.append((-1, -1))
-    region = search_region(lung, left, right)
-    return Case(name, normalize_hu(hu), hu, spacing, region, labels, _truths(labels, spacing, meta))
+def _lung_reals() -> list[tuple[str, Volume, np.ndarray | None]]:
+    """The real volumes of :func:`real_volumes` with enough lung (> 50 ml) to insert nodules into."""
+    return [r for r in real_volumes() if segment_lungs(r[1]).both.sum() * np.prod(r[1].spacing) > 50_000]
 
 
-def add_nodules(
-    case: Case,
-    rng: np.random.Generator,
-    n: int,
-    max_diameter: float = 16.0,
-    juxtapleural: float = 0.0,
-    min_diameter: float = 4.0,
-    compositions: tuple[float, float, float] | None = None,
-) -> Case:
-    """Render ``n`` more (mostly small: ``min_diameter`` to ``max_diameter``) nodules into ``case`` in place.
-
-    A share ``juxtapleural`` of them touches the pleura (the lung = the search region below -400 HU);
-    the rest sits inside the parenchyma. ``compositions`` = probabilities of solid / part-solid /
-    ground-glass (default: :func:`random_spec`'s). Returns ``case``.
-    """
-    from dicom_node.imaging.series import normalize_hu
-
-    dz, dy, dx = case.spacing
-    lung = case.region & (case.hu < -400)
-    inside = ndi.distance_transform_edt(lung & (case.labels == 0), sampling=case.spacing)
-    free = ndi.distance_transform_edt(case.labels == 0, sampling=case.spacing)
-    z = (np.arange(case.hu.shape[0]) + 0.5) * dz
-    y = (np.arange(case.hu.shape[1]) + 0.5) * dy
-    x = (np.arange(case.hu.shape[2]) + 0.5) * dx
-    added = 0
-    for _ in range(n * 10):
-        if added >= n:
+def build_cases(
+    rng: np.random.Generator, n_phantoms: int, n_inserted: int, progress: bool, **phantom_kw: Any
+) -> list[Case]:
+    """Phantom cases plus real-inserted cases (the real slices of shared/data/real)."""
+    cases: list[Case] = []
+    for i in progress_bar(range(n_phantoms), progress, desc="phantoms", leave=False):
+        cases.append(phantom_case(rng, f"phantom{i}", n_nodules=(2, 5), **phantom_kw))
+    reals = _lung_reals()
+    for i in progress_bar(range(n_inserted), progress and bool(reals), desc="real+inserted", leave=False):
+        if not reals:
             break
-        d = float(np.exp(rng.uniform(np.log(min_diameter), np.log(max_diameter))))
-        comp = str(rng.choice(COMPOSITIONS, p=compositions)) if compositions is not None else None
-        spec = random_spec(rng, (0.0, 0.0, 0.0), diameter=d, composition=comp)
-        if comp is not None and comp != "solid" and spec.shape == "calcified":
-            spec = random_spec(rng, (0.0, 0.0, 0.0), diameter=d, shape="smooth", composition=comp)
-        r = spec.radius
-        if rng.random() < juxtapleural:
-            cand = np.nonzero((inside > 0.75 * r) & (inside < r * 1.05 + 0.5) & (free > r * 2 + 4))
+        name, vol, truth = reals[i % len(reals)]
+        cases.append(inserted_case(rng, f"{name}+ins{i}", vol, truth))
+    return cases
+
+
+def calibration_cases(sets: Sequence[tuple[int, int, int]]) -> list[Case]:
+    """Fresh phantoms (2-5 nodules) and real-inserted cases for fitting the calibrators (and FPR3D): for
+    each (seed, phantoms, inserted) of ``sets``, that many of each from one generator seeded ``seed``."""
+    reals = _lung_reals()
+    cases: list[Case] = []
+    for seed, n_phantoms, n_inserted in sets:
+        rng = np.random.default_rng(seed)
+        cases += [phantom_case(rng, f"cal{seed}_{i}", n_nodules=(2, 5)) for i in range(n_phantoms)]
+        for i in range(n_inserted if reals else 0):
+            name, vol, truth = reals[i % len(reals)]
+            cases.append(inserted_case(rng, f"{name}+cal{seed}_{i}", vol, truth))
+    return cases
+
+
+def match_truths(cands: list[Candidate], case: Case) -> list[int]:
+    """Index of the truth each candidate overlaps most (0 = none, -1 = ignored region)."""
+    out = []
+    for c in cands:
+        labs = case.labels[c.box][c.local]
+        pos = labs[labs > 0]
+        if pos.size:
+            out.append(int(np.bincount(pos).argmax()))
+        elif (labs < 0).mean() > 0.3 if labs.size else False:
+            out.append(-1)
         else:
-            cand = np.nonzero((inside > r + 3.0) & (case.hu > -950) & (free > r * 2 + 4))
-        if cand[0].size == 0:
-            continue
-        i = int(rng.integers(cand[0].size))
-        cen = np.array([z[cand[0][i]] + rng.uniform(-0.4, 0.4) * dz, y[cand[1][i]], x[cand[2][i]]])
-        spec.center = (float(cen[0]), float(cen[1]), float(cen[2]))
-        box = _render_box(z, y, x, cen, r * 2.8 + 2.0)
-        if (case.labels[box] != 0).any():
-            continue
-        occ, core, calc = render_occupancy(spec, z[box[0]], y[box[1]], x[box[2]], dz)
-        allowed = ndi.binary_dilation(lung[box], iterations=1).astype(np.float32)
-        occ, core, calc = (a * allowed for a in (occ, core, calc))
-        gt = occ >= 0.5
-        if not gt.any():
-            continue
-        hu = blend(case.hu[box], spec, occ, core, calc)
-        hu += (rng.normal(0.0, rng.uniform(5.0, 30.0), size=hu.shape) * occ).astype(np.float32)
-        case.hu[box] = hu
-        case.norm[box] = normalize_hu(hu)
-        index = int(case.labels.max()) + 1
-        case.labels[box][gt] = index
-        case.truths.extend(
-            _truths(case.labels == index, case.spacing, [(int(spec.malignant), COMPOSITIONS.index(spec.composition))])
-        )
-        case.truths[-1].index = index
-        inside[box][ndi.binary_dilation(gt, iterations=3)] = 0
-        free[box][ndi.binary_dilation(gt, iterations=3)] = 0
-        added += 1
-    return case
+            out.append(0)
+    return out
+
+
+def augment2d(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The same random flips (last axis, second-last axis) and transpose of the last two axes for each array."""
+    flips = rng.random(3) < 0.5
+    out = []
+    for a in arrays:
+        if flips[0]:
+            a = a[..., ::-1]
+        if flips[1]:
+            a = a[..., ::-1, :]
+        if flips[2]:
+            a = np.swapaxes(a, -1, -2)
+        out.append(np.ascontiguousarray(a))
+    return out

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from dicom_node.pipelines.ct_lung_nodule import Candidate, NoduleModel, extract_patch3d
-from dicom_node.training.ct_data import Case
+from dicom_node.networks.fpr3d import FPR3DEnsemble, build_fpr3d
+from dicom_node.pipelines.ct_lung_nodule import Candidate, NoduleModel, extract_patch3d, load_model
+from dicom_node.training.ct_lung_nodule.bundle import FPR3D_KWARGS, save_networks
+from dicom_node.training.ct_lung_nodule.data import Case, calibration_cases, match_truths
+from dicom_node.training.ct_lung_nodule.runtime import pick_device, progress_bar
 
-FPR3D_BUILDER = "dicom_node.nets.fpr3d:build_fpr3d"
-FPR3D_KWARGS: dict[str, Any] = {"width": 8}
 SEED_LEVELS = ((0.5, 0.35), (0.12, 0.08))  # (seed, grow) U-Net probability levels for the candidates
 # The ensemble's members (since 1.4.0): (network seed, candidate levels). The second also learns from the
 # components seeded at U-Net probability 0.03: more faint nodules, and the vessels and fissures beside them.
@@ -26,6 +28,9 @@ MEMBERS: tuple[tuple[int, tuple[tuple[float, float], ...]], ...] = (
     (0, SEED_LEVELS),
     (1, (*SEED_LEVELS, (0.03, 0.02))),
 )
+# Sample sets for FPR3D: (seed, phantoms, real-inserted), generated as the calibration cases are. Not the
+# calibration seed (555), nor training (0, 101-104), validation (777) or test (1234).
+FPR3D_SETS = ((556, 60, 8), (557, 60, 10), (558, 64, 8))
 
 
 def truth_candidate(case: Case, index: int) -> Candidate:
@@ -59,8 +64,6 @@ def fpr3d_samples(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(patches float16 (N, 2, 32, 32, 32), labels (N,)) from ``cases``: candidates at each (seed, grow)
     of ``levels`` and every truth; ``probs`` are the U-Net probabilities of each case when already computed."""
-    from dicom_node.training.ct_lung_nodule import _match
-
     xs: list[np.ndarray] = []
     ys: list[int] = []
     for i, case in enumerate(cases):
@@ -73,7 +76,7 @@ def fpr3d_samples(
         for level in levels:
             cands = model.components(prob, case.region, case.spacing, level)
             model.refine(case.norm, case.region, cands)
-            for c, m in zip(cands, _match(cands, case), strict=True):
+            for c, m in zip(cands, match_truths(cands, case), strict=True):
                 key = (c.box[0].start, c.box[1].start, c.box[2].start, int(c.local.sum()))
                 if m < 0 or key in seen:
                     continue
@@ -109,11 +112,6 @@ def train_fpr3d(
 ) -> Any:
     """FPR3D trained for ``steps`` batches, half nodules each (one class only when the other is absent, as in
     smoke runs), with flips, in-plane transposes and shifts; AdamW, one-cycle."""
-    import torch
-
-    from dicom_node.nets.fpr3d import build_fpr3d
-    from dicom_node.training.ct_lung_nodule import _progress
-
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     net = build_fpr3d(**FPR3D_KWARGS).to(device).train()
@@ -124,7 +122,7 @@ def train_fpr3d(
         raise ValueError("no FPR3D samples")
     shares = [batch // len(pools)] * len(pools)
     shares[0] += batch - sum(shares)
-    for _ in _progress(range(steps), progress, desc="fpr3d"):
+    for _ in progress_bar(range(steps), progress, desc="fpr3d"):
         idx = np.concatenate([rng.choice(pool, share) for pool, share in zip(pools, shares, strict=True)])
         xb = torch.from_numpy(_augment3d(rng, x[idx])).to(device)
         yb = torch.from_numpy(y[idx].astype(np.float32)).to(device)
@@ -134,11 +132,6 @@ def train_fpr3d(
         opt.step()
         sched.step()
     return net.eval()
-
-
-# Sample sets for FPR3D: (seed, phantoms, real-inserted), generated as the calibration cases are. Not the
-# calibration seed (555), nor training (0, 101-104), validation (777) or test (1234).
-FPR3D_SETS = ((556, 60, 8), (557, 60, 10), (558, 64, 8))
 
 
 def add_fpr3d(
@@ -153,14 +146,10 @@ def add_fpr3d(
 ) -> dict[str, Any]:
     """Train FPR3D on candidates (at ``levels``) of ``bundle_dir``'s own U-Net and put it in the bundle's
     weights (the U-Net and Res-MTNet are kept): in place of its FPR3D networks, or with ``member`` as one
-    more member of their ensemble. Run :func:`dicom_node.training.ct_lung_nodule.calibrate` afterwards:
+    more member of their ensemble. Run :func:`dicom_node.training.ct_lung_nodule.calibration.calibrate` afterwards:
     the detection calibrator reads the logit. Returns a summary for the metadata."""
-    from dicom_node.nets.fpr3d import FPR3DEnsemble
-    from dicom_node.pipelines.ct_lung_nodule import load_model
-    from dicom_node.training.ct_lung_nodule import _device, calibration_cases, save_networks
-
     t0 = time.perf_counter()
-    device = _device()
+    device = pick_device()
     model, _ = load_model(bundle_dir, device)
     if model.resmtnet is None:
         raise ValueError(f"{bundle_dir}: no resmtnet to keep")

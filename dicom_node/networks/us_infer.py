@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import UNet
 
-from dicom_node.nets.us_lung import HierarchicalClassifier, NetConfig, build_unet, classifier_skeleton
+from dicom_node.networks.us_lung import HierarchicalClassifier, NetConfig, build_unet, classifier_skeleton
 
 logger = logging.getLogger(__name__)
 

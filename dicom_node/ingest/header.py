@@ -4,7 +4,8 @@ The fast path walks the top-level data elements of a Part 10 byte string by hand
 implicit VR little endian, explicit big endian; sequences skipped by length or by delimiter), stops
 at the pixel data, and never decodes anything else. Anything it does not understand (deflated
 data, a malformed element, a missing attribute) falls back to pydicom, which reads leniently and
-raises readable errors. Both paths return the same :class:`Header`.
+raises readable errors. Both paths return the same :class:`Header`. Pixel data is never decoded:
+:func:`check_pixel_data` only checks its length against the image size.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from typing import Literal
 
 from pydicom import dcmread
 
-from dicom_node.buffers import Bytes
+from dicom_node.ingest.buffers import Bytes
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
@@ -279,3 +281,44 @@ def _with_pydicom(data: Bytes) -> Header:
     if syntax not in DEFLATED:  # deflated: the stream position is not a byte offset into ``data``
         header.pixel_offset = stream.tell()
     return header
+
+
+PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
+SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+ITEM = b"\xfe\xff\x00\xe0"
+
+
+def check_pixel_data(data: Bytes, offset: int, syntax: str, expected: int) -> None:
+    """Raise ValueError if the Pixel Data element at ``offset`` is shorter than it says or must be.
+
+    ``expected`` is the native size from Rows x Columns x samples x frames x bits (0 if unknown);
+    encapsulated pixel data must hold whole items up to its sequence delimiter.
+    """
+    if offset >= len(data) or data[offset : offset + 4] not in PIXEL_TAGS:
+        return  # no pixel data (SR, presentation state...) or another element follows
+    order: Literal["big", "little"] = "big" if syntax == EXPLICIT_BE else "little"
+    if syntax == IMPLICIT_LE:  # implicit VR: tag, 4-byte length
+        length, start = int.from_bytes(data[offset + 4 : offset + 8], order), offset + 8
+    else:  # explicit VR OB/OW: tag, VR, 2 reserved bytes, 4-byte length
+        length, start = int.from_bytes(data[offset + 8 : offset + 12], order), offset + 12
+    if length == 0xFFFFFFFF:
+        check_fragments(data, start)
+        return
+    available = len(data) - start
+    if length > available:
+        raise ValueError(f"truncated data set: pixel data declares {length} bytes, {available} present")
+    if expected and length < expected:
+        raise ValueError(f"truncated data set: pixel data holds {length} bytes, the image needs {expected}")
+
+
+def check_fragments(data: Bytes, pos: int) -> None:
+    """Walk encapsulated pixel data from ``pos``: items (FFFE,E000) until the delimiter (FFFE,E0DD)."""
+    while pos + 8 <= len(data):
+        tag = bytes(data[pos : pos + 4])
+        length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if tag == SEQUENCE_DELIMITER[:4]:
+            return
+        if tag != ITEM:
+            raise ValueError("malformed encapsulated pixel data: expected an item or the sequence delimiter")
+        pos += 8 + length
+    raise ValueError("truncated data set: encapsulated pixel data has no sequence delimiter")

@@ -4,17 +4,17 @@ Writing a new file, fsync'ing it, renaming it and fsync'ing its folder, then com
 three synchronous flushes per instance (about 14 ms here). The journal makes an instance durable with
 one: its bytes are appended to a preallocated segment file and ``fdatasync``'d (one flush covers every
 association that appended meanwhile). Only then does the receiver answer Success. A background
-materializer then reads the records back (:meth:`Journal.read_records`) and writes the instance files
-and their database rows, in batches; a checkpoint
-(``syncfs`` of the storage file system + a durable database commit) retires whole segments. After a
-crash, :meth:`Journal.replay` yields every record of every unretired segment, and the ingestor
-re-materializes them idempotently: nothing that got Success is lost.
+materializer (:mod:`dicom_node.ingest.materialize`) then reads the records back
+(:meth:`Journal.read_records`) and writes the instance files and their database rows, in batches; a
+checkpoint (``syncfs`` of the storage file system + a durable database commit) retires whole segments.
+After a crash, :meth:`Journal.replay` yields every record of every unretired segment, and the
+materializer re-applies them idempotently: nothing that got Success is lost.
 
 Record layout (``DNJ3``): one 4 KiB head block holding ``b"DNJ3"``, JSON header length (u32), CRC-32C
 of header + data (u32), data length (u64), segment number (u32) and the JSON header; then the Part 10
 bytes, zero-padded to whole blocks. CRC-32C (Castagnoli) runs in hardware (SSE4.2 / ARMv8 CRC): about
 0.02 ms for a 512 KB CT slice against 0.2 ms for zlib's CRC-32, on every instance's receive path.
-The record is written from the receiver's :class:`~dicom_node.buffers.InstanceBuffer` in one
+The record is written from the receiver's :class:`~dicom_node.ingest.buffers.InstanceBuffer` in one
 ``O_DIRECT`` write (page cache bypassed) where the file system allows it. A torn record at the tail
 of a segment (a crash mid-append, never acknowledged) fails its length or CRC check and is ignored.
 Records written by earlier versions are still replayed: ``DNJ2`` (the same layout with zlib's CRC-32)
@@ -23,8 +23,6 @@ and ``DNJ1`` (CRC-32, no segment number, unpadded).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import mmap
@@ -42,7 +40,7 @@ from typing import Any
 
 from crc32c import crc32c
 
-from dicom_node.buffers import (
+from dicom_node.ingest.buffers import (
     HEAD_ROOM,
     InstanceBuffer,
     aligned_zeros,
@@ -96,20 +94,6 @@ class Record:
         if self.buffer is None:
             raise ValueError("the record's bytes are in its journal segment: see Journal.read_records")
         return self.buffer.view()
-
-
-def syncfs(path: Path) -> None:
-    """Flush every dirty page of the file system holding ``path`` (``os.sync`` where syncfs is missing)."""
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
-    if libc is not None and hasattr(libc, "syncfs"):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    os.sync()
 
 
 class _Segment:

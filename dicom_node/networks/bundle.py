@@ -14,7 +14,8 @@ then the bundle's single network, named by ``metadata["networks"][0]`` or "netwo
 A plain file (``.ts``, ``.pt``, ``.pt2``) is loaded as TorchScript, or as a ``torch.export`` program
 (``.pt2``); it becomes a bundle with one network named "network" and empty metadata.
 
-Builders must live in ``dicom_node.nets`` (a state file cannot name arbitrary code).
+Builders must live in ``dicom_node.networks`` (a state file cannot name arbitrary code). State files written
+before the package was renamed name ``dicom_node.nets.*`` builders; they load as the same ``networks`` module.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "dicom-node-state-v1"
-ALLOWED_BUILDER_PREFIX = "dicom_node.nets."
+ALLOWED_BUILDER_PREFIX = "dicom_node.networks."
+LEGACY_BUILDER_PREFIX = "dicom_node.nets."
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Bundle:
 
 def _builder(spec: str) -> Any:
     module_name, _, func = spec.partition(":")
+    if module_name.startswith(LEGACY_BUILDER_PREFIX):
+        module_name = ALLOWED_BUILDER_PREFIX + module_name[len(LEGACY_BUILDER_PREFIX) :]
     if not module_name.startswith(ALLOWED_BUILDER_PREFIX) or not func:
         raise ValueError(f"network builder {spec!r} is not in {ALLOWED_BUILDER_PREFIX}*")
     return getattr(importlib.import_module(module_name), func)

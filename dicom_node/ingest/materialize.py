@@ -1,0 +1,373 @@
+"""The materializer: the thread that turns journal records into instance files and rows.
+
+Once the keep path has journaled an instance and answered Success, it hands the record over
+(:meth:`Materializer.hand_over`). The materializer waits for a pause in the traffic (or a full
+backlog), reads the batch back from the journal and writes the instance files and their rows; a
+checkpoint then flushes the file system and retires the journal segments whose records are all
+materialized. On start, :meth:`Materializer.replay` re-applies whatever the journal still holds
+after an unclean stop.
+
+The :class:`Backlog` is what is journaled, or being journaled, and not yet materialized: per SOP
+instance for the duplicates policy (a copy whose first copy is still being journaled waits for that
+append), counted for :meth:`Backlog.idle`, and sized so that receivers wait while the materializer is
+far behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from dicom_node.config import DuplicatePolicy, NodeConfig
+from dicom_node.db.engine import record_event
+from dicom_node.ingest.buffers import InstanceBuffer, write_file
+from dicom_node.ingest.index import DUPLICATE_KEPT_FIRST, Index, Meta, Row, add_duplicates, record
+from dicom_node.ingest.journal import Journal, Record
+from dicom_node.store import Store
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY_S = 2.0
+BATCH = 256
+IDLE_S = 0.05  # materialize once no C-STORE arrived for this long...
+BACKLOG_BYTES = 256 << 20  # ...or once this much waits in memory
+QUEUE_BYTES = 1 << 30  # receivers wait (their senders wait for the answer) while this much waits
+
+
+def syncfs(path: Path) -> None:
+    """Flush every dirty page of the file system holding ``path`` (``os.sync`` where syncfs is missing)."""
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
+    if libc is not None and hasattr(libc, "syncfs"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    os.sync()
+
+
+@dataclass
+class Pending:
+    """Copies of one SOP instance journaled, or being journaled, and not yet materialized."""
+
+    copies: int = 0  # journaled or being journaled
+    duplicates: int = 0  # copies answered as duplicates, added to the row on materialization
+    failed: bool = False  # the owner's append failed and no copy is left: waiting copies try again
+    settled: threading.Event = field(default_factory=threading.Event)  # the owner's append finished
+
+
+class Backlog:
+    """What is journaled, or being journaled, and not yet materialized; safe to use from many threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, Pending] = {}  # journaled (or being journaled), not yet materialized
+        self._in_flight = 0  # appends under way
+        self._queued = 0  # journaled, waiting for (or in) the materializer
+        self._queued_bytes = 0  # their size: receivers wait while it is over QUEUE_BYTES
+        self._room = threading.Condition(self._lock)
+
+    # -- per SOP instance: the duplicates policy -------------------------------------------------------
+    def claim(self, sop_uid: str, *, share: bool = False) -> tuple[Pending, bool]:
+        """The pending entry of ``sop_uid`` and whether this copy owns it (creates it, or ``share``s it)."""
+        with self._lock:
+            entry = self._pending.get(sop_uid)
+            if entry is not None and not share:
+                return entry, False
+            if entry is None:
+                entry = self._pending[sop_uid] = Pending()
+            entry.copies += 1
+            return entry, True
+
+    def settle(self, sop_uid: str, entry: Pending, *, failed: bool) -> None:
+        """The owner's append finished; a failed one gives its place up."""
+        with self._lock:
+            if failed:
+                entry.copies -= 1
+                entry.failed = entry.copies == 0
+                if entry.failed and self._pending.get(sop_uid) is entry:
+                    del self._pending[sop_uid]
+        entry.settled.set()
+
+    def count_duplicate(self, sop_uid: str, entry: Pending | None) -> bool:
+        """Count a duplicate on ``entry`` if it is still pending (added to the row when its first copy is
+        materialized); False if the index must count it."""
+        with self._lock:
+            if entry is not None and self._pending.get(sop_uid) is entry:
+                entry.duplicates += 1
+                return True
+        return False
+
+    def materialized(self, records: list[Record]) -> Counter[str]:
+        """``records`` have their files and rows: the duplicates counted on entries now done, by SOP UID."""
+        duplicates: Counter[str] = Counter()
+        with self._lock:
+            for rec in records:
+                uid = rec.meta["sop_uid"]
+                entry = self._pending.get(uid)
+                if entry is not None:
+                    entry.copies -= 1
+                    if entry.copies <= 0:
+                        del self._pending[uid]
+                        duplicates[uid] += entry.duplicates
+        return duplicates
+
+    # -- counts and sizes: flushing and back-pressure --------------------------------------------------
+    def enter(self, size: int) -> None:
+        """An append of ``size`` bytes starts; waits while the materializer is :data:`QUEUE_BYTES` behind."""
+        with self._room:
+            while self._queued_bytes > QUEUE_BYTES:  # the materializer is behind: hold the sender back
+                self._room.wait(timeout=1.0)
+            self._in_flight += 1
+            self._queued_bytes += size
+
+    def journaled(self) -> None:
+        """An append succeeded: its record waits for the materializer."""
+        with self._lock:
+            self._queued += 1
+
+    def leave(self) -> None:
+        """An append, successful or not, is over."""
+        with self._lock:
+            self._in_flight -= 1
+
+    def unqueue(self, size: int) -> None:
+        """``size`` bytes no longer wait: a failed append's, or a materialized batch's."""
+        with self._room:
+            self._queued_bytes -= size
+            self._room.notify_all()
+
+    def done(self, count: int, size: int) -> None:
+        """A batch of ``count`` records (``size`` bytes) left the materializer, materialized or not."""
+        with self._lock:
+            self._queued -= count
+        self.unqueue(size)
+
+    def idle(self) -> bool:
+        """Nothing is being journaled or waiting to be materialized."""
+        with self._lock:
+            return not self._pending and not self._in_flight and not self._queued
+
+
+class Materializer:
+    """Writes files and rows for journaled records, in batches, on a thread of its own.
+
+    Call :meth:`replay` before :meth:`start`, and :meth:`close` on shutdown to materialize and
+    checkpoint everything pending.
+    """
+
+    def __init__(
+        self, config: NodeConfig, store: Store, writer: Engine, index: Index, journal: Journal, backlog: Backlog
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.writer = writer  # rows become durable at the checkpoint (syncfs), not per commit
+        self.index = index
+        self.journal: Journal | None = journal
+        self.backlog = backlog
+        self.last_keep = 0.0  # when the last instance was journaled (monotonic)
+        self._retired = 0  # journal segments up to this one are retired
+        self._unmaterialized = False  # a batch failed: keep every journal segment until a restart replays it
+        self._queue: queue.Queue[Record | None] = queue.Queue(maxsize=2000)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="materializer", daemon=True)
+        self._thread.start()
+
+    def hand_over(self, meta: Meta, segment: int, offset: int, buf: InstanceBuffer) -> None:
+        """Queue a record the journal just made durable (at ``offset`` of ``segment``).
+
+        The materializer reads the bytes back from the journal: the buffer's memory, already backed by
+        pages, goes straight to the next instance instead of waiting in the queue.
+        """
+        self.last_keep = time.monotonic()
+        self.backlog.journaled()
+        length = buf.length
+        buf.release()
+        self._queue.put(Record(meta, None, segment, offset, length))
+
+    def close(self) -> None:
+        """Materialize and checkpoint everything pending, stop the thread, close the journal."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=60)
+            self._thread = None
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
+    # -- the thread ------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        last_checkpoint = time.monotonic()
+        dirty = False
+        while True:
+            try:
+                first = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if dirty and time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
+                    self.checkpoint()
+                    last_checkpoint, dirty = time.monotonic(), False
+                continue
+            if first is None:  # close() asks us to stop
+                self.checkpoint()
+                return
+            batch, stop = self._gather(first)
+            for start in range(0, len(batch), BATCH):
+                self._materialize_safely(batch[start : start + BATCH])
+            dirty = True
+            if stop:
+                self.checkpoint()
+                return
+            if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:  # sustained traffic
+                self.checkpoint()
+                last_checkpoint, dirty = time.monotonic(), False
+
+    def _gather(self, first: Record) -> tuple[list[Record], bool]:
+        """``first`` and the records queued after it until the traffic pauses (or the backlog is full).
+
+        File writes and rows then never compete with the receiving threads for the interpreter while a
+        study streams in. Returns the batch and whether :meth:`close` asked to stop meanwhile.
+        """
+        batch = [first]
+        backlog = first.length
+        while backlog < BACKLOG_BYTES and len(batch) < 8 * BATCH:
+            quiet = time.monotonic() - self.last_keep
+            try:
+                item = self._queue.get(timeout=max(IDLE_S - quiet, 0.001))
+            except queue.Empty:
+                if time.monotonic() - self.last_keep >= IDLE_S:
+                    break
+                continue
+            if item is None:
+                return batch, True
+            batch.append(item)
+            backlog += item.length
+        return batch, False
+
+    def _materialize_safely(self, batch: list[Record]) -> None:
+        try:
+            self.materialize(batch)
+        except Exception:  # the journal still holds them: the next start replays them
+            self._unmaterialized = True
+            log.exception("materializing %d journaled instance(s) failed; they stay in the journal", len(batch))
+        finally:
+            self.backlog.done(len(batch), sum(rec.length for rec in batch))
+
+    # -- one batch -------------------------------------------------------------------------------------
+    def materialize(self, records: list[Record], *, replay: bool = False) -> None:
+        """Write files and rows for journaled records, in journal order.
+
+        Keep-first (and reject): an instance the index already holds keeps its first copy, and the
+        journaled one counts as a duplicate. Overwrite: the journaled copy replaces it. A replay
+        re-applies records idempotently: a record already indexed (materialized before the crash)
+        gets its file back if that did not reach the disk.
+        """
+        overwrite = self.config.node.duplicate_policy is DuplicatePolicy.OVERWRITE
+        known = self.index.recorded([rec.meta["sop_uid"] for rec in records]) if replay or not overwrite else set()
+        rows, late = self._write_files(records, known, overwrite=overwrite, replay=replay)
+        with self.writer.begin() as conn:
+            record(conn, rows, skip_known=replay and not overwrite)
+            for m in late:  # in this batch's transaction: a re-sent study is one commit, not one per copy
+                record_event(conn, "duplicate", DUPLICATE_KEPT_FIRST, calling_ae=m["calling_ae"], sop_uid=m["sop_uid"])
+            duplicates: Counter[str] = Counter(m["sop_uid"] for m in late)
+            if not replay:
+                duplicates.update(self.backlog.materialized(records))
+            for sop_uid, count in duplicates.items():
+                if count:
+                    add_duplicates(conn, sop_uid, count)
+        if not replay and self.journal is not None:
+            for segment, count in Counter(rec.segment for rec in records).items():
+                self.journal.materialized(segment, count)
+
+    def _write_files(
+        self, records: list[Record], known: set[str], *, overwrite: bool, replay: bool
+    ) -> tuple[list[Row], list[Meta]]:
+        """The instance files of ``records``; returns the rows to write and the late duplicates' meta
+        (copies of instances indexed before they arrived, under keep-first)."""
+        rows: list[Row] = []
+        late: list[Meta] = []
+        contents = (
+            self.journal.read_records(records) if self.journal is not None else ((rec, rec.data) for rec in records)
+        )
+        with closing(contents):  # in journal order: a later copy of an instance wins
+            for rec, data in contents:
+                m = rec.meta
+                path, relative = self.store.instance_location(m["study_uid"], m["series_uid"], m["sop_uid"])
+                size = rec.length
+                if m["sop_uid"] in known and not overwrite:
+                    if replay:
+                        if not path.exists() or path.stat().st_size != size:
+                            write_file(path, data)
+                    else:
+                        late.append(m)
+                else:
+                    if not (replay and path.exists() and path.stat().st_size == size and not overwrite):
+                        write_file(path, data)
+                    rows.append((m, relative, size))
+        for rec in records:
+            if rec.buffer is not None:
+                rec.buffer.release()
+        return rows, late
+
+    # -- checkpoint and replay -------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Retire the journal segments whose records are all materialized and durable.
+
+        Runs under traffic too: segments are closed by a rotation, and those that no append can
+        still reach and whose records are all materialized are retired after a file system flush.
+        """
+        assert self.journal is not None
+        try:
+            closed = self.journal.rotate()
+            done = self.journal.retirable(closed)
+            log.debug("checkpoint: segments up to %d closed, %d materialized, %d retired", closed, done, self._retired)
+            if done <= self._retired:
+                return
+            self._sync_all()
+            if self._unmaterialized:
+                log.error("journal segments kept: some instances could not be materialized (replayed on restart)")
+                return
+            self.journal.retire(done)
+            self._retired = done
+        except Exception:  # the journal keeps its segments; the next checkpoint tries again
+            log.exception("journal checkpoint failed")
+
+    def _sync_all(self) -> None:
+        """Flush the instance files and, for SQLite, the database file system too."""
+        syncfs(self.store.root)
+        database = self.writer.url.database if self.writer.url.get_backend_name() == "sqlite" else None
+        if database and Path(database).parent.stat().st_dev != self.store.root.stat().st_dev:
+            syncfs(Path(database).parent)
+
+    def replay(self) -> None:
+        """Materialize every record the journal holds (after an unclean stop), then retire its segments."""
+        assert self.journal is not None
+        batch: list[Record] = []
+        count = 0
+        for rec in self.journal.replay():
+            batch.append(rec)
+            if len(batch) >= BATCH:
+                self.materialize(batch, replay=True)
+                count += len(batch)
+                batch = []
+        if batch:
+            self.materialize(batch, replay=True)
+            count += len(batch)
+        if count:
+            log.warning("replayed %d journaled instance(s) after an unclean stop", count)
+        self._sync_all()
+        self.journal.retire(self.journal.current - 1)

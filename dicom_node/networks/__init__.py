@@ -1,0 +1,1 @@
+"""Network definitions (U-Nets, Res-MTNet, FPR3D, boosted trees) and model bundle loading."""

@@ -1,0 +1,60 @@
+"""A mass outlined whole: the detector's outline of a large lesion grown into the solid tissue around it.
+
+The U-Net was trained on nodules of up to about 30 mm; on a real tumour of 5 cm it outlines the aerated,
+ground-glass rim that lies inside the lung field and misses the solid part that the lung field leaves out
+(solid tissue touching the chest wall or the mediastinum is not a hole in the lung). A mass is therefore
+grown, within :data:`GROW_MM` of the detector's outline, into soft-tissue voxels (:data:`SOLID_HU`) that lie
+inside the per-slice convex hull of the same lung, so that chest wall, spine and the other side's
+mediastinum stay out. On the real adenocarcinoma in ../shared this raised the share of the outline inside
+the tumour's box from 0.51 to 0.71 and the share of the box covered from 0.08 to 0.28 (the rest of the box
+is partly the tumour's spread beyond the lung's hull, partly normal tissue around it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+GROW_MM = 20.0
+SOLID_HU = (-400.0, 150.0)
+
+
+def _hull_per_slice(side: np.ndarray, slices: range) -> np.ndarray:
+    from skimage.morphology import convex_hull_image
+
+    out = np.zeros(side.shape, dtype=bool)
+    for k in slices:
+        if side[k].sum() > 3:
+            out[k] = convex_hull_image(side[k])
+    return out
+
+
+def grow_mass(
+    mask: np.ndarray,
+    hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    left: np.ndarray,
+    right: np.ndarray,
+) -> np.ndarray:
+    """``mask`` grown into the solid tissue next to it, inside the hull of the lung that holds most of it."""
+    side = left if int((mask & left).sum()) >= int((mask & right).sum()) else right
+    idx = np.nonzero(mask)
+    if idx[0].size == 0:
+        return mask
+    pad = [int(np.ceil(GROW_MM / s)) + 1 for s in spacing]
+    box = tuple(
+        slice(max(int(i.min()) - p, 0), min(int(i.max()) + p + 1, n))
+        for i, p, n in zip(idx, pad, mask.shape, strict=True)
+    )
+    sub_mask = mask[box]
+    hull = _hull_per_slice(side[box], range(sub_mask.shape[0]))
+    near = ndi.distance_transform_edt(~sub_mask, sampling=spacing) <= GROW_MM
+    sub_hu = hu[box]
+    solid = (sub_hu > SOLID_HU[0]) & (sub_hu < SOLID_HU[1]) & hull & near
+    labels, _ = ndi.label(sub_mask | solid)
+    touching = np.unique(labels[sub_mask])
+    grown = np.isin(labels, touching[touching > 0])
+    grown = ndi.binary_opening(grown, np.ones((1, 3, 3), dtype=bool)) | sub_mask
+    out = np.zeros_like(mask)
+    out[box] = grown
+    return out
