@@ -54,6 +54,18 @@ def chest_ct(slices: int, thickness: float, cache: Path, seed: int = 11) -> Stud
     return Study(name=name, folder=folder, files=files, thickness=thickness)
 
 
+REAL_CHEST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "ct_lung_pet_ct_dx"
+
+
+def real_chest_ct(case: str = "A0001_chest_5mm_lung_kernel") -> Study | None:
+    """A real whole-chest CT (Lung-PET-CT-Dx, 5 mm, an adenocarcinoma) from ../shared, or None when absent."""
+    folder = REAL_CHEST / case / "dicom"
+    files = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+    if not files:
+        return None
+    return Study(name=f"real-{case}", folder=folder, files=files, thickness=5.0)
+
+
 def _write(folder: Path, slices: int, thickness: float, seed: int) -> None:
     from dicom_node.synth.ct_phantom import make_phantom
     from dicom_node.synth.dicom_series import write_ct_series

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import DEFAULT_CACHE, RESULTS, machine_info
-from benchmarks.data import Study, chest_ct, warm_page_cache
+from benchmarks.data import Study, chest_ct, real_chest_ct, warm_page_cache
 from benchmarks.report import Report, key_ratios, markdown, write
 
 log = logging.getLogger("benchmarks.run")
@@ -91,7 +91,12 @@ class Studies:
         return self.large() if self.quick else chest_ct(133, 2.5, self.cache, seed=14)
 
     def e2e(self) -> list[Study]:
-        return [self.large()] if self.quick else [self.small(), self.large()]
+        """The end-to-end studies; the real whole chest (when ../shared has it) beside the 133-slice phantom,
+        so that both are measured on the same machine in the same run."""
+        if self.quick:
+            return [self.large()]
+        real = real_chest_ct()
+        return [self.small(), *([real] if real else []), self.large()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,8 +155,13 @@ def _e2e(rep: Report, studies: Studies, args: Any) -> None:
             )
             write(rep, args.out)
     rep.notes["e2e"] = [
-        f"{s.slices} slices: {s.thickness:g} mm synthetic chest CT phantom (lungs, vessels, 2 nodules), "
-        f"{s.bytes / 1e6:.0f} MB"
+        f"{s.slices} slices: {s.thickness:g} mm "
+        + (
+            "real whole-chest CT (Lung-PET-CT-Dx A0001, adenocarcinoma)"
+            if s.name.startswith("real-")
+            else "synthetic chest CT phantom (lungs, vessels, 2 nodules)"
+        )
+        + f", {s.bytes / 1e6:.0f} MB"
         for s in studies.e2e()
     ]
 

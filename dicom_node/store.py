@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from dicom_node.ingest.buffers import Bytes
+Bytes = bytes | bytearray | memoryview  # what a chunk may be (the receive buffers hand out memoryviews)
 
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 UID_LENIENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")

@@ -51,7 +51,7 @@ class Bundle:
         return str(self.metadata.get("version", "0"))
 
     def network(self, name: str) -> Any | None:
-        """The network called ``name``, or the only network when the bundle holds one; None if absent."""
+        """The network called ``name``; None when the bundle has none of that name."""
         if name in self.networks:
             return self.networks[name]
         return None

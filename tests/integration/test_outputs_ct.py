@@ -51,14 +51,16 @@ def lung_mask(volume: Volume) -> np.ndarray:
     return out
 
 
-def nodule(volume: Volume, center: tuple[float, float, float], radius_mm: float, **kw: object) -> Finding:
+def nodule(
+    volume: Volume, center: tuple[float, float, float], radius_mm: float, category: str = "nodule", **kw: object
+) -> Finding:
     dz, dy, dx = volume.spacing
     mask = sphere(volume.shape, center, (radius_mm / dz, radius_mm / dy, radius_mm / dx))
     voxel = dz * dy * dx
     hu = float(volume.pixels[mask].mean())
     widths = [int(np.any(mask, axis=(0, 1)).sum()) * dx, int(np.any(mask, axis=(0, 2)).sum()) * dy]
     return Finding(
-        category="nodule",
+        category=category,
         mask=mask,
         measurements=[
             Measurement("long_axis", round(max(widths), 2)),
@@ -92,14 +94,15 @@ def findings(volume: Volume) -> Findings:
             nodule(
                 volume,
                 (8, 330, 350),
-                4.0,
+                16.0,
+                category="mass",  # 32 mm: a mass, not a nodule (issue 16)
                 laterality="left",
                 score=0.64,
                 evaluations={"malignancy_likelihood": "low"},
             ),
             Finding(category="lung", mask=lung_mask(volume), laterality="both"),
         ],
-        conclusions=["2 lung nodules"],
+        conclusions=["1 lung nodule", "1 lung mass"],
     )
 
 
@@ -172,6 +175,7 @@ def test_seg_round_trip(written: dict[str, list[Path]], volume: Volume, findings
     descriptions = seg.SegmentSequence
     assert descriptions[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == std.SCT.Nodule.value
     assert descriptions[0].SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert descriptions[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == std.SCT.Mass.value == "4147007"
     assert descriptions[2].SegmentedPropertyTypeCodeSequence[0].CodeValue == LUNG.value
     for d in descriptions:
         assert d.SegmentAlgorithmType == "AUTOMATIC"
@@ -207,6 +211,8 @@ def test_sr_round_trip(written: dict[str, list[Path]], findings: Findings, volum
             }[m.quantity.value]
             assert got[name] == (pytest.approx(m.value), m.unit)
         assert got["Probability"][0] == pytest.approx(finding.score)
+        if finding.category == "mass":
+            assert vg.finding_type.value == std.SCT.Mass.value and pg.finding_type.value == std.SCT.Mass.value
         site = vg.finding_sites[0]
         assert site.value == LUNG
         evaluations = {q.name.value: q.value.meaning for q in vg.get_qualitative_evaluations()}
