@@ -10,6 +10,7 @@ from dicom_node.pipelines.ct_lung_nodule.scope import (
     MIN_LUNG_CONTACT,
     MIN_LUNG_FRACTION,
     inside_lungs,
+    inside_lungs_local,
     is_mass,
     lung_contact,
     lung_fraction,
@@ -82,3 +83,23 @@ def test_a_series_without_lungs_is_not_applicable() -> None:
     hu = np.full((12, 128, 128), 40.0, dtype=np.float32)  # an abdomen-like block of soft tissue
     result = create("ct_lung_nodule").run(phantom_volume(hu, (2.5, 0.8, 0.8)), "cpu")
     assert not result.findings and result.not_applicable and "not a chest CT" in result.not_applicable
+
+
+def test_the_working_grid_check_equals_the_full_one() -> None:
+    """``inside_lungs_local`` (a candidate's box and local mask) decides as ``inside_lungs`` on the full mask."""
+    rng = np.random.default_rng(3)
+    shape = (8, 90, 90)
+    lung = ndimage_smooth(rng.random(shape) > 0.45)
+    for _ in range(20):
+        z, y, x = (int(rng.integers(1, s - 1)) for s in shape)
+        mask = _ball(shape, (z, y, x), float(rng.uniform(2, 9)))
+        idx = np.nonzero(mask)
+        box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+        assert inside_lungs_local(box, mask[box], lung, (1.0, 0.8, 0.8)) == inside_lungs(mask, lung, (1.0, 0.8, 0.8))
+
+
+def ndimage_smooth(noise: np.ndarray) -> np.ndarray:
+    """Blobby random 'lung' with edges and holes, so that both rules get exercised."""
+    from scipy import ndimage
+
+    return ndimage.binary_opening(ndimage.binary_closing(noise, iterations=2), iterations=2)

@@ -10,7 +10,7 @@ import numpy as np
 from dicom_node.imaging.series import normalize_hu, resample_inplane, resize_to
 from dicom_node.pipelines.ct_lung_nodule.candidates import WORK_MM, Candidate, search_region
 from dicom_node.pipelines.ct_lung_nodule.model import NoduleModel
-from dicom_node.pipelines.ct_lung_nodule.scope import inside_lungs
+from dicom_node.pipelines.ct_lung_nodule.scope import inside_lungs, inside_lungs_local
 
 MALIGNANCY_CUTS = (0.3, 0.7)
 
@@ -58,7 +58,14 @@ def detect_in_volume(
         crop.shape[1] * spacing[1] / work.shape[1],
         crop.shape[2] * spacing[2] / work.shape[2],
     )
-    cands = model.detect(normalize_hu(work), reg_w, work_spacing)
+    keep = None
+    if lung_rule:  # applied on the working grid first (before the networks), then on the volume's grid
+        lung_w = resample_inplane(lung[z0:z1, y0:y1, x0:x1].astype(np.float32), zoom, order=1) >= 0.5
+
+        def keep(c: Candidate) -> bool:
+            return inside_lungs_local(c.box, c.local, lung_w, work_spacing)
+
+    cands = model.detect(normalize_hu(work), reg_w, work_spacing, keep=keep)
     out = []
     fy, fx = crop.shape[1] / work.shape[1], crop.shape[2] / work.shape[2]
     for c in cands:

@@ -114,6 +114,20 @@ def inside_lungs(mask: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     return lung_fraction(mask, lung, spacing) >= MIN_LUNG_FRACTION or lung_contact(mask, lung) >= MIN_LUNG_CONTACT
 
 
+def inside_lungs_local(
+    box: tuple[slice, slice, slice], local: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float]
+) -> bool:
+    """:func:`inside_lungs` for a mask given as ``local`` inside ``box`` of ``lung``'s grid (a candidate on
+    the working grid), computed in that box widened by what the closing and the rim can reach."""
+    pad = 2 * max(1, round(LUNG_CLOSING_MM / float(min(spacing[1], spacing[2])))) + 4
+    zs, ys, xs = box
+    y0, x0 = max(ys.start - pad, 0), max(xs.start - pad, 0)
+    y1, x1 = min(ys.stop + pad, lung.shape[1]), min(xs.stop + pad, lung.shape[2])
+    sub = np.zeros((zs.stop - zs.start, y1 - y0, x1 - x0), dtype=bool)
+    sub[:, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = local
+    return inside_lungs(sub, lung[zs, y0:y1, x0:x1], spacing)
+
+
 def is_mass(long_axis_mm: float) -> bool:
     """Whether a lesion of this long axis is a mass rather than a nodule."""
     return long_axis_mm >= MASS_MM
