@@ -71,11 +71,16 @@ def test_mass_grows_into_adjacent_solid_tissue_inside_its_lung_only() -> None:
     hu[left | right] = -850.0  # ... but the lungs
     tumour = _ball(shape, (6, 50, 30), 12)
     hu[tumour] = 30.0
+    left &= ~tumour  # solid tissue: the lung field leaves the tumour out
     seen = tumour & (np.indices(shape)[2] >= 30)  # the detector saw only the lateral half
+    vessel = np.zeros(shape, dtype=bool)
+    vessel[:, 49:52, 38:47] = True  # a vessel inside the lung field, touching the tumour
+    hu[vessel & ~tumour] = 40.0
     grown = grow_mass(seen, hu, (2.0, 1.0, 1.0), left, right)
     assert seen.sum() < grown.sum()
     assert (grown & tumour).sum() / tumour.sum() > 0.9  # the tumour is outlined whole
     assert not (grown & right).any()  # never into the other lung
+    assert not (grown & vessel & left).any()  # nor into vessels inside the lung field
     assert not grown[:, :, 49:52].any()  # nor into the mediastinum between the lungs
 
 
