@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dicom_node import __version__
 from dicom_node.config import ConfigError, NodeConfig, default_config_text, load_config
 
 DEFAULT_CONFIGS = ("node.toml", "config/node.toml", "config/node.example.toml")
@@ -298,6 +299,7 @@ def _evaluate_real(args: argparse.Namespace, default_dir: str | Path) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicom-node", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

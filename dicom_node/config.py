@@ -321,10 +321,8 @@ def locate(text: str, loc: tuple[str | int, ...]) -> int | str:
 
 
 def default_config_text() -> str:
-    """The starter config written by ``dicom-node init`` (the documented example)."""
-    example = Path(__file__).resolve().parent.parent / "config" / "node.example.toml"
-    if example.exists():
-        return example.read_text(encoding="utf-8")
+    """The starter config written by ``dicom-node init``: the documented example that ships inside the package
+    (``config/node.example.toml`` in a checkout is a link to it)."""
     from importlib.resources import files
 
     return (files("dicom_node") / "node.example.toml").read_text(encoding="utf-8")
