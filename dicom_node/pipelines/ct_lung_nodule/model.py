@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from dicom_node.bundles import shipped_bundle
 from dicom_node.imaging.series import stack_25d
 from dicom_node.networks.calibrator import ScoreModel, calibrator_from_json
 from dicom_node.pipelines.ct_lung_nodule.candidates import (
@@ -22,7 +23,7 @@ from dicom_node.pipelines.ct_lung_nodule.candidates import (
 from dicom_node.pipelines.ct_lung_nodule.features import candidate_features
 
 COMPOSITIONS = ("solid", "part_solid", "ground_glass")
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[3] / "models" / "ct_lung_nodule"
+DEFAULT_BUNDLE = shipped_bundle("ct_lung_nodule")
 SCREEN_LOGIT = -4.0  # FPR3D single-view logit under which a candidate skips the ensemble's other views
 FAINT_MIN_LOGIT = 1.0  # FPR3D logit a faint candidate needs to be kept (chosen on the validation seed)
 FAINT_SCREEN_LOGIT = -2.5  # their one-view screen (kept ones scored >= -1.2 there on validation; 80% stop here)
