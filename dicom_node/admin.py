@@ -115,10 +115,12 @@ def list_jobs(config: NodeConfig, *, state: str | None = None, limit: int = 50) 
     return lines
 
 
-def change_job(config: NodeConfig, job_id: int, action: str) -> bool:
-    """Retry or cancel one job."""
+def change_job(config: NodeConfig, job_id: int, action: str) -> tuple[bool, str | None]:
+    """Retry or cancel one job: (done, the job's state before; None when there is no such job)."""
     engine = connect(config.node.database_url())
+    with engine.connect() as conn:
+        state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
     queue = JobQueue(engine, config.queue)
-    ok = queue.retry(job_id) if action == "retry" else queue.cancel(job_id)
+    ok = state is not None and (queue.retry(job_id) if action == "retry" else queue.cancel(job_id))
     engine.dispose()
-    return ok
+    return ok, state

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from dicom_node import __version__
 from dicom_node.config import ConfigError, NodeConfig, default_config_text, load_config
+from dicom_node.queue import JOB_STATES
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_CONFIGS = ("node.toml", "config/node.toml", "config/node.example.toml")
 
 
@@ -141,9 +143,17 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.id is None:
         print(f"jobs {args.action} needs a job id", file=sys.stderr)
         return 2
-    ok = admin.change_job(config, args.id, args.action)
-    print(f"job {args.id}: {args.action} {'done' if ok else 'not possible in its current state'}")
-    return 0 if ok else 1
+    ok, state = admin.change_job(config, args.id, args.action)
+    if state is None:
+        print(f"job {args.id}: no such job (`dicom-node jobs list` shows the jobs)", file=sys.stderr)
+        return 1
+    if not ok:
+        allowed = "dead, failed or cancelled" if args.action == "retry" else "queued, failed or running"
+        done = "retried" if args.action == "retry" else "cancelled"
+        print(f"job {args.id} is {state}: only a {allowed} job can be {done}")
+        return 1
+    print(f"job {args.id}: {args.action} done (was {state})")
+    return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -312,12 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("serve", help="run the node: receiver, scheduler, workers, sender"))
     p.add_argument("--workers", type=int, help="override node.workers")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     p.set_defaults(func=cmd_serve)
 
     p = with_config(sub.add_parser("worker", help="run worker processes only (scale-out on PostgreSQL)"))
     p.add_argument("--count", type=int, default=1)
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("init", help="write a starter config")
@@ -341,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("jobs", help="list, retry or cancel jobs"))
     p.add_argument("action", choices=["list", "retry", "cancel"])
     p.add_argument("id", nargs="?", type=int)
-    p.add_argument("--state", help="only jobs in this state")
+    p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_jobs)
 

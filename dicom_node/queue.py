@@ -24,6 +24,7 @@ from dicom_node.db import jobs, now
 
 log = logging.getLogger(__name__)
 
+JOB_STATES = ("queued", "running", "succeeded", "failed", "dead", "cancelled")
 CLAIMABLE = ("queued", "failed")
 ACTIVE = ("queued", "failed", "running")
 

@@ -35,6 +35,7 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # one INFO line per copied module, per object
 
 
 def worker_main(config_json: str, index: int, log_level: str, ready: Any = None) -> None:

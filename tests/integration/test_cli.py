@@ -107,7 +107,23 @@ def test_send_status_and_jobs(config_file: Path, capsys: pytest.CaptureFixture[s
     assert "model exploded" in capsys.readouterr().out
     assert main(["jobs", "retry", "1", "--config", str(config_file)]) == 0
     assert main(["jobs", "cancel", "2", "--config", str(config_file)]) == 0
+    capsys.readouterr()
     assert main(["jobs", "cancel", "2", "--config", str(config_file)]) == 1
+    assert "job 2 is cancelled: only a queued, failed or running job can be cancelled" in capsys.readouterr().out
+    assert main(["jobs", "retry", "99", "--config", str(config_file)]) == 1
+    assert "job 99: no such job" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bogus:
+        main(["jobs", "list", "--state", "bogus", "--config", str(config_file)])
+    assert bogus.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
     capsys.readouterr()
     assert main(["status", "--json", "--config", str(config_file)]) == 0
     assert '"cancelled": 1' in capsys.readouterr().out
+
+
+def test_log_level_in_any_case_and_a_clear_error_for_a_wrong_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_node.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--log-level", "debug"]).log_level == "DEBUG"
+    with pytest.raises(SystemExit) as wrong:
+        build_parser().parse_args(["serve", "--log-level", "chatty"])
+    assert wrong.value.code == 2 and "invalid choice: 'CHATTY'" in capsys.readouterr().err
