@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -219,7 +220,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     if args.workers is not None:
         config = config.model_copy(update={"node": config.node.model_copy(update={"workers": args.workers})})
-    Node(config, log_level=args.log_level).serve_forever()
+    try:
+        Node(config, log_level=args.log_level).serve_forever()
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        node = config.node
+        print(f"error: cannot listen on {node.host}:{node.port}: {exc.strerror}. ", end="", file=sys.stderr)
+        print("Another program (a PACS, another node) may hold the port: set [node] port.", file=sys.stderr)
+        return 1
     return 0
 
 

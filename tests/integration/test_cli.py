@@ -127,3 +127,25 @@ def test_log_level_in_any_case_and_a_clear_error_for_a_wrong_one(capsys: pytest.
     with pytest.raises(SystemExit) as wrong:
         build_parser().parse_args(["serve", "--log-level", "chatty"])
     assert wrong.value.code == 2 and "invalid choice: 'CHATTY'" in capsys.readouterr().err
+
+
+def test_serve_on_a_busy_port_says_so(tmp_path: Path) -> None:
+    """A port held by another program is a one-line error naming it, exit 1, not a traceback."""
+    import socket
+    import subprocess
+    import sys
+
+    from dicom_node.config import default_config_text
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        text = default_config_text().replace("port = 11112", f"port = {port}", 1).replace('"0.0.0.0"', '"127.0.0.1"', 1)
+        (tmp_path / "node.toml").write_text(text.replace('storage = "../storage"', 'storage = "storage"', 1))
+        node = Path(sys.executable).parent / "dicom-node"
+        run = subprocess.run(
+            [str(node), "serve", "--config", str(tmp_path / "node.toml")], capture_output=True, text=True, timeout=120
+        )
+    assert run.returncode == 1, run.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "Traceback" not in run.stderr
