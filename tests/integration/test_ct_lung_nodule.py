@@ -72,3 +72,24 @@ def test_thick_slices_are_not_applicable() -> None:
     vol = load_ct_series([REAL / "ct_misc" / "eCT_Supplemental.dcm"])
     result = pipe.run(vol, "cpu")
     assert not result.findings and result.not_applicable and "10 mm apart" in result.not_applicable
+
+
+@pytest.mark.slow
+def test_real_chests_tumour_as_one_mass_few_false_positives_thick_slices_refused() -> None:
+    """Issue 16 on the real chest CT in ../shared, the whole pipeline as the node runs it: the boxed
+    adenocarcinoma of the 5 mm whole chest is found as a mass (not graded by the nodule classifier), at most
+    2 false positives and no nodule outside the lungs; the 8 mm chest is refused with the reason; the LIDC
+    nodule tip is outlined."""
+    from dicom_node.training.ct_lung_nodule.real import evaluate_real_scans
+
+    if not (REAL / "ct_lung_pet_ct_dx").is_dir():
+        pytest.skip(f"no real whole-chest CT at {REAL}")
+    pipe = create("ct_lung_nodule")
+    report = evaluate_real_scans(pipe, REAL)
+    a1 = report["A0001_chest_5mm_lung_kernel"]
+    assert a1["lesion_found"] and a1["false_positives"] <= 2 and a1["nodules_outside_lung"] == 0, a1
+    on_tumour = [f for f in a1["findings"] if f["on_lesion"]]
+    assert [f["label"].split()[0] for f in on_tumour] == ["mass"] and on_tumour[0]["long_axis_mm"] >= 30
+    assert "8 mm apart" in report["A0002_thorax_8mm_b70f"]["not_applicable"]
+    slab = report["lidc0002_slab12"]
+    assert slab["lesion_found"] and slab["dice"] >= 0.7 and slab["false_positives"] == 0

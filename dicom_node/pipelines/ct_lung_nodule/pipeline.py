@@ -105,9 +105,12 @@ class CtLungNodule:
         masses = sum(f.category is Category.MASS for f in result.findings)
         nodules = len(result.findings) - masses
         if masses:
-            result.conclusions.append(f"{masses} lung mass(es) (30 mm or more) detected.")
+            result.conclusions.append(
+                f"{masses} lung mass{'es' if masses > 1 else ''} (30 mm or more) detected; masses are outside the "
+                "range the nodule classifier was trained on, so malignancy and composition are not graded."
+            )
         if nodules:
-            result.conclusions.append(f"{nodules} lung nodule candidate(s) detected.")
+            result.conclusions.append(f"{nodules} lung nodule candidate{'s' if nodules > 1 else ''} detected.")
         if not result.findings:
             result.conclusions.append("No lung nodule or mass detected.")
         result.timings["total_s"] = time.perf_counter() - t0
@@ -133,7 +136,7 @@ class CtLungNodule:
             Measurement(Quantity.MEAN_HU, float(volume.pixels[mask].mean())),
         ]
         evaluations: dict[Evaluation, str] = {}
-        if classified:
+        if classified and not is_mass(long_ax):  # Res-MTNet grades nodules; a mass is outside its training range
             measurements.append(Measurement(Quantity.DIAMETER, c.diameter))
             evaluations[Evaluation.MALIGNANCY_LIKELIHOOD] = malignancy_key(c.p_malignant)
             evaluations[Evaluation.COMPOSITION] = max(c.composition, key=lambda n: c.composition[n])
