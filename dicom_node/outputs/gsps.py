@@ -21,6 +21,7 @@ from dicom_node.outputs.common import finish_identity, full_mask, slice_ref
 from dicom_node.outputs.contours import outline
 from dicom_node.outputs.options import EncodeOptions
 from dicom_node.outputs.preview import CT_WINDOW, label_text, status_text
+from dicom_node.outputs.seg import tracking_id
 from dicom_node.outputs.uids import UidFactory
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def _drawings(findings: Findings, volume: Volume, uids: UidFactory, options: Enc
                 graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
                 graphic_data=points,
                 units=hd.pr.AnnotationUnitsValues.PIXEL,
-                tracking_id=f"{finding.label} {i + 1}"[:64],
+                tracking_id=tracking_id(finding.label, i),
                 tracking_uid=tracking_uid,
             )
         )

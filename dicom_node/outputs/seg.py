@@ -33,6 +33,7 @@ from dicom_node.imaging.volume import Volume
 from dicom_node.outputs import codes
 from dicom_node.outputs.common import finish_identity, full_mask
 from dicom_node.outputs.options import EncodeOptions
+from dicom_node.outputs.preview import COLORS
 from dicom_node.outputs.uids import UidFactory
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def build_seg(findings: Findings, volume: Volume, uids: UidFactory, options: Enc
                 tracking_uid=uids.tracking(i),
                 tracking_id=tracking_id(finding.label, i),
                 anatomic_regions=anatomic,
+                display_color=hd.color.CIELabColor.from_rgb(*COLORS[finding.category]),
             )
         )
         masks.append(mask)
@@ -135,8 +137,12 @@ def _stable_dimension_organization(seg: Dataset, uid: str) -> None:
 
 
 def tracking_id(label: str, index: int) -> str:
-    """Human-readable tracking identifier of finding ``index``."""
-    return f"{label} {index + 1}"[:64]
+    """Human-readable tracking identifier of finding ``index``: its label, numbered unless the label already
+    ends with that number ("nodule 1", never "nodule 1 1")."""
+    number = str(index + 1)
+    if label.split()[-1:] == [number]:
+        return label[:64]
+    return f"{label} {number}"[:64]
 
 
 def _multiframe_without_frame_of_reference(

@@ -178,6 +178,7 @@ def test_seg_round_trip(written: dict[str, list[Path]], volume: Volume, findings
     assert descriptions[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == std.SCT.Mass.value == "4147007"
     assert descriptions[2].SegmentedPropertyTypeCodeSequence[0].CodeValue == LUNG.value
     for d in descriptions:
+        assert len(d.RecommendedDisplayCIELabValue) == 3  # OHIF warns about segments without a colour
         assert d.SegmentAlgorithmType == "AUTOMATIC"
         assert d.SegmentAlgorithmName == PIPELINE
         assert d.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == VERSION

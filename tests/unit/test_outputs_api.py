@@ -213,3 +213,12 @@ def test_summary_counts_findings_per_category(ct: Volume) -> None:
     findings.findings.append(Finding("lung", np.zeros(ct.shape, dtype=bool)))
     assert findings.summary() == "toy 1.0: 1 lung, 2 nodules"
     assert Findings("toy", "1.0", []).summary() == "toy 1.0: no findings"
+
+
+def test_tracking_ids_number_a_label_once() -> None:
+    from dicom_node.outputs.seg import tracking_id
+
+    assert tracking_id("nodule 1", 0) == "nodule 1"  # the CT labels are numbered already
+    assert tracking_id("mass 2", 1) == "mass 2"
+    assert tracking_id("rib", 2) == "rib 3"
+    assert tracking_id("nodule 1", 3) == "nodule 1 4"  # a label numbered otherwise keeps its own number
