@@ -151,6 +151,14 @@ class Route(_Model):
         return {key: _match_value(key, spec) for key, spec in value.items()}
 
 
+class WebSection(_Model):
+    """The HTTP service for probes and monitoring (``/healthz``, ``/readyz``, ``/metrics``)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # local only by default; a monitoring host elsewhere needs "0.0.0.0" and a firewall rule
+    port: int = Field(8088, ge=0, le=65535)  # 0: any free port (tests)
+
+
 class IntakeSection(_Model):
     """When a series counts as complete."""
 
@@ -175,6 +183,7 @@ class NodeConfig(_Model):
     node: NodeSection = NodeSection()
     intake: IntakeSection = IntakeSection()
     queue: QueueSection = QueueSection()
+    web: WebSection = WebSection()
     peers: list[Peer] = []
     destinations: list[Destination] = []
     routes: list[Route] = []

@@ -83,11 +83,20 @@ class Node:
         self._ready: list[Any] = []  # one multiprocessing Event per worker, set once it is warm
         self.receivers: list[Any] = []
         self.stopped = threading.Event()
+        self.listening = False
+        self.web: Any = None
 
     def start(self) -> None:
         """Start listening, scheduling, extra receiver processes and the worker processes."""
         shared = self.config.node.receiver_processes > 1 and self.config.node.receiver == "native"
         self.receiver.start(reuse_port=shared)
+        self.listening = True
+        if self.config.web.enabled:
+            from dicom_node.web import NodeFacts, WebServer
+
+            facts = NodeFacts(lambda: self.listening and not self.stopped.is_set(), self.unready_workers)
+            self.web = WebServer(self.config, self.engine, facts)
+            self.web.start()
         if shared:
             for i in range(1, self.config.node.receiver_processes):
                 self.receivers.append(self._spawn(receiver_main, "receiver", i))
@@ -153,6 +162,10 @@ class Node:
         proc.start()
         return proc
 
+    def unready_workers(self) -> list[str]:
+        """The workers that have not loaded their pipelines' models yet (by index)."""
+        return [str(i) for i, event in enumerate(self._ready) if not event.is_set()]
+
     def _watch_workers(self) -> None:
         for i, proc in enumerate(self.workers):
             if not proc.is_alive() and not self.stopped.is_set():
@@ -164,6 +177,9 @@ class Node:
         self.stopped.set()
         self.scheduler.shutdown(wait=True)
         self.receiver.stop()
+        self.listening = False
+        if self.web is not None:
+            self.web.stop()
         for proc in self.workers + self.receivers:
             proc.terminate()
         for proc in self.workers + self.receivers:
