@@ -152,9 +152,10 @@ class Route(_Model):
 
 
 class WebSection(_Model):
-    """The HTTP service for probes and monitoring (``/healthz``, ``/readyz``, ``/metrics``)."""
+    """The HTTP service for probes and monitoring (``/healthz``, ``/readyz``, ``/metrics``): off unless a
+    ``[web]`` section turns it on (the example config does), so nodes made from a bare config bind no port."""
 
-    enabled: bool = True
+    enabled: bool = False
     host: str = "127.0.0.1"  # local only by default; a monitoring host elsewhere needs "0.0.0.0" and a firewall rule
     port: int = Field(8088, ge=0, le=65535)  # 0: any free port (tests)
 
