@@ -66,6 +66,10 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
                 select(events).where(events.c.level.in_(("WARNING", "ERROR"))).order_by(events.c.id.desc()).limit(10)
             )
         ]
+    if config.retention.enabled:
+        from dicom_node.retention import held_summary
+
+        report["retention"] = held_summary(engine)
     engine.dispose()
     return report
 
@@ -84,6 +88,8 @@ def format_status(report: dict[str, Any]) -> str:
         f"results     {report['results']}",
         f"deliveries  {fmt(report['deliveries'])}",
     ]
+    if "retention" in report:
+        lines.append("retention   " + (fmt(report["retention"]) or "no studies"))
     for title, key in (
         ("dead jobs", "dead_jobs"),
         ("dead deliveries", "dead_deliveries"),

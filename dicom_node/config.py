@@ -151,6 +151,15 @@ class Route(_Model):
         return {key: _match_value(key, spec) for key, spec in value.items()}
 
 
+class RetentionSection(_Model):
+    """What the node deletes, and when (see :mod:`dicom_node.retention`): off unless configured."""
+
+    enabled: bool = False
+    keep_days: float = Field(30.0, gt=0)  # a settled study (results delivered) is deleted this long after
+    purge_below_free_mb: int = Field(0, ge=0)  # below this, settled studies go oldest first (0: off)
+    interval_s: float = Field(600.0, gt=0)
+
+
 class WebSection(_Model):
     """The HTTP service for probes and monitoring (``/healthz``, ``/readyz``, ``/metrics``): off unless a
     ``[web]`` section turns it on (the example config does), so nodes made from a bare config bind no port."""
@@ -185,6 +194,7 @@ class NodeConfig(_Model):
     intake: IntakeSection = IntakeSection()
     queue: QueueSection = QueueSection()
     web: WebSection = WebSection()
+    retention: RetentionSection = RetentionSection()
     peers: list[Peer] = []
     destinations: list[Destination] = []
     routes: list[Route] = []

@@ -12,6 +12,7 @@ import multiprocessing as mp
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,12 +102,18 @@ class Node:
             for i in range(1, self.config.node.receiver_processes):
                 self.receivers.append(self._spawn(receiver_main, "receiver", i))
         every = self.config.intake.sweep_interval_s
-        jobs = [
+        jobs: list[tuple[Callable[[], object], float]] = [
             (self._sweep, every),
             (self.queue.requeue_expired, 5.0),
             (self.sender.tick, 1.0),
             (self._watch_workers, 2.0),
         ]
+        if self.config.retention.enabled:
+            from dicom_node.retention import Retention
+
+            jobs.append(
+                (Retention(self.config.retention, self.engine, self.store).sweep, self.config.retention.interval_s)
+            )
         for func, seconds in jobs:
             self.scheduler.add_job(_guarded(func), "interval", seconds=seconds, max_instances=1, coalesce=True)
         self.scheduler.start()
