@@ -257,19 +257,17 @@ TRAINABLE = {
     "ct-lung-nodule": ("dicom_node.training.ct_lung_nodule", "models/ct_lung_nodule"),
     "us-lung": ("dicom_node.training.us_lung", "models/us_lung"),
 }
-# Models whose training needs --out: it never writes into the shipped bundle unless that path is named.
-TRAIN_NEEDS_OUT = {"ct-lung-nodule"}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import importlib
 
     module_name, default_dir = TRAINABLE[args.model]
-    if args.out is None and args.model in TRAIN_NEEDS_OUT:
+    if args.out is None:  # training never writes into the shipped bundle unless that path is named
         print(f"error: train {args.model} needs --out DIR (the shipped bundle is {default_dir})", file=sys.stderr)
         return 2
     module = importlib.import_module(module_name)
-    out = Path(args.out or default_dir)
+    out = Path(args.out)
     metrics = module.train(out, seed=args.seed, quick=args.quick, progress=not args.quiet)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
@@ -288,9 +286,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_real(args: argparse.Namespace, default_dir: str | Path) -> int:
-    """``evaluate ct-lung-nodule --real [DIR]``: the pipeline on every real chest CT in DIR, one line per scan."""
+    """``evaluate ct-lung-nodule|us-lung --real [DIR]``: the pipeline on every real case in DIR, one line each."""
+    if args.model == "us-lung":
+        from dicom_node.training.us_real_report import evaluate_real_command
+
+        return evaluate_real_command(args.real, args.bundle or default_dir, args.png)
     if args.model != "ct-lung-nodule":
-        print(f"error: --real is available for ct-lung-nodule only, not {args.model}", file=sys.stderr)
+        print(f"error: --real is available for ct-lung-nodule and us-lung only, not {args.model}", file=sys.stderr)
         return 2
     from dicom_node.pipelines.ct_lung_nodule import CtLungNodule
     from dicom_node.training.ct_lung_nodule.data import REAL_DIR
@@ -391,9 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="",
         metavar="DIR",
-        help="ct-lung-nodule: run the pipeline on the real chest CT in DIR (default ../shared/data/real) instead",
+        help="ct-lung-nodule: run the pipeline on the real chest CT in DIR (default ../shared/data/real) instead; "
+        "us-lung: on the real lung-US clips in DIR (default ../shared/data/real/us_pocus_ccby), per clip and "
+        "summed per split part, plus the non-lung US that must be refused",
     )
-    p.add_argument("--png", metavar="DIR", help="with --real: one PNG per scan, each finding's key slice")
+    p.add_argument("--png", metavar="DIR", help="with --real: one PNG per scan (per clip for us-lung)")
     p.set_defaults(func=cmd_evaluate)
     return parser
 

@@ -93,6 +93,14 @@ EVALUATION_VALUES: dict[str, Code] = {
     "consolidation": CATEGORY_CODES[Category.CONSOLIDATION][1],
 }
 
+CLINICAL_RESULTS: dict[str, Code] = {
+    "normal": codes.SCT.Normal,
+    "b_lines": LOCAL_CODES["b_line"],
+    "consolidation": CATEGORY_CODES[Category.CONSOLIDATION][1],
+    "effusion": codes.SCT.PleuralEffusion,
+}
+"""Whole-input classes (the lung-US cine classification) to the coded overall result of a report."""
+
 LATERALITY_CODES: dict[Laterality, Code] = {
     Laterality.LEFT: codes.SCT.Left,
     Laterality.RIGHT: codes.SCT.Right,
@@ -133,6 +141,17 @@ def evaluation_value_code(value: str) -> Code:
         raise ValueError("empty evaluation value")
     logger.debug("evaluation value %r has no standard code; using %s", value, LOCAL_SCHEME)
     return Code(key.upper()[:16], LOCAL_SCHEME, value.strip().replace("_", " ")[:64])
+
+
+def clinical_result_code(classification: dict[str, float]) -> Code | None:
+    """Coded overall result of a classified input: the most probable of :data:`CLINICAL_RESULTS`.
+
+    ``None`` when the classification has none of those classes (e.g. CT, which does not classify).
+    """
+    known = {k: v for k, v in classification.items() if k in CLINICAL_RESULTS}
+    if not known:
+        return None
+    return CLINICAL_RESULTS[max(known, key=lambda k: known[k])]
 
 
 def laterality_code(laterality: Laterality | str) -> Code:

@@ -12,7 +12,9 @@ exactly one reference each):
 Without a SEG (``kinds`` without ``"seg"``) the planar group carries everything. A finding with an
 empty mask gets a TID 1501 group (measurements only). The report always states the overall result in a
 TID 1501 group: "No abnormality" when nothing was found, "not applicable" plus the reason when the
-pipeline refused the input, and the conclusions as text.
+pipeline refused the input, the coded clinical class when the pipeline classified the whole input (lung
+ultrasound: normal lung / B-lines / consolidation / pleural effusion; anatomy such as ribs and the
+pleural line never makes a study "Abnormal"), and the conclusions as text.
 """
 
 from __future__ import annotations
@@ -247,6 +249,8 @@ def _summary_group(
     """The overall result: nothing found / not applicable / n findings, plus conclusions as text."""
     if findings.not_applicable is not None:
         result = codes.LOCAL_CODES["not_applicable"]
+    elif (clinical := codes.clinical_result_code(findings.classification)) is not None:
+        result = clinical  # lung US: the cine's class, not "Abnormal" because ribs / pleura were segmented
     elif not findings.findings:
         result = std.DCM.NoAbnormality
     else:

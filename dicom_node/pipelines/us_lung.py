@@ -20,6 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
+from dicom_node.bundles import shipped_bundle
 from dicom_node.findings import Category, Evaluation, Finding, Findings, Measurement, Quantity
 from dicom_node.imaging.us import load_us, spacing_known
 from dicom_node.imaging.volume import Volume
@@ -27,14 +28,29 @@ from dicom_node.pipelines.base import register
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "us_lung"
+DEFAULT_BUNDLE = shipped_bundle("us_lung")
 RIB, PLEURA, B_LINE = 1, 2, 3
-MIN_PLEURA_CONFIDENCE = 0.85
-"""Mean soft-max on the pleural line below which a frame is not lung-like (about the 0.5th percentile
-of held-out synthetic frames, 0.84-0.94 on the real non-lung files)."""
+MIN_PLEURA_CONFIDENCE = 0.7
+"""Mean soft-max on the pleural line below which a frame is not lung-like. Calibrated (bundle 0.2.0) on
+the real training clips (1st percentile 0.72, median 0.87); it does not separate the real non-lung
+files (0.80-0.90), which the classifier's confidence does."""
 MIN_CLASS_CONFIDENCE = 0.9
-"""Top frame-class probability below which a frame is not lung-like (about the 1.5th percentile of
-held-out synthetic frames; 0.51-0.94 on the real non-lung files)."""
+"""Top frame-class probability below which a frame is not lung-like (bundle 0.2.0: 5th percentile 0.94
+on the real training clips' frames; 0.38-0.86 on the real non-lung files)."""
+DEPTH_RANGE = (0.03, 0.6)
+"""Pleural-line depth as a fraction of the imaged depth (real clips with a thin chest wall: 5th
+percentile 0.036; the real non-lung files: 0.05-0.61)."""
+MAX_SPREAD = 0.35
+"""Largest row range of the pleural line, as a fraction of the depth (convex probes curve the line:
+real training clips 75th percentile 0.16, 90th 0.34)."""
+_RESULT_TEXT = {
+    "normal": "normal lung",
+    "b_lines": "B-lines",
+    "consolidation": "consolidation",
+    "effusion": "pleural effusion",
+}
+LINE_BAND = 0.12
+"""Pleural-line components further than this fraction of the depth from the largest one are left out."""
 _NOT_CHEST = {"ABDOMEN", "PELVIS", "HEART", "NECK", "THYROID", "ELBOW", "KNEE", "SHOULDER", "BREAST", "LIVER"}
 
 
@@ -90,15 +106,22 @@ def field_span(field: np.ndarray, row: int) -> int:
 
 
 def pleura_geometry(labels: np.ndarray, confidence: np.ndarray, field: np.ndarray) -> PleuraGeometry:
-    """Centre line of the pleural-line label in one frame (largest components only).
+    """Centre line of the pleural-line label in one frame: the largest component within the plausible
+    depth (:data:`DEPTH_RANGE`; the largest of all when none is) and the large ones within
+    :data:`LINE_BAND` of its depth (one line; a bright echo far above or below is not part of it).
 
     ``coverage`` is the fraction of the imaged field's width at the line's depth that it spans.
     """
     mask = labels == PLEURA
     comps, n = ndimage.label(mask)
     if n > 1:
-        sizes = ndimage.sum(mask, comps, index=np.arange(1, n + 1))
-        keep = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
+        index = np.arange(1, n + 1)
+        sizes = ndimage.sum(mask, comps, index=index)
+        rows_of = np.asarray(ndimage.mean(np.indices(mask.shape)[0], comps, index=index))
+        plausible = rows_of <= DEPTH_RANGE[1] * mask.shape[0]
+        main = int(np.argmax(np.where(plausible, sizes, 0.0))) if plausible.any() else int(np.argmax(sizes))
+        near = np.abs(rows_of - rows_of[main]) <= LINE_BAND * mask.shape[0]
+        keep = np.flatnonzero((sizes >= 0.1 * sizes.max()) & near) + 1
         mask = np.isin(comps, keep)
     cols = np.flatnonzero(mask.any(axis=0))
     if cols.size == 0:
@@ -151,10 +174,10 @@ def _frame_reasons(
     if explained < 0.6:
         reasons.append(f"pleura and ribs cover only {explained:.0%} of the width")
     depth_frac = float(np.median(geo.rows)) / rows
-    if not 0.08 <= depth_frac <= 0.6:
+    if not DEPTH_RANGE[0] <= depth_frac <= DEPTH_RANGE[1]:
         reasons.append(f"pleural line at {depth_frac:.0%} of the depth")
     spread = float(np.ptp(geo.rows)) / rows
-    if spread > 0.25:
+    if spread > MAX_SPREAD:
         reasons.append("pleural line not horizontal")
     if spacing_known(volume):
         depth_mm = float(np.median(geo.rows)) * volume.spacing[1]
@@ -234,14 +257,16 @@ class UsLungPipeline:
         self._b_lines(volume, pred.labels, pred.classes, ok, result)
         top = CLASS_NAMES[int(np.argmax(probs))]
         result.conclusions.append(
-            f"Frame classification: {top.replace('_', ' ')} most likely (p={probs.max():.2f}); "
-            f"abnormal p={1.0 - probs[0]:.2f}."
+            f"Cine result: {_RESULT_TEXT[top]} (p={probs.max():.2f}); abnormal p={1.0 - probs[0]:.2f} "
+            "(ribs and the pleural line are anatomy, not findings)."
         )
         if int((~ok).sum()):
             result.conclusions.append(
                 f"{int((~ok).sum())} of {len(ok)} frames did not look like lung and were ignored."
             )
-        result.conclusions.append("Research use only, not for diagnosis (model trained on synthetic images).")
+        result.conclusions.append(
+            "Research use only, not for diagnosis (model trained on synthetic images, adapted on few real clips)."
+        )
         result.timings["total_s"] = time.perf_counter() - start
         return result
 

@@ -142,4 +142,47 @@ def render_card(metrics: Mapping[str, object], record: Mapping[str, object], ver
     )
     rows = "\n".join(_fill("real_data_row", {**row, "verdict": row["verdict"].replace("|", "/")}) for row in real)
     values["real_data"] = _fill("real_data", {"real_data_rows": rows}) if real else ""
+    values.update(_real_clips(record.get("real_clips")))  # type: ignore[arg-type]
     return _fill("card", values)
+
+
+def _rate(entry: Mapping[str, object]) -> str:
+    return f"{entry['right']}/{entry['of']} ({_f(entry['rate'], 2)})" if entry.get("of") else "n/a"
+
+
+def _real_clips(real: Mapping[str, object] | None) -> dict[str, object]:
+    """Intro, limits and the real-clip table; the synthetic-only wording when there are no real numbers."""
+    if not real:
+        return {
+            "intro": _fill("intro_synthetic", {}),
+            "limits_data": _fill("limits_synthetic", {}),
+            "real_clips": "",
+        }
+    rows: Sequence[Mapping[str, object]] = real["rows"]  # type: ignore[assignment]
+    table = "\n".join(
+        _fill(
+            "real_clips_row",
+            {
+                "model": r["model"],
+                "part": r["part"],
+                "clips": r["clips"],
+                "analysed": _rate(r["analysed"]),  # type: ignore[arg-type]
+                "pleura": _f(r["pleura_frames_normal_clips"], 2),
+                "normal_abnormal": _rate(r["normal_vs_abnormal"]),  # type: ignore[arg-type]
+                "b_lines": _rate(r["b_lines_present"]),  # type: ignore[arg-type]
+            },
+        )
+        for r in rows
+    )
+    section = {
+        "real_frames": real["frames"],
+        "real_check_groups": real["check_groups"],
+        "real_train_groups": real["train_groups"],
+        "real_clips_rows": table,
+        "non_lung_refused": real["non_lung_refused"],
+    }
+    return {
+        "intro": _fill("intro_real", {}),
+        "limits_data": _fill("limits_real", {"real_check_clips": real["check_clips"]}),
+        "real_clips": _fill("real_clips", section),
+    }

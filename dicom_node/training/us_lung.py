@@ -506,10 +506,10 @@ def write_card(bundle_dir: Path, progress: bool = False) -> dict[str, object]:
         "evaluation: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
     )
     real = real_data_check(bundle_dir)
-    card = render_card(metrics, {**record, "real_data": real}, VERSION)
-    (bundle_dir / "docs" / "README.md").write_text(card)
     meta_path = bundle_dir / METADATA_FILE
     meta = json.loads(meta_path.read_text())
+    card = render_card(metrics, {**record, "real_data": real}, str(meta.get("version", VERSION)))
+    (bundle_dir / "docs" / "README.md").write_text(card)
     meta["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return metrics

@@ -96,3 +96,23 @@ def test_orthanc_files_seg_and_sr_into_the_cine_study(run: tuple[Path, Volume, F
         assert {s["MainDicomTags"].get("Modality", "") for s in series} == {"US", "SEG", "SR"}
         stored = pacs.sop_instance_uids()
         assert {str(ds.SOPInstanceUID) for ds in datasets} <= stored
+
+
+def _coded(items: object) -> list[tuple[str, str]]:
+    """(concept name, value) code values of every CODE content item in an SR content tree."""
+    pairs: list[tuple[str, str]] = []
+    for item in items or []:  # type: ignore[attr-defined]
+        if item.get("ValueType") == "CODE":
+            pairs.append((item.ConceptNameCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodeValue))
+        pairs.extend(_coded(item.get("ContentSequence")))
+    return pairs
+
+
+def test_sr_result_is_the_coded_cine_class_not_abnormal_anatomy(run: tuple[Path, Volume, Findings, list[Path]]) -> None:
+    _, _, findings, paths = run
+    assert {Category.RIB, Category.PLEURAL_LINE} & {f.category for f in findings.findings}  # anatomy was found
+    top = max((k for k in findings.classification if k != "abnormal"), key=lambda k: findings.classification[k])
+    expected = {"normal": "17621005", "b_lines": "BLINE", "consolidation": "95436008", "effusion": "60046008"}[top]
+    results = [value for name, value in _coded(pydicom.dcmread(paths[1]).ContentSequence) if name == "121071"]
+    assert expected in results  # DCM "Finding" (also the finding type of each group): the cine's class
+    assert "263654008" not in results  # never SNOMED CT "Abnormal" just because ribs / pleura were segmented
