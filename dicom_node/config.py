@@ -52,7 +52,14 @@ class NodeSection(_Model):
     port: int = Field(11112, ge=0, le=65535)  # 0: any free port (tests)
     storage: Path = Path("storage")
     database: str = ""  # empty: SQLite file in storage/
-    max_associations: int = Field(16, ge=1, le=1000)
+    max_associations: int = Field(16, ge=1, le=1000)  # counted from a completed negotiation
+    # ARTIM (PS3.8 9.1.5): a connection must deliver its whole A-ASSOCIATE-RQ this soon after it opens.
+    association_request_timeout_s: float = Field(20.0, gt=0, le=600)
+    # Silence allowed between PDUs; a PDU once begun must be complete within it plus 1 s per MiB.
+    network_timeout_s: float = Field(120.0, gt=0, le=3600)
+    # Connections from one address still negotiating; a newer one closes the oldest (a flood recycles
+    # its own connections and never keeps another host, or a later sender from that host, out).
+    max_pending_per_address: int = Field(4, ge=1, le=1000)
     max_pdu: int = Field(0, ge=0)  # 0 = unlimited
     min_free_disk_mb: int = Field(500, ge=0)
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST

@@ -31,7 +31,7 @@ def connect(url: str, *, migrate: bool = True, synchronous: str = "FULL") -> Eng
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -49,7 +49,8 @@ def connect(url: str, *, migrate: bool = True, synchronous: str = "FULL") -> Eng
             conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE")
 
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # hide_parameters: an error's message must not carry a row's patient ID or accession into a log.
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
     if migrate:
         from dicom_node.db.migrate import upgrade
 
@@ -93,8 +94,10 @@ def log_event(engine: Engine, kind: str, message: str, **kwargs: Any) -> None:
     try:
         with engine.begin() as conn:
             record_event(conn, kind, message, **kwargs)
-    except Exception:  # the database itself may be what failed
-        log.exception("could not record event %s: %s", kind, message)
+    except Exception as exc:  # the database itself may be what failed
+        from dicom_node.db.errors import describe_error
+
+        log.error("could not record event %s: %s (%s)", kind, message, describe_error(exc))
 
 
 __all__ = ["connect", "log_event", "now", "reader", "record_event"]

@@ -129,6 +129,19 @@ deliveries = Table(
     Index("ix_deliveries_state_next_try", "state", "next_try"),
 )
 
+# Series with instances journaled by a receiver (any process) and not yet materialized into rows: the
+# stability sweep does not route them. One row per (receiver journal, series); see ingest/pending.py.
+ingest_pending = Table(
+    "ingest_pending",
+    metadata,
+    Column("receiver", String(64), primary_key=True),
+    Column("series_uid", UID, primary_key=True),
+    Column("study_uid", UID, nullable=False, index=True),
+    Column("since", Float, nullable=False),
+    Column("error", Text),  # the last materialization failure, if any (no patient data)
+    Index("ix_ingest_pending_series_uid", "series_uid"),
+)
+
 events = Table(
     "events",
     metadata,

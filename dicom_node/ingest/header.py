@@ -24,6 +24,9 @@ EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 PIXEL_DATA = 0x7FE00010
+# Sequences of undefined length nested deeper than this are refused (0xC000) rather than walked: real
+# objects nest a few levels (SR content trees a few dozen at most); thousands would exhaust the stack.
+MAX_SEQUENCE_DEPTH = 64
 
 TEXT = {
     0x00080016: "sop_class",
@@ -214,14 +217,14 @@ def _set(header: Header, tag: int, value: Bytes, order: str) -> None:
         setattr(header, NUMBERS[tag], struct.unpack(order + "H", value)[0])
 
 
-def _explicit(data: Bytes, pos: int, order: str) -> tuple[int, Bytes, int]:
+def _explicit(data: Bytes, pos: int, order: str, depth: int = 0) -> tuple[int, Bytes, int]:
     group, elem, vr = struct.unpack_from(order + "HH2s", data, pos)
     tag = (group << 16) | elem
     if vr in LONG_VRS:
         (length,) = struct.unpack_from(order + "I", data, pos + 8)
         pos += 12
         if length == 0xFFFFFFFF:
-            return tag, b"", _skip_undefined(data, pos, implicit=vr == b"UN", order=order)
+            return tag, b"", _skip_undefined(data, pos, implicit=vr == b"UN", order=order, depth=depth)
     elif vr.isalpha() and vr.isupper():
         (length,) = struct.unpack_from(order + "H", data, pos + 6)
         pos += 8
@@ -233,8 +236,14 @@ def _explicit(data: Bytes, pos: int, order: str) -> tuple[int, Bytes, int]:
     return tag, data[pos:end], end
 
 
-def _skip_undefined(data: Bytes, pos: int, *, implicit: bool, order: str) -> int:
-    """Skip a sequence of undefined length: items until the sequence delimiter (FFFE,E0DD)."""
+def _skip_undefined(data: Bytes, pos: int, *, implicit: bool, order: str, depth: int = 0) -> int:
+    """Skip a sequence of undefined length: items until the sequence delimiter (FFFE,E0DD).
+
+    ``depth`` counts the sequences of undefined length around this one; past :data:`MAX_SEQUENCE_DEPTH`
+    the data set is refused with ValueError (not handed to pydicom, which would recurse as deep).
+    """
+    if depth >= MAX_SEQUENCE_DEPTH:
+        raise ValueError(f"cannot parse dataset: sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels")
     while True:
         group, elem, length = struct.unpack_from(order + "HHI", data, pos)
         pos += 8
@@ -254,9 +263,12 @@ def _skip_undefined(data: Bytes, pos: int, *, implicit: bool, order: str) -> int
             if implicit:
                 (length,) = struct.unpack_from(order + "I", data, pos + 4)
                 pos += 8
-                pos = _skip_undefined(data, pos, implicit=True, order=order) if length == 0xFFFFFFFF else pos + length
+                if length == 0xFFFFFFFF:
+                    pos = _skip_undefined(data, pos, implicit=True, order=order, depth=depth + 1)
+                else:
+                    pos += length
             else:
-                _, _, pos = _explicit(data, pos, order)
+                _, _, pos = _explicit(data, pos, order, depth + 1)
         if pos > len(data):
             raise _Unsupported
 

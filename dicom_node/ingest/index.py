@@ -8,13 +8,15 @@ the materializer's questions (which of these instances are indexed?) on a read-o
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Connection
 
 from dicom_node.db import instances, now, series, studies
 from dicom_node.db.engine import log_event, reader
+from dicom_node.db.upsert import insert_ignore
 from dicom_node.ingest.header import Header
 from dicom_node.store import check_uid
 
@@ -70,12 +72,17 @@ def add_duplicates(conn: Connection, sop_uid: str, count: int) -> None:
     )
 
 
-def record(conn: Connection, rows: list[Row], *, skip_known: bool = False) -> None:
+def record(conn: Connection, rows: list[Row], *, skip_known: bool = False) -> list[Meta]:
     """Rows for a batch of kept instances: a few statements per study and series, not per instance.
 
     ``rows`` holds (meta from :func:`describe`, path relative to the store, size). An instance that
     is already recorded is updated in place (the overwrite policy), or skipped with ``skip_known``
     (journal replay). An instance of a series that was already routed opens a new revision of it.
+
+    Studies, series and instances are created with inserts that cannot race (:func:`insert_ignore`),
+    in a fixed order (by UID), so receiver processes writing the same new study neither fail on a
+    unique key nor deadlock. Returns the meta of instances another transaction recorded between the
+    lookup and the insert (copies handled by another process): the caller counts them as duplicates.
     """
     latest: dict[str, Row] = {}
     for row in rows:  # the same instance twice in one batch: the later one wins
@@ -87,7 +94,7 @@ def record(conn: Connection, rows: list[Row], *, skip_known: bool = False) -> No
     if skip_known:
         latest = {uid: row for uid, row in latest.items() if uid not in known}
     if not latest:
-        return
+        return []
     by_study: dict[str, list[Meta]] = {}
     by_series: dict[str, list[Meta]] = {}
     for m, _, _ in latest.values():
@@ -95,79 +102,84 @@ def record(conn: Connection, rows: list[Row], *, skip_known: bool = False) -> No
         by_study.setdefault(m["study_uid"], []).append(m)
         by_series.setdefault(m["series_uid"], []).append(m)
     _record_studies(conn, by_study)
-    revisions = _record_series(conn, by_series, known)
-    _record_instances(conn, latest, known, revisions)
+    revisions = _record_series(conn, by_series)
+    inserted, conflicts = _record_instances(conn, latest, known, revisions)
+    for series_uid, count in Counter(latest[uid][0]["series_uid"] for uid in inserted).items():
+        conn.execute(
+            update(series)
+            .where(series.c.series_uid == series_uid)
+            .values(instance_count=series.c.instance_count + count)
+        )
+    return conflicts
 
 
 def _record_studies(conn: Connection, by_study: dict[str, list[Meta]]) -> None:
     """Create each study, or move its last-seen time on."""
-    for study_uid, metas in by_study.items():
+    for study_uid in sorted(by_study):
+        metas = by_study[study_uid]
         t = max(float(m["received_at"]) for m in metas)
-        found = conn.execute(select(studies.c.id).where(studies.c.study_uid == study_uid).with_for_update()).first()
-        if found is None:
-            first = metas[0]
+        first = metas[0]
+        values = dict(
+            study_uid=study_uid,
+            patient_id=first.get("patient_id"),
+            accession=first.get("accession"),
+            first_seen=t,
+            last_seen=t,
+        )
+        if not insert_ignore(conn, studies, [values], "study_uid"):
             conn.execute(
-                insert(studies).values(
-                    study_uid=study_uid,
-                    patient_id=first.get("patient_id"),
-                    accession=first.get("accession"),
-                    first_seen=t,
-                    last_seen=t,
-                )
+                update(studies).where(studies.c.study_uid == study_uid, studies.c.last_seen < t).values(last_seen=t)
             )
-        else:
-            conn.execute(update(studies).where(studies.c.id == found.id).values(last_seen=t))
 
 
-def _record_series(conn: Connection, by_series: dict[str, list[Meta]], known: dict[str, int]) -> dict[str, int]:
-    """Create or update each series (receiving again, counting its new instances); returns its revision."""
+def _record_series(conn: Connection, by_series: dict[str, list[Meta]]) -> dict[str, int]:
+    """Create or update each series (receiving again, last seen now); returns its revision.
+
+    The instance count grows once the instances are inserted (:func:`record`).
+    """
     revisions: dict[str, int] = {}
-    for series_uid, metas in by_series.items():
+    for series_uid in sorted(by_series):
+        metas = by_series[series_uid]
         t = max(float(m["received_at"]) for m in metas)
-        new = sum(m["sop_uid"] not in known for m in metas)
+        first = metas[0]
+        values = dict(
+            series_uid=series_uid,
+            study_uid=first["study_uid"],
+            modality=first.get("modality"),
+            description=first.get("description"),
+            calling_ae=first["calling_ae"],
+            called_ae=first["called_ae"],
+            instance_count=0,
+            first_seen=t,
+            last_seen=t,
+            state="receiving",
+            revision=1,
+        )
+        if insert_ignore(conn, series, [values], "series_uid"):
+            revisions[series_uid] = 1
+            continue
         current = conn.execute(
-            select(series.c.id, series.c.state, series.c.revision)
+            select(series.c.id, series.c.state, series.c.revision, series.c.last_seen)
             .where(series.c.series_uid == series_uid)
             .with_for_update()
-        ).first()
-        if current is None:
-            first = metas[0]
-            revisions[series_uid] = 1
-            conn.execute(
-                insert(series).values(
-                    series_uid=series_uid,
-                    study_uid=first["study_uid"],
-                    modality=first.get("modality"),
-                    description=first.get("description"),
-                    calling_ae=first["calling_ae"],
-                    called_ae=first["called_ae"],
-                    instance_count=new,
-                    first_seen=t,
-                    last_seen=t,
-                    state="receiving",
-                    revision=1,
-                )
-            )
-        else:
-            # An instance after the series was routed starts a new revision: new jobs, not a silent drop.
-            revisions[series_uid] = current.revision if current.state == "receiving" else current.revision + 1
-            conn.execute(
-                update(series)
-                .where(series.c.id == current.id)
-                .values(
-                    instance_count=series.c.instance_count + new,
-                    last_seen=t,
-                    state="receiving",
-                    revision=revisions[series_uid],
-                )
-            )
+        ).one()
+        # An instance after the series was routed starts a new revision: new jobs, not a silent drop.
+        revisions[series_uid] = current.revision if current.state == "receiving" else current.revision + 1
+        conn.execute(
+            update(series)
+            .where(series.c.id == current.id)
+            .values(last_seen=max(t, float(current.last_seen)), state="receiving", revision=revisions[series_uid])
+        )
     return revisions
 
 
 def _record_instances(
     conn: Connection, latest: dict[str, Row], known: dict[str, int], revisions: dict[str, int]
-) -> None:
-    """Insert the new instances' rows in one statement; update those already indexed in place."""
+) -> tuple[set[str], list[Meta]]:
+    """Insert the new instances' rows in one statement; update those already indexed in place.
+
+    Returns the SOP UIDs inserted, and the meta of those another transaction inserted first.
+    """
     inserts: list[dict[str, Any]] = []
     updates: list[tuple[int, dict[str, Any]]] = []
     for uid, (m, relative, size) in latest.items():
@@ -186,7 +198,8 @@ def _record_instances(
             updates.append((known[uid], values))
         else:
             inserts.append(dict(sop_uid=uid, duplicates=0, **values))
-    if inserts:
-        conn.execute(insert(instances), inserts)
+    inserted = insert_ignore(conn, instances, inserts, "sop_uid")
+    conflicts = [latest[row["sop_uid"]][0] for row in inserts if row["sop_uid"] not in inserted]
     for row_id, values in updates:
         conn.execute(update(instances).where(instances.c.id == row_id).values(**values))
+    return inserted, conflicts

@@ -24,7 +24,7 @@ from dicom_node.ingest.index import Index, describe
 from dicom_node.ingest.journal import Journal
 from dicom_node.ingest.keep import Keeper, Outcome
 from dicom_node.ingest.materialize import Backlog, Materializer
-from dicom_node.net.dimse import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
+from dicom_node.net.dimse import CANNOT_UNDERSTAND, DATA_SET_MISMATCH, OUT_OF_RESOURCES
 from dicom_node.store import InvalidUID, Store
 
 __all__ = ["Ingestor", "Outcome"]
@@ -59,11 +59,22 @@ class Ingestor:
             self.materializer.replay()
             self.materializer.start()
 
-    def keep(self, received: InstanceBuffer | Bytes, *, calling_ae: str, called_ae: str, address: str = "") -> Outcome:
+    def keep(
+        self,
+        received: InstanceBuffer | Bytes,
+        *,
+        calling_ae: str,
+        called_ae: str,
+        address: str = "",
+        command: tuple[str, str] | None = None,
+    ) -> Outcome:
         """Validate one instance and make it durable; returns the status to answer with.
 
         ``received`` is the Part 10 bytes, best in an :class:`InstanceBuffer` (the native receiver reads
         the network into one; other bytes are copied into one). The buffer belongs to the ingestor.
+        ``command`` is the C-STORE-RQ's (Affected SOP Class UID, Affected SOP Instance UID): the data
+        set must carry the same, or it is refused (0xA900 for another SOP class, 0xC000 for another
+        instance) and nothing is kept.
         """
         buf = received if isinstance(received, InstanceBuffer) else InstanceBuffer.from_bytes(received)
         try:
@@ -73,7 +84,13 @@ class Ingestor:
                     check_pixel_data(data, header.pixel_offset, header.transfer_syntax, header.native_pixel_bytes)
             meta = describe(header, calling_ae, called_ae)
         except (InvalidUID, ValueError) as exc:
+            buf.release()
             return self.keeper.refuse(CANNOT_UNDERSTAND, "rejected", str(exc), calling_ae, address)
+        mismatch = _mismatch(command, header.sop_class, meta["sop_uid"])
+        if mismatch is not None:
+            buf.release()
+            status, reason = mismatch
+            return self.keeper.refuse(status, "rejected", reason, calling_ae, address, sop_uid=meta["sop_uid"])
         free = self.store.free_mb()
         if free < self.config.node.min_free_disk_mb:
             reason = f"free disk {free:.0f} MiB is under the {self.config.node.min_free_disk_mb} MiB watermark"
@@ -103,3 +120,15 @@ class Ingestor:
             self.journal = None
             if self.writer is not self.engine:
                 self.writer.dispose()
+
+
+def _mismatch(command: tuple[str, str] | None, sop_class: str, sop_uid: str) -> tuple[int, str] | None:
+    """The status and reason when the data set is not the instance its C-STORE-RQ announced."""
+    if command is None:
+        return None
+    command_class, command_instance = command
+    if sop_class and sop_class != command_class:
+        return DATA_SET_MISMATCH, "the data set's SOP Class UID differs from the command's Affected SOP Class UID"
+    if sop_uid != command_instance:
+        return CANNOT_UNDERSTAND, "the data set's SOP Instance UID differs from the command's Affected SOP Instance UID"
+    return None

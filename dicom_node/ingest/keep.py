@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from dicom_node.config import DuplicatePolicy, NodeConfig
 from dicom_node.db.engine import log_event
+from dicom_node.db.errors import describe_error
 from dicom_node.ingest.buffers import InstanceBuffer
 from dicom_node.ingest.index import Index, Meta, record
 from dicom_node.ingest.materialize import Materializer, Pending
@@ -140,19 +141,22 @@ class Keeper:
             )
         try:
             with self.engine.begin() as conn:
-                record(conn, [(meta, relative, size)])
+                raced = record(conn, [(meta, relative, size)])
         except Exception as exc:  # the database refused: the peer must resend, so it must not see Success
-            log.exception("cannot record instance")
+            error = describe_error(exc)  # no traceback: its message could carry the row's patient data
+            log.error("cannot record instance: %s", error)
             if not existed:
                 path.unlink(missing_ok=True)
             return self.refuse(
                 PROCESSING_FAILURE,
                 "db_failed",
-                f"cannot record instance: {exc}",
+                f"cannot record instance: {error}",
                 calling_ae,
                 address,
                 sop_uid=sop_uid,
             )
+        if raced and self.config.node.duplicate_policy is not DuplicatePolicy.OVERWRITE:
+            return self._duplicate(sop_uid, calling_ae, address)  # another process recorded a copy first
         return Outcome(SUCCESS, "", sop_uid)
 
     # -- answers ---------------------------------------------------------------------------------------

@@ -30,10 +30,12 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from dicom_node.config import DuplicatePolicy, NodeConfig
-from dicom_node.db.engine import record_event
+from dicom_node.db.engine import log_event, record_event
+from dicom_node.db.errors import describe_error
 from dicom_node.ingest.buffers import InstanceBuffer, write_file
 from dicom_node.ingest.index import DUPLICATE_KEPT_FIRST, Index, Meta, Row, add_duplicates, record
 from dicom_node.ingest.journal import Journal, Record
+from dicom_node.ingest.pending import PendingSeries, receiver_id
 from dicom_node.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ BATCH = 256
 IDLE_S = 0.05  # materialize once no C-STORE arrived for this long...
 BACKLOG_BYTES = 256 << 20  # ...or once this much waits in memory
 QUEUE_BYTES = 1 << 30  # receivers wait (their senders wait for the answer) while this much waits
+RETRY_BASE_S, RETRY_MAX_S = 0.5, 30.0  # a failed batch is tried again after 0.5, 1, 2, ... 30 s
 
 
 def syncfs(path: Path) -> None:
@@ -180,7 +183,11 @@ class Materializer:
         self.backlog = backlog
         self.last_keep = 0.0  # when the last instance was journaled (monotonic)
         self._retired = 0  # journal segments up to this one are retired
-        self._unmaterialized = False  # a batch failed: keep every journal segment until a restart replays it
+        # Series with records waiting here, published for the stability sweep of any process.
+        self.pending = PendingSeries(receiver_id(journal.folder), writer)
+        self._failed: list[Record] = []  # records whose batch failed, in journal order: tried again first
+        self._failures = 0  # failed attempts in a row
+        self._retry_at = 0.0  # monotonic time of the next attempt
         self._queue: queue.Queue[Record | None] = queue.Queue(maxsize=2000)
         self._thread: threading.Thread | None = None
 
@@ -196,6 +203,7 @@ class Materializer:
         """
         self.last_keep = time.monotonic()
         self.backlog.journaled()
+        self.pending.add(meta)
         length = buf.length
         buf.release()
         self._queue.put(Record(meta, None, segment, offset, length))
@@ -215,19 +223,24 @@ class Materializer:
         last_checkpoint = time.monotonic()
         dirty = False
         while True:
+            wait = 0.5 if not self._failed else min(0.5, max(self._retry_at - time.monotonic(), 0.001))
             try:
-                first = self._queue.get(timeout=0.5)
+                first = self._queue.get(timeout=wait)
             except queue.Empty:
+                if self._failed and time.monotonic() >= self._retry_at:
+                    self._attempt([])
+                    dirty = True
                 if dirty and time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
                     self.checkpoint()
                     last_checkpoint, dirty = time.monotonic(), False
                 continue
-            if first is None:  # close() asks us to stop
+            if first is None:  # close() asks us to stop: one last try for failed records, then checkpoint
+                self._attempt([], force=True)
                 self.checkpoint()
                 return
+            self.pending.publish()
             batch, stop = self._gather(first)
-            for start in range(0, len(batch), BATCH):
-                self._materialize_safely(batch[start : start + BATCH])
+            self._attempt(batch, force=stop)
             dirty = True
             if stop:
                 self.checkpoint()
@@ -254,18 +267,63 @@ class Materializer:
                 continue
             if item is None:
                 return batch, True
+            self.pending.publish()  # a no-op unless a series began waiting
             batch.append(item)
             backlog += item.length
         return batch, False
 
-    def _materialize_safely(self, batch: list[Record]) -> None:
+    def _attempt(self, batch: list[Record], *, force: bool = False) -> None:
+        """Materialize the failed records (when their retry is due, or ``force``), then ``batch``.
+
+        Journal order is kept: while failed records wait for their retry, new ones wait behind them.
+        On failure the records stay in memory and in the journal and are tried again with exponential
+        backoff while the node runs (and replayed by the next start if it stops first); the failure is
+        logged without patient data, recorded as an event and noted on the series' pending marks,
+        which keep the series from being routed until its rows exist.
+        """
         try:
-            self.materialize(batch)
-        except Exception:  # the journal still holds them: the next start replays them
-            self._unmaterialized = True
-            log.exception("materializing %d journaled instance(s) failed; they stay in the journal", len(batch))
+            self.pending.publish()
+            if self._failed and not force and time.monotonic() < self._retry_at:
+                self._failed.extend(batch)
+                return
+            todo, self._failed = self._failed + batch, []
+            for start in range(0, len(todo), BATCH):
+                chunk = todo[start : start + BATCH]
+                try:
+                    self.materialize(chunk)
+                except Exception as exc:
+                    self._failed = todo[start:]
+                    self._note_failure(chunk, exc)
+                    return
+            if self._failures:
+                log.warning("journaled instances materialized again after %d failed attempt(s)", self._failures)
+                log_event(
+                    self.writer, "materialize_recovered", f"materialized after {self._failures} failed attempt(s)"
+                )
+                self._failures = 0
         finally:
             self.backlog.done(len(batch), sum(rec.length for rec in batch))
+
+    def _note_failure(self, chunk: list[Record], exc: Exception) -> None:
+        self._failures += 1
+        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** min(self._failures - 1, 16))
+        self._retry_at = time.monotonic() + delay
+        error = describe_error(exc)
+        log.error(
+            "materializing %d journaled instance(s) failed (%s); %d wait, tried again in %.1f s",
+            len(chunk),
+            error,
+            len(self._failed),
+            delay,
+        )
+        if self._failures == 1:  # one event per episode, not one per retry
+            log_event(
+                self.writer,
+                "materialize_failed",
+                f"{len(self._failed)} journaled instance(s) have no row yet, retrying: {error}",
+                level="ERROR",
+            )
+        self.pending.failed([rec.meta for rec in chunk], error)
 
     # -- one batch -------------------------------------------------------------------------------------
     def materialize(self, records: list[Record], *, replay: bool = False) -> None:
@@ -280,15 +338,25 @@ class Materializer:
         known = self.index.recorded([rec.meta["sop_uid"] for rec in records]) if replay or not overwrite else set()
         rows, late = self._write_files(records, known, overwrite=overwrite, replay=replay)
         with self.writer.begin() as conn:
-            record(conn, rows, skip_known=replay and not overwrite)
+            raced = record(conn, rows, skip_known=replay and not overwrite)
+            if not overwrite and not replay:  # copies another receiver process recorded first
+                late = late + raced
             for m in late:  # in this batch's transaction: a re-sent study is one commit, not one per copy
                 record_event(conn, "duplicate", DUPLICATE_KEPT_FIRST, calling_ae=m["calling_ae"], sop_uid=m["sop_uid"])
             duplicates: Counter[str] = Counter(m["sop_uid"] for m in late)
-            if not replay:
-                duplicates.update(self.backlog.materialized(records))
             for sop_uid, count in duplicates.items():
                 if count:
                     add_duplicates(conn, sop_uid, count)
+            released = None if replay else self.pending.release(conn, (rec.meta for rec in records))
+        if released is not None:
+            self.pending.settle(released)
+            # Copies answered as duplicates while their first copy waited: counted once its row committed
+            # (a failed batch keeps its entries, so they are counted by the retry).
+            waited = {uid: n for uid, n in self.backlog.materialized(records).items() if n}
+            if waited:
+                with self.writer.begin() as conn:
+                    for sop_uid, count in waited.items():
+                        add_duplicates(conn, sop_uid, count)
         if not replay and self.journal is not None:
             for segment, count in Counter(rec.segment for rec in records).items():
                 self.journal.materialized(segment, count)
@@ -338,8 +406,8 @@ class Materializer:
             if done <= self._retired:
                 return
             self._sync_all()
-            if self._unmaterialized:
-                log.error("journal segments kept: some instances could not be materialized (replayed on restart)")
+            if self._failed:
+                log.warning("journal segments kept: %d instance(s) wait for a retry", len(self._failed))
                 return
             self.journal.retire(done)
             self._retired = done
@@ -371,3 +439,4 @@ class Materializer:
             log.warning("replayed %d journaled instance(s) after an unclean stop", count)
         self._sync_all()
         self.journal.retire(self.journal.current - 1)
+        self.pending.clear()  # everything this journal held has its rows now

@@ -8,6 +8,8 @@ quiet series it
 reads one stored header, checks the routes, and in one transaction enqueues a job per matching
 (route, pipeline) and marks the series. A route with ``wait_for = "study"`` waits until every series
 of the study is quiet. Series that match nothing are kept and marked ``unrouted`` with the reasons.
+A series that a receiver (of any process) still has journaled instances of without rows, listed in
+``ingest_pending``, is not quiet: its rows are incomplete.
 """
 
 from __future__ import annotations
@@ -17,16 +19,24 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Exists, exists, func, select, update
 
 from dicom_node.config import NodeConfig
-from dicom_node.db import instances, now, series
+from dicom_node.db import ingest_pending, instances, now, series
 from dicom_node.db.engine import record_event
 from dicom_node.intake.routing import check_routes, series_attributes
 from dicom_node.queue import JobQueue
 from dicom_node.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def _waiting(series_uid: str | None = None) -> Exists:
+    """True for a series (``series_uid``, else the row of ``series`` in the query) with instances
+    journaled by some receiver and not yet materialized: its rows are incomplete, so it is not quiet
+    whatever its last-seen time says (see ``ingest/pending.py``)."""
+    which = series.c.series_uid if series_uid is None else series_uid
+    return exists().where(ingest_pending.c.series_uid == which)
 
 
 class StabilitySweep:
@@ -44,7 +54,7 @@ class StabilitySweep:
         cutoff = t - self.config.intake.quiet_period_s
         with self.engine.connect() as conn:
             quiet = conn.execute(
-                select(series).where(series.c.state == "receiving", series.c.last_seen <= cutoff)
+                select(series).where(series.c.state == "receiving", series.c.last_seen <= cutoff, ~_waiting())
             ).all()
             busy_studies = {
                 r.study_uid
@@ -52,6 +62,7 @@ class StabilitySweep:
                     select(series.c.study_uid).where(series.c.state == "receiving", series.c.last_seen > cutoff)
                 )
             }
+            busy_studies.update(conn.execute(select(ingest_pending.c.study_uid).distinct()).scalars())
         decided = 0
         for row in quiet:
             try:
@@ -87,6 +98,8 @@ class StabilitySweep:
             ).first()
             if current is None or current.state != "receiving" or current.last_seen > cutoff:
                 return False  # an instance arrived meanwhile; the next sweep decides
+            if conn.execute(select(_waiting(row.series_uid))).scalar():
+                return False  # a receiver journaled an instance of it that has no row yet
             created = 0
             for route in matched:
                 for pipeline in route.pipelines:

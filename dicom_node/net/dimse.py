@@ -32,6 +32,8 @@ SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110  # Failure: processing failure
 DUPLICATE_SOP_INSTANCE = 0x0111  # Failure: duplicate SOP instance
 UNRECOGNIZED_OPERATION = 0x0211  # Failure: unrecognized operation
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # Failure: SOP class not supported (e.g. not the context's abstract syntax)
+DATA_SET_MISMATCH = 0xA900  # Error: data set does not match SOP class (C-STORE, PS3.4 B.2.3)
 OUT_OF_RESOURCES = 0xA700  # Refused: out of resources (C-STORE)
 CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand (C-STORE)
 STATUS_CLASS, WARNING = 0xF000, 0xB000  # status & STATUS_CLASS == WARNING: stored, with a warning

@@ -16,6 +16,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import Engine
@@ -25,7 +26,8 @@ from dicom_node.db.engine import log_event
 from dicom_node.ingest.buffers import InstanceBuffer
 from dicom_node.ingest.ingestor import Ingestor
 from dicom_node.net import dimse, ul
-from dicom_node.net.policy import AssociationPolicy
+from dicom_node.net.commands import check_store_command, valid_uid
+from dicom_node.net.policy import AssociationPolicy, Decision
 from dicom_node.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,9 @@ VERIFICATION = "1.2.840.10008.1.1"
 # Well-known non-storage services under the storage branch a storage SCP must not accept.
 NOT_STORAGE_PREFIXES = ("1.2.840.10008.5.1.4.1.2.", "1.2.840.10008.5.1.4.31", "1.2.840.10008.5.1.4.32")
 MAX_PDU_BODY = 1 << 30  # refuse PDUs over 1 GiB as malformed
+MAX_ASSOCIATE_RQ = 1 << 20  # an A-ASSOCIATE-RQ is a few KiB; more is not one
 EAGER_ALLOCATION = 16 << 20  # larger PDUs are read in chunks
-IDLE_TIMEOUT_S = 120  # a peer silent this long mid-association is dropped
+PDU_SECONDS_PER_MIB = 1.0  # a PDU must be complete within the network timeout plus this per MiB
 
 
 def acceptable_abstract_syntax(uid: str) -> bool:
@@ -65,7 +68,9 @@ class NativeReceiver:
         self.ingestor = Ingestor(config, engine, store, journal_name)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self._active: set[_Association] = set()
+        self._connections: set[_Association] = set()  # every open connection, negotiated or not
+        self._active: set[_Association] = set()  # associations: counted against max_associations
+        self._pending: dict[str, list[_Association]] = {}  # per address, oldest first: still negotiating
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -102,7 +107,7 @@ class NativeReceiver:
                 pass
             self._sock.close()
         with self._lock:
-            active = list(self._active)
+            active = list(self._connections)
         for assoc in active:
             assoc.close()
         if self._thread is not None:
@@ -123,18 +128,46 @@ class NativeReceiver:
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             assoc = _Association(self, conn, str(addr[0]))
+            evicted = self._connected(assoc)
+            if evicted is not None:
+                log.info("closing a connection from %s that has not associated: newer ones wait", evicted.address)
+                evicted.close()
             assoc.thread = threading.Thread(target=assoc.run, name=f"assoc-{addr[0]}:{addr[1]}", daemon=True)
             assoc.thread.start()
 
-    def _register(self, assoc: _Association) -> int:
+    def _connected(self, assoc: _Association) -> _Association | None:
+        """A new connection, not yet associated; returns the oldest of its address to close when that
+        address has more than ``max_pending_per_address`` of them."""
         with self._lock:
-            others = len(self._active)
-            self._active.add(assoc)
-        return others
+            self._connections.add(assoc)
+            waiting = self._pending.setdefault(assoc.address, [])
+            waiting.append(assoc)
+            if len(waiting) > self.config.node.max_pending_per_address:
+                return waiting.pop(0)
+        return None
+
+    def _admit(self, assoc: _Association, decide: Any) -> Decision:
+        """Decide on ``assoc``'s request with the number of associations open, and count it if accepted
+        (in one step: two requests at once cannot both take the last slot)."""
+        with self._lock:
+            self._not_pending(assoc)
+            decision: Decision = decide(len(self._active))
+            if decision.accept:
+                self._active.add(assoc)
+        return decision
+
+    def _not_pending(self, assoc: _Association) -> None:
+        waiting = self._pending.get(assoc.address)
+        if waiting is not None and assoc in waiting:
+            waiting.remove(assoc)
+            if not waiting:
+                del self._pending[assoc.address]
 
     def _unregister(self, assoc: _Association) -> None:
         with self._lock:
+            self._not_pending(assoc)
             self._active.discard(assoc)
+            self._connections.discard(assoc)
 
 
 class _Association:
@@ -148,12 +181,9 @@ class _Association:
         self.called_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, transfer syntax)
         self.thread: threading.Thread | None = None
-        # Blocking, with the timeout in the kernel: one recv call per read (a Python-level timeout
-        # polls before every call) and MSG_WAITALL returns whole PDV values, not whatever has arrived.
-        conn.settimeout(None)
-        timeval = struct.pack("ll", IDLE_TIMEOUT_S, 0)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        self.opened = time.monotonic()
+        self.network_timeout = server.config.node.network_timeout_s
+        self._pdu_deadline = 0.0  # monotonic time by which the PDU being read must be complete
 
     def close(self) -> None:
         """Shut the connection down (which also wakes a thread blocked reading it) and close it."""
@@ -166,14 +196,25 @@ class _Association:
         except OSError:
             pass
 
+    def _use_kernel_timeouts(self) -> None:
+        """Blocking, with the timeout in the kernel: one recv call per read (a Python-level timeout
+        polls before every call) and MSG_WAITALL returns whole PDV values, not whatever has arrived."""
+        self.conn.settimeout(None)
+        seconds = max(int(self.network_timeout), 1)
+        timeval = struct.pack("ll", seconds, 0)
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
     def run(self) -> None:
-        others = self.server._register(self)
         try:
-            if self._negotiate(others):
+            request = self._read_request()
+            self._use_kernel_timeouts()
+            if self._negotiate(request):
                 self._serve_messages()
         except (ul.ProtocolError, ValueError) as exc:
             log.warning("association from %s aborted: %s", self.address, exc)
-            self._send_quietly(ul.build_abort())
+            reason = exc.reason if isinstance(exc, ul.ProtocolError) else ul.ABORT_REASON_NOT_SPECIFIED
+            self._send_quietly(ul.build_abort(reason=reason))
         except (TimeoutError, ConnectionError, OSError) as exc:
             if not self.server._stopping.is_set():
                 log.info("association from %s ended: %s", self.address, exc)
@@ -210,11 +251,36 @@ class _Association:
         pdu_type, _, length = ul.PDU_HEADER.unpack(self._recv_exact(ul.PDU_HEADER.size))
         if length > MAX_PDU_BODY:
             raise ul.ProtocolError(f"PDU of {length} bytes")
+        # A total deadline for the PDU, not a timeout that every byte restarts (checked per PDV).
+        self._pdu_deadline = time.monotonic() + self.network_timeout + PDU_SECONDS_PER_MIB * length / (1 << 20)
         return pdu_type, length
 
-    def _read_pdu(self) -> tuple[int, bytes | bytearray]:
-        pdu_type, length = self._read_pdu_header()
-        return pdu_type, self._recv_exact(length)
+    def _read_request(self) -> ul.AssociateRequest:
+        """The A-ASSOCIATE-RQ, complete within the ARTIM timeout of the connection opening (PS3.8 9.1.5),
+        however slowly its bytes drip in; then the transport is closed (no A-ABORT: no association)."""
+        deadline = self.opened + self.server.config.node.association_request_timeout_s
+
+        def recv(n: int) -> bytearray:
+            data = bytearray()
+            while len(data) < n:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("no complete A-ASSOCIATE-RQ within the ARTIM timeout")
+                self.conn.settimeout(remaining)
+                chunk = self.conn.recv(min(n - len(data), 1 << 16))
+                if not chunk:
+                    raise ConnectionError("peer closed the connection before associating")
+                data += chunk
+            return data
+
+        pdu_type, _, length = ul.PDU_HEADER.unpack(recv(ul.PDU_HEADER.size))
+        if pdu_type != ul.A_ASSOCIATE_RQ:  # PS3.8 Sta2: any other PDU is answered with A-ABORT
+            known = ul.A_ASSOCIATE_RQ <= pdu_type <= ul.A_ABORT_RQ
+            reason = ul.ABORT_UNEXPECTED_PDU if known else ul.ABORT_UNRECOGNIZED_PDU
+            raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}", reason)
+        if length > MAX_ASSOCIATE_RQ:
+            raise ul.ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes")
+        return ul.parse_associate_rq(bytes(recv(length)))
 
     def _send_quietly(self, data: bytes) -> None:
         try:
@@ -223,13 +289,12 @@ class _Association:
             pass
 
     # -- association establishment --------------------------------------------------------------------
-    def _negotiate(self, others: int) -> bool:
-        pdu_type, body = self._read_pdu()
-        if pdu_type != ul.A_ASSOCIATE_RQ:
-            raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
-        request = ul.parse_associate_rq(bytes(body))
+    def _negotiate(self, request: ul.AssociateRequest) -> bool:
         self.calling_ae, self.called_ae = request.calling_ae, request.called_ae
-        decision = self.server.policy.decide(request.called_ae, request.calling_ae, self.address, others)
+        policy = self.server.policy
+        decision = self.server._admit(
+            self, lambda others: policy.decide(request.called_ae, request.calling_ae, self.address, others)
+        )
         if not decision.accept:
             assert decision.reject is not None
             log.warning("association from %s refused: %s", self.address, decision.reason)
@@ -276,13 +341,19 @@ class _Association:
                 if pdu_type == ul.A_ABORT_RQ:
                     log.info("association from %s aborted by the peer", self.address)
                     return
-                raise ul.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X} during the association")
+                raise ul.ProtocolError(
+                    f"unexpected PDU type 0x{pdu_type:02X} during the association", ul.ABORT_UNEXPECTED_PDU
+                )
             while length:
+                if time.monotonic() > self._pdu_deadline:
+                    raise TimeoutError("a PDU took longer than its deadline")
                 head = self._recv_exact(pdv_header) if length >= pdv_header else b""
                 size, ctx_id, control = ul.parse_pdv_header(head, length)
                 length -= pdv_header + size
                 if ctx_id not in self.contexts:
-                    raise ul.ProtocolError(f"PDV on presentation context {ctx_id}, which was not accepted")
+                    raise ul.ProtocolError(
+                        f"PDV on presentation context {ctx_id}, which was not accepted", ul.ABORT_INVALID_PARAMETER
+                    )
                 if control & command_fragment:
                     command.append(bytes(self._recv_exact(size)))
                     if control & last_fragment:
@@ -295,7 +366,12 @@ class _Association:
                             data = self._new_instance(parsed, context_id)
                 else:
                     if parsed is None or data is None:
-                        raise ul.ProtocolError("data set fragment before its command")
+                        raise ul.ProtocolError("data set fragment before its command", ul.ABORT_UNEXPECTED_PDU)
+                    if ctx_id != context_id:  # PS3.7 9.3.1 / PS3.8: one message, one presentation context
+                        raise ul.ProtocolError(
+                            f"data set on presentation context {ctx_id}, its command on {context_id}",
+                            ul.ABORT_INVALID_PARAMETER,
+                        )
                     data.recv(self.conn, size)
                     if control & last_fragment:
                         self._dispatch(parsed, context_id, data)
@@ -324,18 +400,30 @@ class _Association:
         if field == dimse.C_ECHO_RQ:
             response = dimse.encode_response(dimse.C_ECHO_RSP, message_id, dimse.SUCCESS, VERIFICATION)
         elif field == dimse.C_STORE_RQ and data is not None:
-            response = self._store(command, message_id, data)
+            response = self._store(command, message_id, data, context_id)
         else:
             # An unrecognized operation on an otherwise healthy association: answered, not aborted.
             response_field = (int(field or 0) | dimse.RESPONSE) & 0xFFFF
             response = dimse.encode_response(response_field, message_id, dimse.UNRECOGNIZED_OPERATION)
         self.conn.sendall(ul.build_p_data(context_id, True, True, response))
 
-    def _store(self, command: dict[int, Any], message_id: int, data: InstanceBuffer) -> bytes:
+    def _store(self, command: dict[int, Any], message_id: int, data: InstanceBuffer, context_id: int) -> bytes:
         sop_class = str(command.get(dimse.AFFECTED_SOP_CLASS, ""))
         sop_instance = str(command.get(dimse.AFFECTED_SOP_INSTANCE, ""))
+        refusal = check_store_command(sop_class, sop_instance, self.contexts[context_id][0])
+        if refusal is not None:
+            data.release()
+            status, reason = refusal
+            self.server.ingestor.keeper.refuse(status, "rejected", reason, self.calling_ae, self.address)
+            return dimse.encode_response(
+                dimse.C_STORE_RSP, message_id, status, sop_class[:64] if valid_uid(sop_class) else "", "", reason
+            )
         outcome = self.server.ingestor.keep(
-            data, calling_ae=self.calling_ae, called_ae=self.called_ae, address=self.address
+            data,
+            calling_ae=self.calling_ae,
+            called_ae=self.called_ae,
+            address=self.address,
+            command=(sop_class, sop_instance),
         )
         return dimse.encode_response(
             dimse.C_STORE_RSP,

@@ -16,12 +16,16 @@ from sqlalchemy import Engine
 from dicom_node.config import NodeConfig
 from dicom_node.db.engine import log_event
 from dicom_node.ingest.ingestor import Ingestor
+from dicom_node.net.admission import Admission, ContextGuard
+from dicom_node.net.commands import check_store_command
 from dicom_node.net.dimse import CANNOT_UNDERSTAND, SUCCESS
 from dicom_node.net.policy import AssociationPolicy
 from dicom_node.net.sockets import set_nodelay
 from dicom_node.store import Store
 
 log = logging.getLogger(__name__)
+
+PYNETDICOM_CONNECTIONS = 1000  # pynetdicom's own limit, on open connections (ours is on associations)
 
 
 class Receiver:
@@ -35,14 +39,21 @@ class Receiver:
         self.server: ThreadedAssociationServer | None = None
         # Accept private and future storage SOP classes too, not only those pynetdicom lists.
         _config.UNRESTRICTED_STORAGE_SERVICE = True
+        # pynetdicom's standard DIMSE log handlers raise on a C-STORE-RQ missing a required element, and
+        # the exception kills the association's reactor without closing the connection; the receiver logs
+        # what it needs itself.
+        _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=config.node.ae_title)
         ae.maximum_pdu_size = config.node.max_pdu
-        # The policy answers with the right A-ASSOCIATE-RJ; pynetdicom's own limit must not pre-empt it.
-        ae.maximum_associations = config.node.max_associations + 1
+        # The policy answers with the right A-ASSOCIATE-RJ, counting negotiated associations only;
+        # pynetdicom's own limit counts every open connection and must not pre-empt it.
+        ae.maximum_associations = PYNETDICOM_CONNECTIONS
         ae.require_called_aet = False
-        ae.network_timeout = 120
-        ae.dimse_timeout = 120
-        ae.acse_timeout = 30
+        ae.network_timeout = config.node.network_timeout_s
+        ae.dimse_timeout = config.node.network_timeout_s
+        ae.acse_timeout = config.node.association_request_timeout_s  # also pynetdicom's ARTIM timer
+        self.admission = Admission(config.node.association_request_timeout_s, config.node.max_pending_per_address)
+        self.contexts = ContextGuard()
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
@@ -55,12 +66,16 @@ class Receiver:
         """
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, lambda event: self.admission.opened(event.assoc, str(event.address[0]))),
+            (evt.EVT_CONN_CLOSE, lambda event: self.admission.closed(event.assoc)),
+            (evt.EVT_PDU_RECV, self.contexts.on_pdu),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self._on_store),
         ]
         address = (self.config.node.host, self.config.node.port)
         log.info("listening as %s on %s:%d", self.config.node.ae_title, *address)
+        self.admission.start()
         if block:
             self.ae.start_server(address, block=True, evt_handlers=handlers)
         else:
@@ -78,14 +93,17 @@ class Receiver:
             self.server.shutdown()
             self.server = None
         self.ae.shutdown()
+        self.admission.stop()
         self.ingestor.close()
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
         primitive = assoc.requestor.primitive
         address = str(assoc.requestor.address)
-        active = len([a for a in assoc.ae.active_associations if a.is_acceptor and a is not assoc])
-        decision = self.policy.decide(primitive.called_ae_title, primitive.calling_ae_title, address, active)
+        policy = self.policy
+        decision = self.admission.admit(
+            assoc, lambda active: policy.decide(primitive.called_ae_title, primitive.calling_ae_title, address, active)
+        )
         if decision.accept:
             return
         log.warning("association from %s refused: %s", address, decision.reason)
@@ -103,6 +121,18 @@ class Receiver:
 
     def _on_store(self, event: Any) -> int:
         assoc = event.assoc
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID or "")
+        sop_instance = str(request.AffectedSOPInstanceUID or "")
+        refusal = check_store_command(sop_class, sop_instance, str(event.context.abstract_syntax))
+        if self.contexts.violated(assoc):  # the association is being aborted: keep nothing of it
+            refusal = (CANNOT_UNDERSTAND, "data set on another presentation context than its command")
+        if refusal is not None:
+            status, reason = refusal
+            self.ingestor.keeper.refuse(
+                status, "rejected", reason, assoc.requestor.ae_title.strip(), str(assoc.requestor.address)
+            )
+            return status
         try:
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # malformed command or context: answer, never crash the association
@@ -120,5 +150,6 @@ class Receiver:
             calling_ae=assoc.requestor.ae_title.strip(),
             called_ae=assoc.acceptor.ae_title.strip(),
             address=str(assoc.requestor.address),
+            command=(sop_class, sop_instance),
         )
         return outcome.status

@@ -40,7 +40,8 @@ LOCAL_LIMIT_EXCEEDED = 0x02  # service provider (presentation)
 
 # A-ABORT source and reason (PS3.8 Table 9-26)
 ABORT_SOURCE_PROVIDER = 0x02  # DICOM UL service-provider
-ABORT_REASON_NOT_SPECIFIED = 0x00
+ABORT_REASON_NOT_SPECIFIED, ABORT_UNRECOGNIZED_PDU, ABORT_UNEXPECTED_PDU = 0x00, 0x01, 0x02
+ABORT_INVALID_PARAMETER = 0x06  # invalid PDU parameter value
 
 # PDV message control header bits (PS3.8 E.2)
 PDV_COMMAND, PDV_LAST = 0x01, 0x02
@@ -48,7 +49,11 @@ PDV_HEADER = struct.Struct(">IBB")  # item length, presentation context id, mess
 
 
 class ProtocolError(ValueError):
-    """A PDU that does not follow PS3.8; the association is aborted."""
+    """A PDU that does not follow PS3.8; the association is aborted (A-ABORT with ``reason``, Table 9-26)."""
+
+    def __init__(self, message: str, reason: int = ABORT_REASON_NOT_SPECIFIED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -100,6 +105,8 @@ def parse_associate_rq(body: bytes) -> AssociateRequest:
 def _parse_context(item: bytes) -> ProposedContext:
     if len(item) < 4:
         raise ProtocolError("presentation context item too short")
+    if item[0] == 0 or item[0] % 2 == 0:  # PS3.8 9.3.2.2: odd integers between 1 and 255
+        raise ProtocolError(f"presentation context ID {item[0]} is not odd", ABORT_INVALID_PARAMETER)
     ctx = ProposedContext(item[0], "", [])
     pos = 4
     while pos + 4 <= len(item):

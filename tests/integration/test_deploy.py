@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,58 @@ def test_version_and_example_config_come_from_the_package(tmp_path: Path) -> Non
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert (REPO / "config" / "node.example.toml").resolve() == (REPO / "dicom_node" / "node.example.toml")
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_serves_from_any_folder(tmp_path: Path) -> None:
+    """Build the wheel, install it (with its dependencies) into a fresh venv, and run it outside the checkout:
+    --version, init, check-config, and serve until every routed pipeline has warmed up on its shipped bundle."""
+    import torch
+
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)], check=True, timeout=600)
+    wheel = next(wheels.glob("dicom_node-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    torch_spec = f"torch=={torch.__version__.split('+')[0]}"
+    install = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", torch_spec, str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    node = str(venv / "bin" / "dicom-node")
+    site = tmp_path / "site"
+    site.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([node, *args], capture_output=True, text=True, cwd=site, timeout=300)
+
+    assert run("--version").stdout.startswith("dicom-node ")
+    assert run("init", "node.toml", "--storage", "storage").returncode == 0
+    config = site / "node.toml"
+    config.write_text(config.read_text().replace("port = 11112", "port = 0", 1).replace("port = 8088", "port = 0", 1))
+    check = run("check-config", "--config", "node.toml")
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = site / "serve.log"
+    with log.open("w") as out:
+        serve = subprocess.Popen(
+            [node, "serve", "--config", "node.toml"], cwd=site, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and serve.poll() is None:
+                text = log.read_text()
+                if "did not warm up" in text or all(f"pipeline {p} " in text for p in ("ct_lung_nodule", "us_lung")):
+                    break
+                time.sleep(1)
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(timeout=120)
+    text = log.read_text()
+    assert "did not warm up" not in text, text[-3000:]
+    for name in ("ct_lung_nodule", "us_lung"):
+        assert re.search(rf"pipeline {name} \(route [^)]*\) ready on cpu", text), text[-3000:]
+    assert str(REPO) not in text  # nothing came from the checkout
