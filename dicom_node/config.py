@@ -51,6 +51,7 @@ class NodeSection(_Model):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)  # 0: any free port (tests)
     storage: Path = Path("storage")
+    models: Path | None = None  # a site's own bundles, <models>/<pipeline name>, used before the shipped ones
     database: str = ""  # empty: SQLite file in storage/
     max_associations: int = Field(16, ge=1, le=1000)  # counted from a completed negotiation
     # ARTIM (PS3.8 9.1.5): a connection must deliver its whole A-ASSOCIATE-RQ this soon after it opens.
@@ -259,9 +260,10 @@ def parse_config(text: str, path: Path = Path("<config>")) -> NodeConfig:
         match = re.search(r"line (\d+)", str(exc))
         line = match.group(1) if match else str(max(len(text.splitlines()), 1))
         raise ConfigError(f"{path}:{line}: TOML syntax error: {exc}") from None
-    storage = raw.get("node", {}).get("storage")
-    if isinstance(storage, str) and not Path(storage).is_absolute():
-        raw["node"]["storage"] = str((path.parent / storage).resolve()) if path.exists() else storage
+    for key in ("storage", "models"):  # relative paths are relative to the config file
+        value = raw.get("node", {}).get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            raw["node"][key] = str((path.parent / value).resolve()) if path.exists() else value
     try:
         return NodeConfig.model_validate(raw)
     except ValidationError as exc:

@@ -62,7 +62,11 @@ class Worker:
 
     def pipeline(self, name: str, options: dict[str, Any]) -> Pipeline:
         """The worker's instance of pipeline ``name`` with a route's ``options``: made once and kept, so its
-        model stays loaded between jobs (a changed bundle on disk is read when the worker restarts)."""
+        model stays loaded between jobs (a changed bundle on disk is read when the worker restarts). Without a
+        ``bundle`` option, ``[node] models/<name>`` is used when that folder exists, else the shipped bundle."""
+        site = self.config.node.models
+        if site is not None and "bundle" not in options and (Path(site) / name).is_dir():
+            options = {**options, "bundle": str(Path(site) / name)}  # the site's own bundle of that name
         key = (name, json.dumps(options, sort_keys=True, default=str))
         if key not in self._pipelines:
             self._pipelines[key] = create(name, **options)

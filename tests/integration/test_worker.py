@@ -61,3 +61,26 @@ def test_the_node_knows_when_its_workers_are_ready(tmp_path: Path) -> None:
         assert len(node.workers) == 2 and all(p.is_alive() for p in node.workers)
     finally:
         node.stop()
+
+
+def test_a_sites_own_bundle_in_node_models_comes_first(tmp_path: Path) -> None:
+    """``[node] models`` (relative to the config file): ``<models>/<pipeline>`` is used when it exists, the
+    shipped bundle otherwise, and a route's own ``bundle`` option wins over both."""
+    import json
+    import shutil
+
+    from dicom_node.config import load_config
+    from dicom_node.pipelines.ct_lung_nodule import DEFAULT_BUNDLE
+
+    site = tmp_path / "site-models" / "ct_lung_nodule"
+    shutil.copytree(DEFAULT_BUNDLE, site)
+    meta = json.loads((site / "configs" / "metadata.json").read_text())
+    (site / "configs" / "metadata.json").write_text(json.dumps({**meta, "version": "9.9.9-site"}))
+    config_file = tmp_path / "node.toml"
+    config_file.write_text('[node]\nstorage = "storage"\nmodels = "site-models"\n')
+    config = load_config(config_file)
+    assert config.node.models == tmp_path / "site-models"
+    worker = Worker(config, connect(config.node.database_url()), Store(config.node.storage))
+    assert worker.pipeline("ct_lung_nodule", {}).version == "9.9.9-site"
+    assert worker.pipeline("ct_lung_field", {}).name == "ct_lung_field"  # no site folder: unchanged
+    assert worker.pipeline("ct_lung_nodule", {"bundle": str(DEFAULT_BUNDLE)}).version == meta["version"]
