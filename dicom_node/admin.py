@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from dicom_node.config import NodeConfig
-from dicom_node.db import connect, deliveries, events, instances, jobs, results, series, studies
+from dicom_node.db import connect, deliveries, events, ingest_pending, instances, jobs, results, series, studies
 from dicom_node.queue import JobQueue
 
 
@@ -42,6 +42,15 @@ def status_report(config: NodeConfig) -> dict[str, Any]:
                 .order_by(deliveries.c.id.desc())
                 .limit(20)
             )
+        ]
+        report["waiting_in_journals"] = [
+            dict(
+                receiver=r.receiver,
+                series_uid=r.series_uid,
+                since=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.since)),
+                error=r.error,
+            )
+            for r in conn.execute(select(ingest_pending).order_by(ingest_pending.c.since).limit(20))
         ]
         report["unrouted_series"] = [
             dict(
@@ -93,6 +102,7 @@ def format_status(report: dict[str, Any]) -> str:
     for title, key in (
         ("dead jobs", "dead_jobs"),
         ("dead deliveries", "dead_deliveries"),
+        ("series waiting in a receiver's journal (not routed until written)", "waiting_in_journals"),
         ("unrouted series", "unrouted_series"),
         ("recent problems", "recent_problems"),
     ):

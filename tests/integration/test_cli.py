@@ -149,3 +149,23 @@ def test_serve_on_a_busy_port_says_so(tmp_path: Path) -> None:
         )
     assert run.returncode == 1, run.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_status_lists_series_still_waiting_in_a_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlalchemy import insert
+
+    from dicom_node.db import connect, ingest_pending, now
+
+    config_file = tmp_path / "node.toml"
+    config_file.write_text('[node]\nstorage = "storage"\n')
+    engine = connect(f"sqlite:///{tmp_path / 'storage' / 'node.db'}")
+    with engine.begin() as conn:
+        conn.execute(
+            insert(ingest_pending).values(
+                receiver="r0", series_uid="1.2.3.4", study_uid="1.2.3", since=now(), error="OperationalError: disk I/O"
+            )
+        )
+    engine.dispose()
+    assert main(["status", "--config", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    assert "series waiting in a receiver's journal" in out and "1.2.3.4" in out and "disk I/O" in out
