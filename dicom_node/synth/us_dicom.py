@@ -27,6 +27,19 @@ def _uid(seed: int, kind: str) -> str:
     return generate_uid(entropy_srcs=[f"dicom-node synthetic lung US {seed} {kind}"])
 
 
+def set_gray_cine(ds: Dataset, rows: int, cols: int, frames: int, frame_time_ms: float = 33.3) -> None:
+    """The image pixel and cine attributes of an 8-bit MONOCHROME2 multi-frame US image."""
+    ds.Rows, ds.Columns = rows, cols
+    ds.NumberOfFrames = frames
+    ds.FrameTime = frame_time_ms
+    ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+
+
 def lung_cine_dataset(
     seed: int,
     frames: int = 8,
@@ -71,15 +84,7 @@ def lung_cine_dataset(
     ds.SeriesDescription = f"synthetic lung US ({sample.pattern.value}, {sample.probe.value} probe)"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.PatientOrientation = ""
-    ds.Rows, ds.Columns = rows, cols
-    ds.NumberOfFrames = frames
-    ds.FrameTime = 33.3
-    ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
+    set_gray_cine(ds, rows, cols, frames)
     ds.LossyImageCompression = "00"
     region = Dataset()
     region.RegionSpatialFormat = 1

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+
+from dicom_node.synth.us_dicom import set_gray_cine
 
 logger = logging.getLogger(__name__)
 
@@ -133,15 +134,7 @@ def clip_dataset(frames: np.ndarray, name: str) -> Dataset:
     ds.PatientName, ds.PatientID = "POCUS^CCBY", f"POCUS-{name}"[:64]
     ds.Modality, ds.BodyPartExamined = "US", "CHEST"
     ds.SeriesDescription = f"real lung US {name}"[:64]
-    ds.Rows, ds.Columns = rows, cols
-    ds.NumberOfFrames = n
-    ds.FrameTime = 33.3
-    ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
+    set_gray_cine(ds, rows, cols, n)
     region = Dataset()
     region.RegionSpatialFormat = 1
     region.RegionDataType = 1
