@@ -27,6 +27,11 @@ MORPHOLOGICALLY_ABNORMAL = codes.SCT.MorphologicallyAbnormalStructure
 ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
 LUNG = codes.SCT.Lung
 
+DETECTION_CONFIDENCE = codes.DCM.CertaintyOfFinding
+"""Concept of a finding's score: DCM (111012, "Certainty of Finding"), the CAD term for how sure the
+detector is that the finding is real, in percent. Not DCM (111047, "Probability of cancer"), which is
+the malignancy likelihood evaluation."""
+
 LOCAL_CODES: dict[str, Code] = {
     "b_line": Code("BLINE", LOCAL_SCHEME, "B-line artifact"),
     "composition": Code("COMPOSITION", LOCAL_SCHEME, "Composition"),
@@ -67,6 +72,7 @@ UNIT_MEANINGS: dict[str, str] = {
     "mm3": "cubic millimeter",
     "[hnsf'U]": "Hounsfield unit",
     "1": "no units",
+    "%": "percent",
     "{count}": "count",
 }
 

@@ -81,7 +81,7 @@ def render_rgb(findings: Findings, volume: Volume, index: int, caption: str | No
 
 
 def label_text(finding: Finding) -> str:
-    """Short label of a finding: its label, largest size and score."""
+    """Short label of a finding: its label, largest size and detection confidence (not a chance of cancer)."""
     text = finding.label
     for q in ("long_axis", "diameter", "length"):
         value = finding.measurement(q)
@@ -89,7 +89,7 @@ def label_text(finding: Finding) -> str:
             text += f" {value:.0f} mm"
             break
     if finding.category is not Category.LUNG:
-        text += f" ({finding.score:.0%})"
+        text += f", detection {finding.score:.0%}"
     return text[:64]
 
 

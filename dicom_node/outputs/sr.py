@@ -9,12 +9,22 @@ exactly one reference each):
   with the planar measurements (long and short axis, diameter, area, length). This is the group OHIF
   draws.
 
-Without a SEG (``kinds`` without ``"seg"``) the planar group carries everything. A finding with an
-empty mask gets a TID 1501 group (measurements only). The report always states the overall result in a
-TID 1501 group: "No abnormality" when nothing was found, "not applicable" plus the reason when the
-pipeline refused the input, the coded clinical class when the pipeline classified the whole input (lung
-ultrasound: normal lung / B-lines / consolidation / pleural effusion; anatomy such as ribs and the
-pleural line never makes a study "Abnormal"), and the conclusions as text.
+Without a SEG (``kinds`` without ``"seg"``) the planar group carries everything. Every measurement
+group has a tracking UID and an image region or a referenced segment: viewers such as OHIF expect
+one (a group without either crashed OHIF's SR loader).
+
+The per-finding score is the detection confidence, DCM (111012, "Certainty of Finding") in percent, the
+term CAD reports use for "how sure is the detector that this is a true finding"; it is not the chance of
+cancer, which is the malignancy likelihood evaluation (DCM 111047, "Probability of cancer").
+
+What concerns the whole input lives at document level, in the TID 1500 "Qualitative Evaluations"
+container (UMLS C0034375, rows 12-14): the overall result as a coded "Finding" ("No abnormality" when
+nothing was found, "not applicable" when the pipeline refused the input, the coded clinical class when
+the pipeline classified the whole input (lung ultrasound: normal lung / B-lines / consolidation /
+pleural effusion; anatomy such as ribs and the pleural line never makes a study "Abnormal"), else
+"Abnormal"), then as text the reason / "found nothing", findings without a location (empty mask) and
+the conclusions. The "Imaging Measurements" container is always present (viewers look for it) and
+starts with the algorithm identification (TID 1500 row 6b), its only content when nothing was located.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as std
+from pydicom.sr.coding import Code
 
 from dicom_node.findings import Category, Finding, Findings, Quantity
 from dicom_node.imaging.volume import Volume
@@ -40,7 +51,9 @@ logger = logging.getLogger(__name__)
 PLANAR: frozenset[Quantity] = frozenset(
     {Quantity.LONG_AXIS, Quantity.SHORT_AXIS, Quantity.DIAMETER, Quantity.AREA, Quantity.LENGTH}
 )
-SCORE_CODE = std.DCM.Probability
+SCORE_CODE = codes.DETECTION_CONFIDENCE
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+"""TID 1500 row 12: document-level evaluations (not in pydicom's code dictionary)."""
 
 Group = (
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -73,16 +86,26 @@ def build_sr(
         ),
     )
     groups: list[Group] = []
+    unlocated: list[Finding] = []
     for i, finding in enumerate(findings.findings):
-        groups.extend(_finding_groups(i, finding, volume, uids, options, seg, algorithm))
-    groups.append(_summary_group(findings, uids, algorithm))
+        found = _finding_groups(i, finding, volume, uids, options, seg, algorithm)
+        groups.extend(found)
+        if not found:
+            unlocated.append(finding)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.procedure_code(volume.modality),
-        imaging_measurements=groups,
+        # highdicom wants at least one group; a placeholder is dropped again below
+        imaging_measurements=groups or [_placeholder_group(uids)],
         title=std.DCM.ImagingMeasurementReport,
         referenced_images=_library_images(findings, volume),
     )
+    root = report[0]
+    # row 6b: the algorithm, which also keeps the container non-empty when nothing was located
+    measurements = next(i for i in root.ContentSequence if i.name == std.DCM.ImagingMeasurements)
+    located = list(measurements.ContentSequence) if groups else []
+    measurements.ContentSequence = hd.sr.ContentSequence([*algorithm, *located])
+    root.ContentSequence.append(_document_evaluations(findings, unlocated, algorithm))
     evidence: list[Dataset] = list(volume.sources)
     if seg is not None:
         evidence.append(seg.dataset)
@@ -144,7 +167,7 @@ def _finding_groups(
     tracking = hd.sr.TrackingIdentifier(uid=uids.tracking(i), identifier=tracking_id(finding.label, i))
     finding_type = codes.category_codes(finding.category)[1]
     sites = _finding_sites(finding)
-    score = hd.sr.Measurement(name=SCORE_CODE, value=float(finding.score), unit=codes.unit_code("1"))
+    score = detection_confidence(finding)
     evaluations = _evaluations(finding)
     segment = seg.segment_of.get(i) if seg is not None else None
     region = _key_region(finding, volume, options)
@@ -180,16 +203,7 @@ def _finding_groups(
                 **common,  # type: ignore[arg-type]
             )
         )
-    else:
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking,
-                measurements=[*_measurements(finding, None), score],
-                qualitative_evaluations=evaluations or None,
-                **common,  # type: ignore[arg-type]
-            )
-        )
-    return groups
+    return groups  # empty when the finding has no location: reported at document level instead
 
 
 def _referenced_segment(seg: SegResult, segment: int, finding: Finding, volume: Volume) -> hd.sr.ReferencedSegment:
@@ -243,39 +257,65 @@ def _key_region(finding: Finding, volume: Volume, options: EncodeOptions) -> hd.
     return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=source)
 
 
-def _summary_group(
-    findings: Findings, uids: UidFactory, algorithm: hd.sr.AlgorithmIdentification
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """The overall result: nothing found / not applicable / n findings, plus conclusions as text."""
+def detection_confidence(finding: Finding) -> hd.sr.Measurement:
+    """The finding's score as its detection confidence (see the module docstring), in percent."""
+    return hd.sr.Measurement(name=SCORE_CODE, value=round(float(finding.score) * 100.0, 1), unit=codes.unit_code("%"))
+
+
+def overall_result_code(findings: Findings) -> hd.sr.CodedConcept | Code:
+    """The coded overall result: not applicable / the clinical class / no abnormality / abnormal."""
     if findings.not_applicable is not None:
-        result = codes.LOCAL_CODES["not_applicable"]
-    elif (clinical := codes.clinical_result_code(findings.classification)) is not None:
-        result = clinical  # lung US: the cine's class, not "Abnormal" because ribs / pleura were segmented
-    elif not findings.findings:
-        result = std.DCM.NoAbnormality
-    else:
-        result = std.SCT.Abnormal
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking(-1), identifier="AI result"),
-        algorithm_id=algorithm,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=std.DCM.Finding, value=result)],
+        return codes.LOCAL_CODES["not_applicable"]
+    if (clinical := codes.clinical_result_code(findings.classification)) is not None:
+        return clinical  # lung US: the cine's class, not "Abnormal" because ribs / pleura were segmented
+    if not findings.findings:
+        return std.DCM.NoAbnormality
+    return std.SCT.Abnormal
+
+
+def _placeholder_group(uids: UidFactory) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking(-1), identifier="placeholder")
     )
-    texts: list[tuple[object, str]] = []
+
+
+def _unlocated_text(finding: Finding) -> str:
+    """A finding without a location (empty mask), as one line of text."""
+    parts = [f"{finding.label} (no location)", f"detection confidence {finding.score:.1%}"]
+    parts += [f"{m.quantity.value} {m.value:g} {m.unit}" for m in finding.measurements]
+    parts += [f"{getattr(k, 'value', k)} {v}" for k, v in finding.evaluations.items()]
+    return ", ".join(parts)
+
+
+def _document_evaluations(
+    findings: Findings, unlocated: list[Finding], algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations": the overall result, the reason / nothing found, the findings
+    without a location and the conclusions (see the module docstring)."""
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    items: list[hd.sr.ContentItem] = [*algorithm]  # row 12b: TID 4019, HAS CONCEPT MOD
+    items.append(
+        hd.sr.CodeContentItem(
+            name=std.DCM.Finding,
+            value=overall_result_code(findings),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    texts: list[tuple[Code, str]] = []
     if findings.not_applicable is not None:
         texts.append((std.DCM.Comment, f"Not applicable: {findings.not_applicable}"))
     elif not findings.findings:
         texts.append((std.DCM.Comment, f"{findings.pipeline} {findings.version} ran and found nothing."))
+    texts.extend((std.DCM.Finding, _unlocated_text(f)) for f in unlocated)
     texts.extend((std.DCM.Conclusion, c) for c in findings.conclusions)
     if findings.classification:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(findings.classification.items()))
         texts.append((std.DCM.Conclusion, f"Classification: {parts}"))
-    container = group[0]
-    for name, value in texts:
-        container.ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=name,  # type: ignore[arg-type]
-                value=value[:1024],
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        )
-    return group
+    items.extend(
+        hd.sr.TextContentItem(name=name, value=value[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for name, value in texts
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container

@@ -211,7 +211,9 @@ def test_sr_round_trip(written: dict[str, list[Path]], findings: Findings, volum
                 "mean_hu": "Attenuation Coefficient",
             }[m.quantity.value]
             assert got[name] == (pytest.approx(m.value), m.unit)
-        assert got["Probability"][0] == pytest.approx(finding.score)
+        # the score is the detection confidence (DCM "Certainty of Finding", %), not a bare "Probability"
+        assert got["Certainty of Finding"] == (pytest.approx(round(finding.score * 100, 1)), "%")
+        assert "Probability" not in got
         if finding.category == "mass":
             assert vg.finding_type.value == std.SCT.Mass.value and pg.finding_type.value == std.SCT.Mass.value
         site = vg.finding_sites[0]
@@ -241,6 +243,8 @@ def test_sr_is_tid1500_and_references_resolve(written: dict[str, list[Path]], vo
     assert root.endswith("# TID 1500 (DCMR)") and "Imaging Measurement Report" in root
     assert text.count("# TID 1411") == 3 and text.count("# TID 1410") == 3
     assert 'CODE:(,,"Finding")=(111286' not in text  # something was found
+    assert '"AI result"' not in text  # the overall result is document-level, not a measurement group
+    assert 'CONTAINER:(,,"Qualitative Evaluations")' in text and 'CODE:(,,"Finding")=(263654008' in text
     sr = pydicom.dcmread(written["sr"][0])
     seg = pydicom.dcmread(written["seg"][0])
     sources = {str(s.SOPInstanceUID) for s in volume.sources}
@@ -249,6 +253,38 @@ def test_sr_is_tid1500_and_references_resolve(written: dict[str, list[Path]], vo
     assert str(seg.SOPInstanceUID) in referenced_uids(sr)
     for path in written["gsps"] + written["overlay"]:
         assert referenced_uids(pydicom.dcmread(path)) <= sources
+
+
+def test_every_measurement_group_is_located(written: dict[str, list[Path]]) -> None:
+    sr = pydicom.dcmread(written["sr"][0])
+    assert unlocated_groups(sr) == []
+
+
+def unlocated_groups(sr: Dataset) -> list[Dataset]:
+    """TID 1500 measurement groups without a tracking UID or an image region / referenced segment
+    (OHIF's SR loader crashes on those, issue 21)."""
+
+    def walk(items: object) -> list[Dataset]:
+        out: list[Dataset] = []
+        for item in items or []:  # type: ignore[attr-defined]
+            out += [item, *walk(item.get("ContentSequence"))]
+        return out
+
+    def name(item: Dataset) -> str:
+        return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+    bad = []
+    for group in walk(sr.ContentSequence):
+        if group.ValueType == "CONTAINER" and name(group) == "125007":
+            children = walk(group.get("ContentSequence"))
+            tracked = any(c.ValueType == "UIDREF" and name(c) == "112040" for c in children)
+            located = any(
+                c.ValueType in ("SCOORD", "SCOORD3D") or (c.ValueType == "IMAGE" and name(c) == "121191")
+                for c in children
+            )
+            if not (tracked and located):
+                bad.append(group)
+    return bad
 
 
 def test_identity_copied_and_new_series(written: dict[str, list[Path]], volume: Volume) -> None:

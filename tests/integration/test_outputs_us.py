@@ -187,6 +187,7 @@ def test_cine_sr_round_trip(cine_files: list[Path], cine: Volume, cine_findings:
     assert length and float(length[0].value) == pytest.approx(29.9)
     text = dsrdump(path, "+Pt", "+Pl")
     assert "TID 1500 (DCMR)" in text and "Classification: b_lines 0.81, normal 0.19" in text
+    assert unlocated_groups(pydicom.dcmread(path)) == []
     assert referenced_uids(pydicom.dcmread(path)) <= {
         str(cine.sources[0].SOPInstanceUID),
         str(seg.SOPInstanceUID),
@@ -201,10 +202,40 @@ def test_no_findings_and_not_applicable_are_reported(single: Volume, tmp_path: P
     )
     for objs, expected in ((nothing, '(111286,DCM,"No abnormality")'), (refused, "Not applicable: does not")):
         paths = write(objs, _mk(tmp_path, expected))
-        text = dsrdump(by_modality(paths, "SR")[0])
+        sr_path = by_modality(paths, "SR")[0]
+        text = dsrdump(sr_path)
         assert expected[:30] in text
+        assert unlocated_groups(pydicom.dcmread(sr_path)) == []  # no "AI result" group without a region
+        assert 'CONTAINER:(,,"Qualitative Evaluations")' in text
         for p in paths:
             assert dciodvfy(p).errors == []
+
+
+def unlocated_groups(sr: Dataset) -> list[Dataset]:
+    """TID 1500 measurement groups without a tracking UID or an image region / referenced segment
+    (OHIF's SR loader crashes on those, issue 21)."""
+
+    def walk(items: object) -> list[Dataset]:
+        out: list[Dataset] = []
+        for item in items or []:  # type: ignore[attr-defined]
+            out += [item, *walk(item.get("ContentSequence"))]
+        return out
+
+    def name(item: Dataset) -> str:
+        return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+    bad = []
+    for group in walk(sr.ContentSequence):
+        if group.ValueType == "CONTAINER" and name(group) == "125007":
+            children = walk(group.get("ContentSequence"))
+            tracked = any(c.ValueType == "UIDREF" and name(c) == "112040" for c in children)
+            located = any(
+                c.ValueType in ("SCOORD", "SCOORD3D") or (c.ValueType == "IMAGE" and name(c) == "121191")
+                for c in children
+            )
+            if not (tracked and located):
+                bad.append(group)
+    return bad
 
 
 def _mk(root: Path, name: str) -> Path:

@@ -142,9 +142,12 @@ def test_empty_mask_gets_no_segment_but_is_reported(ct: Volume) -> None:
     seg, sr = encode(findings, ct, ["seg", "sr"])
     assert len(seg.SegmentSequence) == 2
     report = hd.sr.Comprehensive3DSR.from_dataset(sr)
-    plain = report.content.get_image_measurement_groups()
-    effusion = [g for g in plain if g.finding_type is not None and g.finding_type.value == "60046008"]
-    assert len(effusion) == 1
+    assert report.content.get_image_measurement_groups() == []  # a group without a location crashes OHIF
+    groups = report.content.get_planar_roi_measurement_groups()
+    assert all(g.finding_type.value != "60046008" for g in groups)
+    (evaluations,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    texts = [str(i.TextValue) for i in evaluations.ContentSequence if i.ValueType == "TEXT"]
+    assert "effusion (no location), detection confidence 20.0%" in texts  # reported at document level
     nothing = Findings("toy", "1.0", [Finding("nodule", np.zeros(ct.shape, dtype=bool))])
     assert [o.Modality for o in encode(nothing, ct, ["seg", "sr"])] == ["SR"]
 
@@ -155,7 +158,7 @@ def test_sr_without_seg_keeps_everything_in_the_planar_group(ct: Volume) -> None
     assert report.content.get_volumetric_roi_measurement_groups() == []
     planar = report.content.get_planar_roi_measurement_groups()
     assert len(planar) == 2
-    assert {m.name.meaning for m in planar[0].get_measurements()} == {"Probability"}
+    assert {m.name.meaning for m in planar[0].get_measurements()} == {"Certainty of Finding"}
 
 
 def test_cropped_volume_masks_are_padded_back(ct: Volume) -> None:

@@ -1,0 +1,148 @@
+"""The TID 1500 report's shape as viewers need it (issue 21): every measurement group is located (a
+tracking UID plus an image region or a referenced segment, else OHIF's SR loader crashes), the
+study-level result sits in the document-level "Qualitative Evaluations" container, and the per-finding
+score is an explicitly named detection confidence, not a bare "Probability"."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from dicom_node.findings import Finding, Findings
+from dicom_node.imaging.volume import Volume
+from dicom_node.outputs import encode
+from dicom_node.outputs.preview import label_text
+from tests.peers.volumes import sphere, synthetic_ct
+
+MEASUREMENT_GROUP = "125007"
+TRACKING_UID = "112040"
+REFERENCED_SEGMENT = "121191"
+QUALITATIVE_EVALUATIONS = "C0034375"
+FINDING = "121071"
+
+
+def _name(item: Dataset) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+
+def _walk(items: object) -> list[Dataset]:
+    out: list[Dataset] = []
+    for item in items or []:  # type: ignore[attr-defined]
+        out.append(item)
+        out.extend(_walk(item.get("ContentSequence")))
+    return out
+
+
+def unlocated_groups(sr: Dataset) -> list[str]:
+    """Measurement groups lacking a tracking UID or an image region / referenced segment."""
+    bad: list[str] = []
+    for item in _walk(sr.ContentSequence):
+        if item.ValueType != "CONTAINER" or _name(item) != MEASUREMENT_GROUP:
+            continue
+        children = _walk(item.get("ContentSequence"))
+        tracked = any(c.ValueType == "UIDREF" and _name(c) == TRACKING_UID for c in children)
+        located = any(
+            c.ValueType in ("SCOORD", "SCOORD3D") or (c.ValueType == "IMAGE" and _name(c) == REFERENCED_SEGMENT)
+            for c in children
+        )
+        if not (tracked and located):
+            bad.append(str(next((c.TextValue for c in children if c.ValueType == "TEXT"), "?")))
+    return bad
+
+
+def document_evaluations(sr: Dataset) -> list[Dataset]:
+    """The items of the report's document-level "Qualitative Evaluations" container."""
+    (container,) = [i for i in sr.ContentSequence if _name(i) == QUALITATIVE_EVALUATIONS]
+    return list(container.ContentSequence)
+
+
+@pytest.fixture
+def ct() -> Volume:
+    return synthetic_ct()
+
+
+def findings_of(volume: Volume) -> Findings:
+    a = np.zeros(volume.shape, dtype=bool)
+    a[1:3, 4:10, 4:12] = True
+    b = sphere(volume.shape, (2, 22, 22), (1, 4, 4))
+    return Findings(
+        "toy",
+        "1.0",
+        [
+            Finding(
+                "nodule", a, laterality="right", score=0.99999981608674, evaluations={"malignancy_likelihood": "low"}
+            ),
+            Finding("nodule", b, laterality="left", score=0.4),
+            Finding("effusion", np.zeros(volume.shape, dtype=bool), score=0.2),  # no location
+        ],
+        conclusions=["Two nodules."],
+    )
+
+
+@pytest.mark.parametrize("kinds", [["seg", "sr"], ["sr"]])
+def test_no_measurement_group_lacks_a_location(ct: Volume, kinds: list[str]) -> None:
+    for findings in (
+        findings_of(ct),
+        Findings("toy", "1.0", []),
+        Findings("toy", "1.0", [], not_applicable="not a chest CT"),
+    ):
+        sr = encode(findings, ct, kinds)[-1]
+        assert sr.Modality == "SR"
+        assert unlocated_groups(sr) == []
+        groups = [i for i in _walk(sr.ContentSequence) if i.get("ValueType") == "CONTAINER" and _name(i) == "125007"]
+        assert len(groups) == (2 * len(kinds) if findings.findings else 0)  # the effusion has no group
+        assert not any(i.get("TextValue") == "AI result" for i in _walk(sr.ContentSequence))
+        # the "Imaging Measurements" container is always there (viewers look for it), never empty
+        (measurements,) = [i for i in sr.ContentSequence if _name(i) == "126010"]
+        assert len(measurements.ContentSequence) >= 1
+        hd.sr.Comprehensive3DSR.from_dataset(sr)  # highdicom reads it back
+
+
+def test_overall_result_and_texts_are_document_level(ct: Volume) -> None:
+    cases = {
+        "found": (findings_of(ct), "263654008"),
+        "nothing": (Findings("toy", "1.0", []), "111286"),
+        "refused": (Findings("toy", "1.0", [], not_applicable="not a chest CT"), "NOTAPPLICABLE"),
+    }
+    for case, (findings, code) in cases.items():
+        (sr,) = encode(findings, ct, ["sr"])
+        items = document_evaluations(sr)
+        coded = [i for i in items if i.ValueType == "CODE" and _name(i) == FINDING]
+        assert [c.ConceptCodeSequence[0].CodeValue for c in coded] == [code], case
+        texts = [str(i.TextValue) for i in items if i.ValueType == "TEXT" and _name(i) not in ("111001", "111003")]
+        if case == "found":
+            assert texts[0].startswith("effusion (no location), detection confidence 20.0%")
+            assert texts[1:] == ["Two nodules."]
+        elif case == "nothing":
+            assert texts == ["toy 1.0 ran and found nothing."]
+        else:
+            assert texts == ["Not applicable: not a chest CT"]
+        algorithm = [str(i.TextValue) for i in items if i.RelationshipType == "HAS CONCEPT MOD"]
+        assert algorithm == ["toy", "1.0"]  # TID 4019 (row 12b)
+
+
+def test_score_is_a_named_detection_confidence_not_a_probability(ct: Volume) -> None:
+    for kinds in (["seg", "sr"], ["sr"]):
+        sr = encode(findings_of(ct), ct, kinds)[-1]
+        nums = [i for i in _walk(sr.ContentSequence) if i.get("ValueType") == "NUM"]
+        names = {_name(i) for i in nums}
+        assert "122157" not in names  # no bare DCM "Probability"
+        confidence = [i for i in nums if _name(i) == "111012"]  # DCM "Certainty of Finding"
+        assert len(confidence) == 2
+        value = confidence[0].MeasuredValueSequence[0]
+        assert float(value.NumericValue) == 100.0  # 0.99999981608674 rounded, in percent
+        assert value.MeasurementUnitsCodeSequence[0].CodeValue == "%"
+        assert float(confidence[1].MeasuredValueSequence[0].NumericValue) == 40.0
+        # the malignancy likelihood stays a separate, coded evaluation: DCM 111047 "Probability of cancer"
+        likelihood = [i for i in _walk(sr.ContentSequence) if i.get("ValueType") == "CODE" and _name(i) == "111047"]
+        assert [i.ConceptCodeSequence[0].CodeMeaning for i in likelihood] == ["Low"]
+
+
+def test_labels_name_the_detection_confidence(ct: Volume) -> None:
+    findings = findings_of(ct)
+    assert label_text(findings.findings[1]) == "nodule, detection 40%"
+    assert "(" not in label_text(findings.findings[0]) and "detection 100%" in label_text(findings.findings[0])
+    lung = Finding("lung", findings.findings[0].mask)
+    assert "detection" not in label_text(lung)  # the lung mask is anatomy, no confidence shown
