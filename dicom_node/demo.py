@@ -79,7 +79,10 @@ def demo_config(out: Path, pacs: DemoPacs) -> NodeConfig:
     )
     intake = example.intake.model_copy(update={"quiet_period_s": 2.0, "sweep_interval_s": 0.25})
     queue = example.queue.model_copy(update={"poll_s": 0.2})
-    return example.model_copy(update={"node": node, "destinations": [pacs_dest], "intake": intake, "queue": queue})
+    web = example.web.model_copy(update={"port": 0})  # any free port: the demo must not collide with a running node
+    return example.model_copy(
+        update={"node": node, "destinations": [pacs_dest], "intake": intake, "queue": queue, "web": web}
+    )
 
 
 def make_study(folder: Path, seed: int) -> tuple[list[Path], list[str]]:
