@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dicom_node import __version__
 from dicom_node.config import ConfigError, NodeConfig, default_config_text, load_config
@@ -262,12 +263,9 @@ TRAINABLE = {
 def cmd_train(args: argparse.Namespace) -> int:
     import importlib
 
-    module_name, default_dir = TRAINABLE[args.model]
-    if args.out is None:  # training never writes into the shipped bundle unless that path is named
-        print(f"error: train {args.model} needs --out DIR (the shipped bundle is {default_dir})", file=sys.stderr)
-        return 2
+    module_name, _ = TRAINABLE[args.model]
     module = importlib.import_module(module_name)
-    out = Path(args.out)
+    out = Path(args.out)  # required: training never writes into the shipped bundle unless that path is named
     metrics = module.train(out, seed=args.seed, quick=args.quick, progress=not args.quiet)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
@@ -376,10 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_send)
 
+    _add_model_commands(sub)
+    return parser
+
+
+def _add_model_commands(sub: Any) -> None:
+    """``train`` and ``evaluate``: the model commands."""
     p = sub.add_parser("train", help="train a shipped model and write its bundle")
     p.add_argument("model", choices=sorted(TRAINABLE))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="bundle folder (default models/<name>; required for ct-lung-nodule)")
+    p.add_argument("--out", required=True, help="bundle folder to write (never the shipped one unless named)")
     p.add_argument("--quick", action="store_true", help="a tiny run, for smoke tests")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -399,7 +403,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--png", metavar="DIR", help="with --real: one PNG per scan (per clip for us-lung)")
     p.set_defaults(func=cmd_evaluate)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
