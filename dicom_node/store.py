@@ -91,6 +91,10 @@ class Store:
             self._free_at = t
         return self._free
 
+    def free_bytes(self) -> int:
+        """Free space on the storage file system now, in bytes (one ``statvfs``, never cached)."""
+        return shutil.disk_usage(self.root).free
+
 
 def write_atomic(path: Path, chunks: Iterable[Bytes], *, sync: bool = True) -> int:
     """Write ``chunks`` to ``path`` durably; returns the number of bytes written.

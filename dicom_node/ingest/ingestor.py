@@ -54,9 +54,16 @@ class Ingestor:
                 self.writer = connect(
                     engine.url.render_as_string(hide_password=False), migrate=False, synchronous="NORMAL"
                 )
-            self.journal = Journal(store.root / "journal" / journal_name)
+            # No segment is made before the replay: a restart on a full disk replays first (its files
+            # are what the disk is owed), and new segments are made only while there is room.
+            self.journal = Journal(store.root / "journal" / journal_name, room=self._room, open_now=False)
             self.materializer = Materializer(config, store, self.writer, self.index, self.journal, self.backlog)
-            self.materializer.replay()
+            try:
+                self.materializer.replay()
+            except BaseException:  # the start fails (its records stay in the journal for the next one)
+                self.journal.close()
+                raise
+            self.journal.open_segment()
             self.materializer.start()
 
     def keep(
@@ -93,6 +100,9 @@ class Ingestor:
             return self.keeper.refuse(status, "rejected", reason, calling_ae, address, sop_uid=meta["sop_uid"])
         free = self.store.free_mb()
         if free < self.config.node.min_free_disk_mb:
+            free = self.store.free_mb(max_age_s=0)  # read again before refusing: space may have been freed
+        if free < self.config.node.min_free_disk_mb:
+            buf.release()
             reason = f"free disk {free:.0f} MiB is under the {self.config.node.min_free_disk_mb} MiB watermark"
             return self.keeper.refuse(
                 OUT_OF_RESOURCES, "disk_full", reason, calling_ae, address, sop_uid=meta["sop_uid"]
@@ -101,6 +111,12 @@ class Ingestor:
         if materializer is None:
             return self.keeper.keep_file(meta, buf, calling_ae, address)
         return self.keeper.keep_journaled(meta, buf, calling_ae, address, materializer)
+
+    def _room(self, size: int) -> bool:
+        """Whether ``size`` more bytes may go to the journal (a new segment): the disk keeps the
+        watermark free after it and after the files still owed for acknowledged instances."""
+        owed = self.backlog.owed()
+        return self.store.free_bytes() - owed - size >= self.config.node.min_free_disk_mb * 1024 * 1024
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every journaled instance has its file and row; False on timeout."""

@@ -23,6 +23,7 @@ and ``DNJ1`` (CRC-32, no segment number, unpadded).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import mmap
@@ -120,10 +121,24 @@ class Journal:
     every record that was complete when it started: group commit.
     """
 
-    def __init__(self, folder: str | Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        segment_bytes: int | None = None,
+        *,
+        room: Callable[[int], bool] | None = None,
+        open_now: bool = True,
+    ) -> None:
+        """``room(n)`` says whether ``n`` more bytes of disk may go to a new segment (a spare, or one
+        a rotation needs when no spare is left): when it says no, retired segments are recycled and
+        appends that need a new segment are refused (OSError ENOSPC), so the materializer's files get
+        the space. With ``open_now`` False no segment is made until :meth:`open_segment` or the
+        first append: a replay needs none, and a full disk must not stop it."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.segment_bytes = segment_bytes
+        self.segment_bytes = SEGMENT_BYTES if segment_bytes is None else segment_bytes
+        self._room = room
+        self._stuck = False  # a rotation found no spare and no room for a new segment
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._closing = threading.Event()
@@ -136,7 +151,11 @@ class Journal:
         self._read_chunks: list[mmap.mmap] = []  # read_records' buffer, kept between calls
         for leftover in self.folder.glob(".prepare-*.tmp"):  # a spare being prepared when the node stopped
             leftover.unlink(missing_ok=True)
-        self._segment = self._open(max(used) + 1 if used else 1, busy=False)
+        # Not opened yet (fd -1): the first append, or open_segment, makes it.
+        self._segment = _Segment(max(used) + 1 if used else 1, -1, False)
+        self._segment.open = False
+        if open_now:
+            self._segment = self._open(self._segment.number, busy=False)
         self._preparer = threading.Thread(target=self._prepare_spares, name="journal-preparer", daemon=True)
         self._preparer.start()
 
@@ -173,28 +192,74 @@ class Journal:
             os.rename(spares[-1][1], path)
             fd, direct = open_direct(path, os.O_WRONLY)
         else:
+            if self._room is not None and not self._room(self.segment_bytes):
+                raise OSError(errno.ENOSPC, "no room on the disk for a new journal segment")
             fd, direct = open_direct(path, os.O_WRONLY | os.O_CREAT)
-            if busy:
-                try:
-                    os.posix_fallocate(fd, 0, self.segment_bytes)
-                except OSError:
-                    pass
-            else:
-                _zero_fill(fd, direct, self.segment_bytes)
+            try:
+                if busy:
+                    try:
+                        os.posix_fallocate(fd, 0, self.segment_bytes)
+                    except OSError as exc:
+                        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                            raise
+                else:
+                    _zero_fill(fd, direct, self.segment_bytes)
+            except BaseException:  # no partial segment is left behind (a full disk at start, say)
+                os.close(fd)
+                path.unlink(missing_ok=True)
+                raise
         fsync_dir(self.folder)
         self._want_spare.set()
         return _Segment(number, fd, direct)
 
+    def open_segment(self) -> bool:
+        """Make the first segment now (zero-filled while nothing is appended) unless it exists; False,
+        with one logged line, when the disk has no room for it: the first append tries again."""
+        with self._lock:
+            if self._segment.fd >= 0:
+                return True
+            try:
+                self._segment = self._open(self._segment.number, busy=False)
+            except OSError as exc:
+                log.warning("journal segment not prepared yet: %s", exc.strerror or exc)
+                return False
+            return True
+
+    def stuck(self) -> bool:
+        """A rotation found neither a spare nor room for a new segment (see :meth:`recycle_current`)."""
+        with self._lock:
+            return self._stuck
+
+    def recycle_current(self) -> bool:
+        """When :meth:`stuck`, and every record of the segment being appended to is materialized (and
+        flushed: call after the checkpoint's flush), that segment becomes the next one itself: its
+        blocks are reused, as a spare's are, and no new disk space is needed. True if it was."""
+        with self._lock:
+            seg = self._segment
+            if not self._stuck or seg.fd < 0 or seg.users or self._unmaterialized[seg.number] > 0:
+                return False
+            self._close_segment(seg)
+            if not self._spares():  # else the next segment is a spare, and this one is retired later
+                os.rename(self._path(seg.number), self._spare_path(seg.number))
+            del self._unmaterialized[seg.number]
+            self._segment = self._open(seg.number + 1)
+            self._stuck = False
+            return True
+
     def _prepare_spares(self) -> None:
         """Keep :data:`READY` spares zero-filled, so a rotation never waits for a new segment to be written."""
         while not self._closing.is_set():
-            if len(self._spares()) >= READY or not self._prepare_one():
+            # None before the first segment is opened: a replay at start gets the disk to itself.
+            if self._segment.fd < 0 or len(self._spares()) >= READY or not self._prepare_one():
                 self._want_spare.wait(timeout=5.0)
                 self._want_spare.clear()
 
     def _pause_while_busy(self) -> bool:
-        """Wait until no append happened for :data:`PREPARE_IDLE_S`; False once the journal is closing."""
+        """Wait until no append happened for :data:`PREPARE_IDLE_S`; False once the journal is closing,
+        or once the disk is short (the spare being prepared is then given up)."""
         while not self._closing.is_set():
+            if self._room is not None and not self._room(0):
+                return False
             quiet = time.monotonic() - self._last_append
             if quiet >= PREPARE_IDLE_S:
                 return True
@@ -202,6 +267,8 @@ class Journal:
         return False
 
     def _prepare_one(self) -> bool:
+        if self._room is not None and not self._room(self.segment_bytes):
+            return False  # the materializer's files come first: retired segments are recycled meanwhile
         tmp = self.folder / f".prepare-{uuid.uuid4().hex}.tmp"
         try:
             fd, direct = open_direct(tmp, os.O_WRONLY | os.O_CREAT)
@@ -209,7 +276,7 @@ class Journal:
                 _zero_fill(fd, direct, self.segment_bytes, pause=self._pause_while_busy)
             finally:
                 os.close(fd)
-            if self._closing.is_set():
+            if self._closing.is_set() or os.stat(tmp).st_size < self.segment_bytes:  # given up half way
                 tmp.unlink(missing_ok=True)
                 return False
             os.rename(tmp, self.folder / f"spare-00000000-{uuid.uuid4().hex}.log")
@@ -245,7 +312,9 @@ class Journal:
                 if self._closed:
                     raise OSError("the journal is closed")
                 seg = self._segment
-                if seg.failed or (seg.reserved + size > self.segment_bytes and seg.reserved > 0):
+                if seg.fd < 0:  # the first append: the segment is made now
+                    seg = self._segment = self._open(seg.number)
+                elif seg.failed or (seg.reserved + size > self.segment_bytes and seg.reserved > 0):
                     seg = self._rotate_locked()
                 offset = seg.reserved
                 seg.reserved += size
@@ -394,7 +463,12 @@ class Journal:
 
     def _rotate_locked(self) -> _Segment:
         old = self._segment
-        self._segment = self._open(old.number + 1)
+        try:
+            self._segment = self._open(old.number + 1)
+        except OSError as exc:
+            self._stuck = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise
+        self._stuck = False
         if not old.users:
             self._close_segment(old)
         return self._segment
@@ -420,7 +494,10 @@ class Journal:
         """Close the current segment if it holds anything; returns the newest closed segment number."""
         with self._lock:
             if self._segment.reserved:
-                self._rotate_locked()
+                try:
+                    self._rotate_locked()
+                except OSError as exc:  # no room for a new segment: see recycle_current
+                    log.debug("journal not rotated: %s", exc)
             return self._segment.number - 1
 
     def retire(self, up_to: int) -> None:
@@ -485,7 +562,7 @@ class Journal:
             self._closed = True
             while self._segment.users and time.monotonic() < deadline:
                 self._changed.wait(timeout=max(deadline - time.monotonic(), 0.01))
-            if not self._segment.users:  # else its last appender closes it
+            if not self._segment.users and self._segment.fd >= 0:  # else its last appender closes it
                 self._close_segment(self._segment)
 
 

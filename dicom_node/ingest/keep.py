@@ -15,21 +15,24 @@ by the materializer (one query per batch), so the hot path never asks the databa
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from dicom_node.config import DuplicatePolicy, NodeConfig
-from dicom_node.db.engine import log_event
+from dicom_node.db.engine import record_event
 from dicom_node.db.errors import describe_error
 from dicom_node.ingest.buffers import InstanceBuffer
 from dicom_node.ingest.index import Index, Meta, record
-from dicom_node.ingest.materialize import Materializer, Pending
+from dicom_node.ingest.materialize import Materializer, Pending, disk_bytes
 from dicom_node.net.dimse import DUPLICATE_SOP_INSTANCE, OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
 from dicom_node.store import Store, write_atomic
 
 log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -94,16 +97,29 @@ class Keeper:
         backlog, journal = materializer.backlog, materializer.journal
         assert journal is not None
         sop_uid = meta["sop_uid"]
-        backlog.enter(buf.length)
+        size, owed = buf.length, disk_bytes(buf.length)
+        # The watermark counts what is acknowledged but not yet written as files: their bytes are owed.
+        free = self.store.free_bytes()
+        if not backlog.reserve(owed, free - self.config.node.min_free_disk_mb * MIB):
+            backlog.settle(sop_uid, entry, failed=True)
+            buf.release()
+            reason = (
+                f"free disk {free / MIB:.0f} MiB less {backlog.owed() / MIB:.0f} MiB acknowledged and not yet "
+                f"written would be under the {self.config.node.min_free_disk_mb} MiB watermark"
+            )
+            return self.refuse(OUT_OF_RESOURCES, "disk_full", reason, calling_ae, address, sop_uid=sop_uid)
+        backlog.enter(size)
         try:
             try:
                 segment, offset = journal.append_at(meta, buf)
             except OSError as exc:
                 backlog.settle(sop_uid, entry, failed=True)
-                backlog.unqueue(buf.length)
+                backlog.unqueue(size)
+                backlog.paid(owed)
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
                 return self.refuse(
                     OUT_OF_RESOURCES,
-                    "write_failed",
+                    "disk_full" if full else "write_failed",
                     f"cannot write journal: {exc.strerror or exc}",
                     calling_ae,
                     address,
@@ -111,7 +127,8 @@ class Keeper:
                 )
             except BaseException:
                 backlog.settle(sop_uid, entry, failed=True)
-                backlog.unqueue(buf.length)
+                backlog.unqueue(size)
+                backlog.paid(owed)
                 raise
             backlog.settle(sop_uid, entry, failed=False)
             materializer.hand_over(meta, segment, offset, buf)
@@ -175,16 +192,22 @@ class Keeper:
     def refuse(
         self, status: int, kind: str, reason: str, calling_ae: str, address: str, *, sop_uid: str | None = None
     ) -> Outcome:
-        """Log and record why an instance is refused; the outcome answers with ``status``."""
-        log.warning("C-STORE from %s (%s) refused with 0x%04X: %s", calling_ae, address, status, reason)
-        log_event(
-            self.engine,
-            kind,
-            reason,
-            level="WARNING",
-            calling_ae=calling_ae,
-            sop_uid=sop_uid,
-            status=f"0x{status:04X}",
-            address=address,
-        )
+        """Log (one line, no traceback) and record why an instance is refused; the outcome answers with
+        ``status``. An event the database cannot take (it may be on the full disk) is noted on that line."""
+        unrecorded = ""
+        try:
+            with self.engine.begin() as conn:
+                record_event(
+                    conn,
+                    kind,
+                    reason,
+                    level="WARNING",
+                    calling_ae=calling_ae,
+                    sop_uid=sop_uid,
+                    status=f"0x{status:04X}",
+                    address=address,
+                )
+        except Exception as exc:  # the refusal is answered all the same
+            unrecorded = f" (event not recorded: {describe_error(exc)})"
+        log.warning("C-STORE from %s (%s) refused with 0x%04X: %s%s", calling_ae, address, status, reason, unrecorded)
         return Outcome(status, reason, sop_uid)

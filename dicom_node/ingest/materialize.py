@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 from dicom_node.config import DuplicatePolicy, NodeConfig
 from dicom_node.db.engine import log_event, record_event
 from dicom_node.db.errors import describe_error
-from dicom_node.ingest.buffers import InstanceBuffer, write_file
+from dicom_node.ingest.buffers import BLOCK, InstanceBuffer, round_up, write_file
 from dicom_node.ingest.index import DUPLICATE_KEPT_FIRST, Index, Meta, Row, add_duplicates, record
 from dicom_node.ingest.journal import Journal, Record
 from dicom_node.ingest.pending import PendingSeries, receiver_id
@@ -62,6 +62,12 @@ def syncfs(path: Path) -> None:
     os.sync()
 
 
+def disk_bytes(length: int) -> int:
+    """The disk space an instance file of ``length`` bytes takes: whole blocks, and one more for its
+    inode and folder entries (what the free-disk watermark counts as owed)."""
+    return round_up(length) + BLOCK
+
+
 @dataclass
 class Pending:
     """Copies of one SOP instance journaled, or being journaled, and not yet materialized."""
@@ -81,6 +87,7 @@ class Backlog:
         self._in_flight = 0  # appends under way
         self._queued = 0  # journaled, waiting for (or in) the materializer
         self._queued_bytes = 0  # their size: receivers wait while it is over QUEUE_BYTES
+        self._owed_bytes = 0  # acknowledged (or being journaled) and not yet written as files: disk owed
         self._room = threading.Condition(self._lock)
 
     # -- per SOP instance: the duplicates policy -------------------------------------------------------
@@ -158,6 +165,26 @@ class Backlog:
         with self._lock:
             self._queued -= count
         self.unqueue(size)
+
+    # -- disk space owed: the free-disk watermark -------------------------------------------------------
+    def reserve(self, size: int, limit: int) -> bool:
+        """Count ``size`` bytes as owed to the disk unless the bytes owed would then exceed ``limit``
+        (free space less the watermark); False (nothing counted) when they would."""
+        with self._lock:
+            if self._owed_bytes + size > limit:
+                return False
+            self._owed_bytes += size
+            return True
+
+    def paid(self, size: int) -> None:
+        """``size`` owed bytes are written as files (or their append failed: never acknowledged)."""
+        with self._lock:
+            self._owed_bytes -= size
+
+    def owed(self) -> int:
+        """Bytes journaled, or being journaled, whose instance files are not written yet."""
+        with self._lock:
+            return self._owed_bytes
 
     def idle(self) -> bool:
         """Nothing is being journaled or waiting to be materialized."""
@@ -295,6 +322,7 @@ class Materializer:
                     self._failed = todo[start:]
                     self._note_failure(chunk, exc)
                     return
+                self.backlog.paid(sum(disk_bytes(rec.length) for rec in chunk))  # their files are written
             if self._failures:
                 log.warning("journaled instances materialized again after %d failed attempt(s)", self._failures)
                 log_event(
@@ -402,16 +430,22 @@ class Materializer:
         try:
             closed = self.journal.rotate()
             done = self.journal.retirable(closed)
+            stuck = self.journal.stuck()  # no room for a new segment: the current one is recycled instead
             log.debug("checkpoint: segments up to %d closed, %d materialized, %d retired", closed, done, self._retired)
-            if done <= self._retired:
+            if done <= self._retired and not stuck:
                 return
             self._sync_all()
             if self._failed:
                 log.warning("journal segments kept: %d instance(s) wait for a retry", len(self._failed))
                 return
-            self.journal.retire(done)
-            self._retired = done
-        except Exception:  # the journal keeps its segments; the next checkpoint tries again
+            if done > self._retired:
+                self.journal.retire(done)
+                self._retired = done
+            if stuck and self.journal.recycle_current():
+                log.info("journal segment recycled: no room on the disk for a new one")
+        except OSError as exc:  # a full disk, say: the journal keeps its segments; the next checkpoint tries again
+            log.error("journal checkpoint failed: %s", exc)
+        except Exception:
             log.exception("journal checkpoint failed")
 
     def _sync_all(self) -> None:
