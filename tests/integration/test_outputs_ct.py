@@ -23,7 +23,7 @@ from dicom_node.findings import Evaluation, Finding, Findings, Measurement
 from dicom_node.imaging.volume import Volume
 from dicom_node.outputs import encode, kind_of
 from dicom_node.outputs.codes import LUNG
-from tests.peers.dicomcheck import dciodvfy, dsrdump, keywords, referenced_uids
+from tests.peers.dicomcheck import dciodvfy, dsrdump, keywords, referenced_uids, unlocated_groups
 from tests.peers.dicomfiles import CT_LIDC_SLAB, SEGSR_DCMQI, SEGSR_HIGHDICOM, require
 from tests.peers.orthanc import OrthancPeer, orthanc_available
 from tests.peers.scu import c_store
@@ -258,33 +258,6 @@ def test_sr_is_tid1500_and_references_resolve(written: dict[str, list[Path]], vo
 def test_every_measurement_group_is_located(written: dict[str, list[Path]]) -> None:
     sr = pydicom.dcmread(written["sr"][0])
     assert unlocated_groups(sr) == []
-
-
-def unlocated_groups(sr: Dataset) -> list[Dataset]:
-    """TID 1500 measurement groups without a tracking UID or an image region / referenced segment
-    (OHIF's SR loader crashes on those, issue 21)."""
-
-    def walk(items: object) -> list[Dataset]:
-        out: list[Dataset] = []
-        for item in items or []:  # type: ignore[attr-defined]
-            out += [item, *walk(item.get("ContentSequence"))]
-        return out
-
-    def name(item: Dataset) -> str:
-        return str(item.ConceptNameCodeSequence[0].CodeValue)
-
-    bad = []
-    for group in walk(sr.ContentSequence):
-        if group.ValueType == "CONTAINER" and name(group) == "125007":
-            children = walk(group.get("ContentSequence"))
-            tracked = any(c.ValueType == "UIDREF" and name(c) == "112040" for c in children)
-            located = any(
-                c.ValueType in ("SCOORD", "SCOORD3D") or (c.ValueType == "IMAGE" and name(c) == "121191")
-                for c in children
-            )
-            if not (tracked and located):
-                bad.append(group)
-    return bad
 
 
 def test_identity_copied_and_new_series(written: dict[str, list[Path]], volume: Volume) -> None:

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from dicom_node.findings import Finding, Findings, Measurement
 from dicom_node.imaging.volume import Volume
 from dicom_node.outputs import encode
-from tests.peers.dicomcheck import dciodvfy, dsrdump, referenced_uids
+from tests.peers.dicomcheck import dciodvfy, dsrdump, referenced_uids, unlocated_groups
 from tests.peers.dicomfiles import US_CLINICAL, US_PHANTOM, require
 from tests.peers.orthanc import OrthancPeer, orthanc_available
 from tests.peers.scu import c_store
@@ -209,33 +209,6 @@ def test_no_findings_and_not_applicable_are_reported(single: Volume, tmp_path: P
         assert 'CONTAINER:(,,"Qualitative Evaluations")' in text
         for p in paths:
             assert dciodvfy(p).errors == []
-
-
-def unlocated_groups(sr: Dataset) -> list[Dataset]:
-    """TID 1500 measurement groups without a tracking UID or an image region / referenced segment
-    (OHIF's SR loader crashes on those, issue 21)."""
-
-    def walk(items: object) -> list[Dataset]:
-        out: list[Dataset] = []
-        for item in items or []:  # type: ignore[attr-defined]
-            out += [item, *walk(item.get("ContentSequence"))]
-        return out
-
-    def name(item: Dataset) -> str:
-        return str(item.ConceptNameCodeSequence[0].CodeValue)
-
-    bad = []
-    for group in walk(sr.ContentSequence):
-        if group.ValueType == "CONTAINER" and name(group) == "125007":
-            children = walk(group.get("ContentSequence"))
-            tracked = any(c.ValueType == "UIDREF" and name(c) == "112040" for c in children)
-            located = any(
-                c.ValueType in ("SCOORD", "SCOORD3D") or (c.ValueType == "IMAGE" and name(c) == "121191")
-                for c in children
-            )
-            if not (tracked and located):
-                bad.append(group)
-    return bad
 
 
 def _mk(root: Path, name: str) -> Path:

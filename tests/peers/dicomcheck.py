@@ -83,3 +83,40 @@ def referenced_uids(ds: Dataset) -> set[str]:
 def keywords(items: Iterable[Dataset]) -> set[str]:
     """Union of the top-level keywords of ``items``."""
     return {elem.keyword for ds in items for elem in ds if elem.keyword}
+
+
+MEASUREMENT_GROUP = "125007"
+TRACKING_UID = "112040"
+REFERENCED_SEGMENT = "121191"
+
+
+def concept(item: Dataset) -> str:
+    """The code value of an SR content item's concept name."""
+    return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+
+def sr_items(items: object) -> list[Dataset]:
+    """Every SR content item below ``items`` (a ContentSequence), depth first."""
+    out: list[Dataset] = []
+    for item in items or []:  # type: ignore[attr-defined]
+        out.append(item)
+        out.extend(sr_items(item.get("ContentSequence")))
+    return out
+
+
+def unlocated_groups(sr: Dataset) -> list[Dataset]:
+    """TID 1500 measurement groups without a tracking UID or an image region / referenced segment
+    (OHIF's SR loader crashes on those, issue 21)."""
+    bad: list[Dataset] = []
+    for group in sr_items(sr.ContentSequence):
+        if group.ValueType != "CONTAINER" or concept(group) != MEASUREMENT_GROUP:
+            continue
+        children = sr_items(group.get("ContentSequence"))
+        tracked = any(c.ValueType == "UIDREF" and concept(c) == TRACKING_UID for c in children)
+        located = any(
+            c.ValueType in ("SCOORD", "SCOORD3D") or (c.ValueType == "IMAGE" and concept(c) == REFERENCED_SEGMENT)
+            for c in children
+        )
+        if not (tracked and located):
+            bad.append(group)
+    return bad

@@ -14,47 +14,16 @@ from dicom_node.findings import Finding, Findings
 from dicom_node.imaging.volume import Volume
 from dicom_node.outputs import encode
 from dicom_node.outputs.preview import label_text
+from tests.peers.dicomcheck import MEASUREMENT_GROUP, concept, sr_items, unlocated_groups
 from tests.peers.volumes import sphere, synthetic_ct
 
-MEASUREMENT_GROUP = "125007"
-TRACKING_UID = "112040"
-REFERENCED_SEGMENT = "121191"
 QUALITATIVE_EVALUATIONS = "C0034375"
 FINDING = "121071"
 
 
-def _name(item: Dataset) -> str:
-    return str(item.ConceptNameCodeSequence[0].CodeValue)
-
-
-def _walk(items: object) -> list[Dataset]:
-    out: list[Dataset] = []
-    for item in items or []:  # type: ignore[attr-defined]
-        out.append(item)
-        out.extend(_walk(item.get("ContentSequence")))
-    return out
-
-
-def unlocated_groups(sr: Dataset) -> list[str]:
-    """Measurement groups lacking a tracking UID or an image region / referenced segment."""
-    bad: list[str] = []
-    for item in _walk(sr.ContentSequence):
-        if item.ValueType != "CONTAINER" or _name(item) != MEASUREMENT_GROUP:
-            continue
-        children = _walk(item.get("ContentSequence"))
-        tracked = any(c.ValueType == "UIDREF" and _name(c) == TRACKING_UID for c in children)
-        located = any(
-            c.ValueType in ("SCOORD", "SCOORD3D") or (c.ValueType == "IMAGE" and _name(c) == REFERENCED_SEGMENT)
-            for c in children
-        )
-        if not (tracked and located):
-            bad.append(str(next((c.TextValue for c in children if c.ValueType == "TEXT"), "?")))
-    return bad
-
-
 def document_evaluations(sr: Dataset) -> list[Dataset]:
     """The items of the report's document-level "Qualitative Evaluations" container."""
-    (container,) = [i for i in sr.ContentSequence if _name(i) == QUALITATIVE_EVALUATIONS]
+    (container,) = [i for i in sr.ContentSequence if concept(i) == QUALITATIVE_EVALUATIONS]
     return list(container.ContentSequence)
 
 
@@ -91,11 +60,12 @@ def test_no_measurement_group_lacks_a_location(ct: Volume, kinds: list[str]) -> 
         sr = encode(findings, ct, kinds)[-1]
         assert sr.Modality == "SR"
         assert unlocated_groups(sr) == []
-        groups = [i for i in _walk(sr.ContentSequence) if i.get("ValueType") == "CONTAINER" and _name(i) == "125007"]
+        items = sr_items(sr.ContentSequence)
+        groups = [i for i in items if i.get("ValueType") == "CONTAINER" and concept(i) == MEASUREMENT_GROUP]
         assert len(groups) == (2 * len(kinds) if findings.findings else 0)  # the effusion has no group
-        assert not any(i.get("TextValue") == "AI result" for i in _walk(sr.ContentSequence))
+        assert not any(i.get("TextValue") == "AI result" for i in sr_items(sr.ContentSequence))
         # the "Imaging Measurements" container is always there (viewers look for it), never empty
-        (measurements,) = [i for i in sr.ContentSequence if _name(i) == "126010"]
+        (measurements,) = [i for i in sr.ContentSequence if concept(i) == "126010"]
         assert len(measurements.ContentSequence) >= 1
         hd.sr.Comprehensive3DSR.from_dataset(sr)  # highdicom reads it back
 
@@ -109,9 +79,9 @@ def test_overall_result_and_texts_are_document_level(ct: Volume) -> None:
     for case, (findings, code) in cases.items():
         (sr,) = encode(findings, ct, ["sr"])
         items = document_evaluations(sr)
-        coded = [i for i in items if i.ValueType == "CODE" and _name(i) == FINDING]
+        coded = [i for i in items if i.ValueType == "CODE" and concept(i) == FINDING]
         assert [c.ConceptCodeSequence[0].CodeValue for c in coded] == [code], case
-        texts = [str(i.TextValue) for i in items if i.ValueType == "TEXT" and _name(i) not in ("111001", "111003")]
+        texts = [str(i.TextValue) for i in items if i.ValueType == "TEXT" and concept(i) not in ("111001", "111003")]
         if case == "found":
             assert texts[0].startswith("effusion (no location), detection confidence 20.0%")
             assert texts[1:] == ["Two nodules."]
@@ -126,17 +96,18 @@ def test_overall_result_and_texts_are_document_level(ct: Volume) -> None:
 def test_score_is_a_named_detection_confidence_not_a_probability(ct: Volume) -> None:
     for kinds in (["seg", "sr"], ["sr"]):
         sr = encode(findings_of(ct), ct, kinds)[-1]
-        nums = [i for i in _walk(sr.ContentSequence) if i.get("ValueType") == "NUM"]
-        names = {_name(i) for i in nums}
+        nums = [i for i in sr_items(sr.ContentSequence) if i.get("ValueType") == "NUM"]
+        names = {concept(i) for i in nums}
         assert "122157" not in names  # no bare DCM "Probability"
-        confidence = [i for i in nums if _name(i) == "111012"]  # DCM "Certainty of Finding"
+        confidence = [i for i in nums if concept(i) == "111012"]  # DCM "Certainty of Finding"
         assert len(confidence) == 2
         value = confidence[0].MeasuredValueSequence[0]
         assert float(value.NumericValue) == 100.0  # 0.99999981608674 rounded, in percent
         assert value.MeasurementUnitsCodeSequence[0].CodeValue == "%"
         assert float(confidence[1].MeasuredValueSequence[0].NumericValue) == 40.0
         # the malignancy likelihood stays a separate, coded evaluation: DCM 111047 "Probability of cancer"
-        likelihood = [i for i in _walk(sr.ContentSequence) if i.get("ValueType") == "CODE" and _name(i) == "111047"]
+        items = sr_items(sr.ContentSequence)
+        likelihood = [i for i in items if i.get("ValueType") == "CODE" and concept(i) == "111047"]
         assert [i.ConceptCodeSequence[0].CodeMeaning for i in likelihood] == ["Low"]
 
 
