@@ -27,11 +27,12 @@ import uuid
 from collections import deque
 from pathlib import Path
 
+from dicom_node.store import Bytes
+
 BLOCK = 4096
 HEAD_ROOM = BLOCK  # the reserved first block: the journal's record head
 INITIAL_CAPACITY = 8 << 20  # virtual: pages are only backed once written
 RECV_CHUNK = 16 << 20  # a huge declared length is read (and the buffer grown) this much at a time
-Bytes = bytes | bytearray | memoryview
 
 
 PAGE = mmap.PAGESIZE
