@@ -9,7 +9,7 @@ the materializer's questions (which of these instances are indexed?) on a read-o
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Connection
@@ -24,6 +24,7 @@ DUPLICATE_KEPT_FIRST = "duplicate SOP instance kept as first received"
 
 Meta = dict[str, Any]  # what :func:`describe` returns
 Row = tuple[Meta, str, int]  # (meta, path relative to the store, size)
+OnKnown = Literal["overwrite", "skip", "duplicate"]  # what :func:`record` does with an instance already recorded
 
 
 def describe(header: Header, calling_ae: str, called_ae: str) -> Meta:
@@ -72,12 +73,14 @@ def add_duplicates(conn: Connection, sop_uid: str, count: int) -> None:
     )
 
 
-def record(conn: Connection, rows: list[Row], *, skip_known: bool = False) -> list[Meta]:
+def record(conn: Connection, rows: list[Row], *, on_known: OnKnown) -> list[Meta]:
     """Rows for a batch of kept instances: a few statements per study and series, not per instance.
 
     ``rows`` holds (meta from :func:`describe`, path relative to the store, size). An instance that
-    is already recorded is updated in place (the overwrite policy), or skipped with ``skip_known``
-    (journal replay). An instance of a series that was already routed opens a new revision of it.
+    is already recorded is, by ``on_known``: updated in place ("overwrite": the overwrite policy),
+    skipped ("skip": a journal replay re-applying its own records), or left as it is and returned
+    with the conflicts ("duplicate": keep-first, the row written first wins, whichever transaction
+    wrote it). An instance of a series that was already routed opens a new revision of it.
 
     Studies, series and instances are created with inserts that cannot race (:func:`insert_ignore`),
     in a fixed order (by UID), so receiver processes writing the same new study neither fail on a
@@ -91,10 +94,13 @@ def record(conn: Connection, rows: list[Row], *, skip_known: bool = False) -> li
         r.sop_uid: r.id
         for r in conn.execute(select(instances.c.sop_uid, instances.c.id).where(instances.c.sop_uid.in_(list(latest))))
     }
-    if skip_known:
+    duplicates: list[Meta] = []
+    if on_known != "overwrite":
+        if on_known == "duplicate":
+            duplicates = [row[0] for uid, row in latest.items() if uid in known]
         latest = {uid: row for uid, row in latest.items() if uid not in known}
     if not latest:
-        return []
+        return duplicates
     by_study: dict[str, list[Meta]] = {}
     by_series: dict[str, list[Meta]] = {}
     for m, _, _ in latest.values():
@@ -110,7 +116,7 @@ def record(conn: Connection, rows: list[Row], *, skip_known: bool = False) -> li
             .where(series.c.series_uid == series_uid)
             .values(instance_count=series.c.instance_count + count)
         )
-    return conflicts
+    return duplicates + conflicts
 
 
 def _record_studies(conn: Connection, by_study: dict[str, list[Meta]]) -> None:

@@ -158,7 +158,8 @@ class Keeper:
             )
         try:
             with self.engine.begin() as conn:
-                raced = record(conn, [(meta, relative, size)])
+                overwrite = self.config.node.duplicate_policy is DuplicatePolicy.OVERWRITE
+                raced = record(conn, [(meta, relative, size)], on_known="overwrite" if overwrite else "duplicate")
         except Exception as exc:  # the database refused: the peer must resend, so it must not see Success
             error = describe_error(exc)  # no traceback: its message could carry the row's patient data
             log.error("cannot record instance: %s", error)

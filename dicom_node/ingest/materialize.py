@@ -366,8 +366,9 @@ class Materializer:
         known = self.index.recorded([rec.meta["sop_uid"] for rec in records]) if replay or not overwrite else set()
         rows, late = self._write_files(records, known, overwrite=overwrite, replay=replay)
         with self.writer.begin() as conn:
-            raced = record(conn, rows, skip_known=replay and not overwrite)
-            if not overwrite and not replay:  # copies another receiver process recorded first
+            on_known = "overwrite" if overwrite else "skip" if replay else "duplicate"
+            raced = record(conn, rows, on_known=on_known)
+            if on_known == "duplicate":  # copies another receiver process recorded first
                 late = late + raced
             for m in late:  # in this batch's transaction: a re-sent study is one commit, not one per copy
                 record_event(conn, "duplicate", DUPLICATE_KEPT_FIRST, calling_ae=m["calling_ae"], sop_uid=m["sop_uid"])
