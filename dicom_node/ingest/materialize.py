@@ -33,7 +33,7 @@ from dicom_node.config import DuplicatePolicy, NodeConfig
 from dicom_node.db.engine import log_event, record_event
 from dicom_node.db.errors import describe_error
 from dicom_node.ingest.buffers import BLOCK, InstanceBuffer, round_up, write_file
-from dicom_node.ingest.index import DUPLICATE_KEPT_FIRST, Index, Meta, Row, add_duplicates, record
+from dicom_node.ingest.index import DUPLICATE_KEPT_FIRST, Index, Meta, OnKnown, Row, add_duplicates, record
 from dicom_node.ingest.journal import Journal, Record
 from dicom_node.ingest.pending import PendingSeries, receiver_id
 from dicom_node.store import Store
@@ -366,7 +366,7 @@ class Materializer:
         known = self.index.recorded([rec.meta["sop_uid"] for rec in records]) if replay or not overwrite else set()
         rows, late = self._write_files(records, known, overwrite=overwrite, replay=replay)
         with self.writer.begin() as conn:
-            on_known = "overwrite" if overwrite else "skip" if replay else "duplicate"
+            on_known: OnKnown = "overwrite" if overwrite else "skip" if replay else "duplicate"
             raced = record(conn, rows, on_known=on_known)
             if on_known == "duplicate":  # copies another receiver process recorded first
                 late = late + raced
