@@ -147,6 +147,46 @@ def test_verify_screens_with_one_view_before_the_whole_ensemble() -> None:
         assert abs(cand.features["fpr_logit"] - expected) < 1e-4
 
 
+def test_second_screen_and_settle_read_in_full_only_what_can_reach_the_operating_point() -> None:
+    from dicom_node.networks.calibrator import Calibrator
+    from dicom_node.networks.fpr3d import FPR3DEnsemble
+
+    case = _case()
+    case.norm[15:18, 30:34, 33:37] = 1.0  # something beside the ball: flipped views differ
+    a, b = _random_fpr3d(0), _random_fpr3d(1)
+    ensemble = FPR3DEnsemble([a, b]).eval()
+    cube = torch.from_numpy(extract_patch3d(case.norm, truth_candidate(case, 1), case.spacing[0])[None])
+    with torch.inference_mode():
+        mean2, full = float((a(cube)[0] + b(cube)[0]) / 2), float(ensemble(cube)[0])
+    assert abs(mean2 - full) > 1e-3  # else this test could not tell the two apart
+
+    def model(second: float, bias: float) -> NoduleModel:
+        # A detector on the FPR3D logit alone: score 0.5 where logit + bias = 0.
+        detector = Calibrator(("fpr_logit",), np.zeros(1), np.ones(1), np.ones(1), bias)
+        m = NoduleModel(unet=None, resmtnet=None, fpr3d=ensemble, screen_logit=-100.0, detector=detector)
+        m.second_screen_logit = second
+        setattr(m, "min_score", 0.5)  # noqa: B010 - as load_model sets it
+        return m
+
+    # Under the second screen a candidate keeps the mean of the unflipped views, even when read exactly.
+    cand = truth_candidate(case, 1)
+    assert model(mean2 + 0.5, 0.0).verify(case.norm, case.spacing[0], [cand]) == []
+    assert abs(cand.features["fpr_logit"] - mean2) < 1e-4
+    # Above it: the whole ensemble, at once (full) or once settle finds its score could matter.
+    cand = truth_candidate(case, 1)
+    model(mean2 - 0.5, 0.0).verify(case.norm, case.spacing[0], [cand])
+    assert abs(cand.features["fpr_logit"] - full) < 1e-4
+    for bias, read in ((-mean2, True), (-mean2 - 10.0, False)):  # score at mean2 + margin: 0.97, or ~0
+        m = model(mean2 - 0.5, bias)
+        cand = truth_candidate(case, 1)
+        estimated = m.verify(case.norm, case.spacing[0], [cand], full=False)
+        assert estimated == [cand] and abs(cand.features["fpr_logit"] - mean2) < 1e-4
+        m._calibrate(cand)
+        m.settle(case.norm, case.spacing[0], estimated)
+        assert abs(cand.features["fpr_logit"] - (full if read else mean2)) < 1e-4
+        assert cand.p_detect is not None and abs(cand.p_detect - m.detector(cand.features)) < 1e-9  # type: ignore[misc]
+
+
 def test_faint_components_are_the_low_seeded_ones_no_confident_candidate_touches() -> None:
     case = _case()
     prob = np.zeros(case.norm.shape, dtype=np.float32)

@@ -69,7 +69,7 @@ def candidate_table(cases: list[Case], model: NoduleModel, progress: bool = Fals
     -1 = ignored), ``malignant``, ``diameter`` (truth long axis), ``dice`` with that truth, ``case``."""
     rows: list[dict[str, Any]] = []
     for ci, case in enumerate(progress_bar(cases, progress, desc="candidates", leave=False)):
-        cands = model.detect(case.norm, case.region, case.spacing)
+        cands = model.detect(case.norm, case.region, case.spacing, exact=True)
         truth_by_index = {t.index: t for t in case.truths}
         for c, m in zip(cands, match_truths(cands, case), strict=True):
             row: dict[str, Any] = {"case": ci, "truth": m, "features": dict(c.features), "score": c.score}

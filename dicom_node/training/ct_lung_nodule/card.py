@@ -84,7 +84,12 @@ def _calibration_block(frags: dict[str, str], meta: dict[str, Any]) -> str:
         faint_line = _fill(frags, "faint", faint_fields)
     flips_line = _OMIT
     if inf.get("fpr3d_flips"):
-        flips_line = _fill(frags, "flips", {"fpr3d_screen_logit": inf.get("fpr3d_screen_logit")})
+        flips_fields = {
+            "fpr3d_screen_logit": inf.get("fpr3d_screen_logit"),
+            "second_screen": inf.get("fpr3d_second_screen_logit", "-"),
+            "faint_second_screen": inf.get("faint_second_screen_logit", "-"),
+        }
+        flips_line = _fill(frags, "flips", flips_fields)
     validation_line = _OMIT
     if isinstance(val, dict):
         numbers = json.dumps({k: v for k, v in val.items() if k not in ("seed", "scans")})

@@ -46,7 +46,7 @@ def mtnet_samples(
         targets["diameter"].append(diam)
 
     for case in progress_bar(cases, progress, desc="mining", leave=False):
-        cands = model.detect(case.norm, case.region, case.spacing)
+        cands = model.detect(case.norm, case.region, case.spacing, exact=True)
         truth_by_index = {t.index: t for t in case.truths}
         for c, m in zip(cands, match_truths(cands, case), strict=True):
             if m < 0:
