@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from dicom_node.pipelines import create
 from dicom_node.pipelines.ct_lung_nodule.mass import grow_mass
@@ -82,6 +83,25 @@ def test_mass_grows_into_adjacent_solid_tissue_inside_its_lung_only() -> None:
     assert not (grown & right).any()  # never into the other lung
     assert not (grown & vessel & left).any()  # nor into vessels inside the lung field
     assert not grown[:, :, 49:52].any()  # nor into the mediastinum between the lungs
+
+
+def test_a_mass_outline_is_solid_slice_by_slice() -> None:
+    """An aerated bronchus through a mass and a speckled edge do not leave holes in its outline."""
+    shape = (8, 100, 100)
+    hu = np.full(shape, -850.0, dtype=np.float32)
+    left = np.zeros(shape, dtype=bool)
+    left[:, 5:95, 5:95] = True
+    tumour = _ball(shape, (4, 50, 50), 20)
+    hu[tumour] = 30.0
+    seen = tumour.copy()
+    seen[:, 48:52, 40:60] = False  # an air bronchogram through it
+    seen[:, ::3, ::3] &= ~(np.indices(shape)[2] > 62)[:, ::3, ::3]  # a speckled lateral edge
+    grown = grow_mass(seen, hu, (2.0, 1.0, 1.0), left, np.zeros(shape, dtype=bool))
+    bronchus = tumour & ~seen
+    bronchus[:, :, 62:] = False
+    assert bronchus.any() and (grown & bronchus).sum() == bronchus.sum()  # the bronchogram filled
+    assert (grown & tumour).sum() >= 0.995 * tumour.sum()  # and the speckles (but a notch on the very edge)
+    assert not (grown & ~ndi.binary_dilation(tumour)).any()  # and nothing beyond the lesion's edge
 
 
 def test_a_series_without_lungs_is_not_applicable() -> None:

@@ -8,7 +8,9 @@ lung field left out and that lie inside the per-slice convex hull of the same lu
 and the other side's mediastinum stay out, and so do the vessels next to a mass inside the lung (there the
 detector's outline is trusted). On the real adenocarcinoma in ../shared this raised the share of the outline
 inside the tumour's box from 0.51 to 0.70 and the share of the box covered from 0.08 to 0.25 (the rest of the
-box is partly the tumour's spread beyond the lung's hull, partly normal tissue around it).
+box is partly the tumour's spread beyond the lung's hull, partly normal tissue around it). The outline is then
+made solid slice by slice (:func:`_solid_outline`: no holes, no speckled edge; share in the box 0.67, box
+covered 0.26), as a radiologist would draw it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from scipy import ndimage as ndi
 
 GROW_MM = 20.0
 SOLID_HU = (-400.0, 150.0)
+CLOSE_MM = 1.5
 
 
 def _hull_per_slice(side: np.ndarray, slices: range) -> np.ndarray:
@@ -27,6 +30,21 @@ def _hull_per_slice(side: np.ndarray, slices: range) -> np.ndarray:
     for k in slices:
         if side[k].sum() > 3:
             out[k] = convex_hull_image(side[k])
+    return out
+
+
+def _solid_outline(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """``mask`` as a radiologist outlines a mass, slice by slice: the gaps of up to about
+    2 x :data:`CLOSE_MM` between its parts closed and the holes inside filled (aerated bronchi, cavitation
+    and the darker speckles of a spiculated or ground-glass edge are part of the lesion)."""
+    ry, rx = (max(round(CLOSE_MM / s), 1) for s in spacing[1:])
+    yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
+    disk = ((yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2) <= CLOSE_MM**2
+    out = np.zeros_like(mask)
+    for k in np.nonzero(mask.any(axis=(1, 2)))[0]:
+        padded = np.pad(mask[k], ((ry, ry), (rx, rx)))
+        closed = ndi.binary_closing(padded, disk)[ry:-ry, rx:-rx] | mask[k]
+        out[k] = ndi.binary_fill_holes(closed)
     return out
 
 
@@ -57,6 +75,7 @@ def grow_mass(
     touching = np.unique(labels[sub_mask])
     grown = np.isin(labels, touching[touching > 0])
     grown = ndi.binary_opening(grown, np.ones((1, 3, 3), dtype=bool)) | sub_mask
+    grown = _solid_outline(grown, spacing)
     out = np.zeros_like(mask)
     out[box] = grown
     return out
