@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-fast lint typecheck bench clean
+.PHONY: install demo test test-unit test-fast lint typecheck bench ohif clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ typecheck: install
 
 bench: install
 	$(PY) -m benchmarks.run
+
+# The OHIF viewer build (npm @ohif/app, pinned in tests/peers/ohif.py) into .cache/ohif/ for the viewer tests.
+ohif: install
+	$(PY) -m tests.peers.ohif
 
 clean:
 	rm -rf $(VENV) build *.egg-info storage/*.db*

@@ -54,6 +54,25 @@ def chest_ct(slices: int, thickness: float, cache: Path, seed: int = 11) -> Stud
     return Study(name=name, folder=folder, files=files, thickness=thickness)
 
 
+def pet_ct(cache: Path, seed: int = 5001) -> Study:
+    """A synthetic FDG PET/CT (:mod:`dicom_node.synth.pet_phantom`): 150 PT slices (128 x 128, 4 mm) and 200 CT
+    slices (256 x 256, 3 mm) in one flat folder, as the ``pet_tumour`` pipeline gets them (PT plus the paired CT)."""
+    from dicom_node.synth.pet_dicom import write_pet_ct_study
+    from dicom_node.synth.pet_phantom import make_pet_ct_phantom
+
+    name = f"petct-s{seed}-v{CACHE_VERSION}"
+    folder = cache / name
+    marker = folder / ".complete"
+    if not marker.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        ct, pt = write_pet_ct_study(make_pet_ct_phantom(seed), folder / "series", seed=seed)
+        for f in [*ct, *pt]:
+            f.rename(folder / f.name)
+        marker.touch()
+    files = sorted(f for f in folder.iterdir() if f.suffix == ".dcm")
+    return Study(name=name, folder=folder, files=files, thickness=4.0)
+
+
 REAL_CHEST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "ct_lung_pet_ct_dx"
 
 

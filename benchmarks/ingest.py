@@ -98,6 +98,33 @@ def describe_node(config_text: str) -> str:
     return "Success only after fsync (node contract); SQLite WAL synchronous=FULL; " + ", ".join(settings)
 
 
+class NodeTlsTarget(NodeTarget):
+    """The node as :class:`NodeTarget`, pushed to over DICOM TLS (``[tls]``, mutual, BCP 195 suites): a
+    throwaway CA and certificates made with ``openssl`` (tests.peers.pki); storescu sends ``+tls``."""
+
+    name = "node-tls"
+
+    def __init__(self, options: dict[str, str] | None = None) -> None:
+        super().__init__(options)
+        self.storescu_args: tuple[str, ...] = ()
+
+    def start(self) -> None:
+        from tests.peers.pki import make_pki
+
+        self.root = Path(tempfile.mkdtemp(prefix="bench-node-tls-"))
+        pki = make_pki(self.root / "pki")
+        plain, self.port = free_port(), free_port()
+        text = node_config(self.root / "storage", port=plain, workers=1, extra=self.options)
+        text += (
+            f'\n[tls]\nport = {self.port}\ncertificate = "{pki.server_cert}"\nprivate_key = "{pki.server_key}"\n'
+            f'ca_certificates = "{pki.ca}"\n'
+        )
+        self.durability = describe_node(text) + "; DICOM TLS 1.2+, mutual, BCP 195 suites"
+        self.storescu_args = ("+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca))
+        self.group = start_node(self.root, text, plain)  # ready once the plain port answers
+        wait_cpu_quiet(self.group.pid)
+
+
 class StorescpTarget:
     """dcmtk ``storescp --fork``: one process per association, files written without fsync."""
 
@@ -179,7 +206,12 @@ class OrthancTarget:
             self.peer.terminate()
 
 
-TARGETS: dict[str, type] = {"node": NodeTarget, "storescp": StorescpTarget, "orthanc": OrthancTarget}
+TARGETS: dict[str, type] = {
+    "node": NodeTarget,
+    "node-tls": NodeTlsTarget,
+    "storescp": StorescpTarget,
+    "orthanc": OrthancTarget,
+}
 
 
 @dataclass
@@ -223,8 +255,11 @@ def _all_listed(target: Target, n: int) -> Callable[[], bool]:
     return lambda: target.stored() >= n
 
 
-def push(files: list[Path], aet: str, port: int, associations: int, workdir: Path) -> float:
-    """Send ``files`` with ``associations`` concurrent storescu processes; wall seconds until all exit."""
+def push(
+    files: list[Path], aet: str, port: int, associations: int, workdir: Path, extra: tuple[str, ...] = ()
+) -> float:
+    """Send ``files`` with ``associations`` concurrent storescu processes (``extra`` options: TLS);
+    wall seconds until all exit."""
     chunks = [files[i::associations] for i in range(associations)]
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
@@ -235,7 +270,7 @@ def push(files: list[Path], aet: str, port: int, associations: int, workdir: Pat
             logs.append(out)
             procs.append(
                 subprocess.Popen(
-                    ["storescu", "-aet", "STORESCU", "-aec", aet, "127.0.0.1", str(port), *map(str, chunk)],
+                    ["storescu", "-aet", "STORESCU", "-aec", aet, *extra, "127.0.0.1", str(port), *map(str, chunk)],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env=tcp_env(),
@@ -262,7 +297,7 @@ def run_ingest(
     *,
     runs: int,
     associations: tuple[int, ...] = (1, 4),
-    targets: tuple[str, ...] = ("node", "storescp", "orthanc"),
+    targets: tuple[str, ...] = ("node", "node-tls", "storescp", "orthanc"),
     runs_multi: int | None = None,
     node_options: dict[str, str] | None = None,
 ) -> IngestResult:
@@ -280,12 +315,13 @@ def run_ingest(
             n_runs = runs if n_assoc == 1 or runs_multi is None else runs_multi
             for index in range(n_runs):
                 for name in targets:
-                    target = NodeTarget(node_options) if name == "node" else TARGETS[name]()
+                    target = TARGETS[name](node_options) if name.startswith("node") else TARGETS[name]()
                     target.start()
                     result.durability[name] = target.durability
                     try:
                         cpu0 = group_cpu_seconds(target.pgid())
-                        seconds = push(files, target.aet, target.port, n_assoc, workdir)
+                        extra = getattr(target, "storescu_args", ())
+                        seconds = push(files, target.aet, target.port, n_assoc, workdir, extra)
                         t_sent = time.perf_counter()
                         try:
                             wait_for(_all_listed(target, len(files)), 120, f"{name} to list every instance")

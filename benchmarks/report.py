@@ -14,6 +14,7 @@ from benchmarks.e2e import STAGES, E2ERun
 from benchmarks.inference import InferenceRun
 from benchmarks.ingest import IngestResult, Run
 from benchmarks.scale import ScaleRun
+from benchmarks.soak import SUMMARY, SoakResult, markdown_lines
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Report:
     e2e: list[E2ERun] | None = None
     inference: list[InferenceRun] | None = None
     scale: list[ScaleRun] | None = None
+    soak: SoakResult | None = None
     errors: dict[str, str] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
@@ -61,6 +63,10 @@ def ingest_ratios(result: IngestResult) -> dict[int, list[dict[str, float]]]:
             if node is None:
                 continue
             row = {"index": float(index), "node": node.images_per_s}
+            tls = by.get(("node-tls", assoc, index))
+            if tls is not None:  # DICOM TLS beside plain: the cost of encryption
+                row["node-tls"] = tls.images_per_s
+                row["node-tls/node"] = tls.images_per_s / node.images_per_s
             for peer in ("storescp", "orthanc"):
                 other = by.get((peer, assoc, index))
                 if other is not None:
@@ -72,13 +78,14 @@ def ingest_ratios(result: IngestResult) -> dict[int, list[dict[str, float]]]:
 
 
 def key_ratios(result: IngestResult) -> dict[str, float]:
-    """Median node/peer ratio per (associations, peer), e.g. ``{"1 assoc node/orthanc": 0.9}``."""
+    """Median node/peer ratio per (associations, peer), e.g. ``{"1 assoc node/orthanc": 0.9}``, and the
+    median TLS/plain ratio of the node (``"1 assoc node-tls/node"``)."""
     out = {}
     for assoc, rows in ingest_ratios(result).items():
-        for peer in ("storescp", "orthanc"):
-            values = [r[f"node/{peer}"] for r in rows if f"node/{peer}" in r]
+        for ratio in ("node/storescp", "node/orthanc", "node-tls/node"):
+            values = [r[ratio] for r in rows if ratio in r]
             if values:
-                out[f"{assoc} assoc node/{peer}"] = median(values)
+                out[f"{assoc} assoc {ratio}"] = median(values)
     return out
 
 
@@ -99,6 +106,9 @@ def markdown(rep: Report) -> str:
         lines += _inference_md(rep.inference)
     if rep.scale is not None:
         lines += _scale_md(rep.scale)
+    if rep.soak is not None:
+        lines += ["## 5. Soak", "", SUMMARY, ""]
+        lines += [*markdown_lines(rep.soak), ""]
     if rep.errors:
         lines += ["## Sections that failed", ""]
         for name, err in rep.errors.items():
@@ -125,14 +135,16 @@ def _ingest_md(res: IngestResult) -> list[str]:
         "wall time. Each server runs as it would be deployed for concurrent senders: storescp with `--fork` "
         "(a process per association), the node with 4 receiver processes on one port (`receiver_processes`; "
         "its durability column says which), Orthanc with its thread pool. "
-        "Runs are interleaved node, storescp, Orthanc so each node/peer pair "
+        "node-tls is the same node pushed to over DICOM TLS (`[tls]`: TLS 1.2+, BCP 195 suites, client "
+        "certificates required; storescu `+tls`). "
+        "Runs are interleaved node, node-tls, storescp, Orthanc so each node/peer pair "
         "shares the same moment's machine load. MB/s counts file bytes. Median of "
         + ", ".join(f"{runs_per[a]} run(s) with {a} association(s)" for a in per_assoc)
         + ".",
         "",
     ]
     rows = []
-    for target in ("node", "storescp", "orthanc"):
+    for target in ("node", "node-tls", "storescp", "orthanc"):
         for assoc in per_assoc:
             cell = [r for r in res.runs if r.target == target and r.associations == assoc]
             if not cell:
@@ -189,6 +201,10 @@ def _ingest_md(res: IngestResult) -> list[str]:
             continue
         mark = "met" if value >= goal else "NOT met"
         lines += [f"- {assoc} association(s), node/{peer} = **{value:.2f}** (target >= {goal:g}): {mark}"]
+    for assoc in per_assoc:
+        value = med.get(f"{assoc} assoc node-tls/node")
+        if value is not None:
+            lines += [f"- {assoc} association(s), DICOM TLS / plain = **{value:.2f}** (the cost of encryption)"]
     return [*lines, ""]
 
 

@@ -30,7 +30,7 @@ from benchmarks.report import Report, key_ratios, markdown, write
 
 log = logging.getLogger("benchmarks.run")
 
-SECTIONS = ("ingest", "e2e", "inference", "scale")
+SECTIONS = ("ingest", "e2e", "inference", "scale", "soak")
 QUICK_OUT = Path("/tmp/dicom-node-bench-quick")
 
 
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "e2e": lambda: _e2e(rep, studies, args),
         "inference": lambda: _inference(rep, studies, args),
         "scale": lambda: _scale(rep, studies, args),
+        "soak": lambda: _soak(rep, args),
     }
     t_all = time.perf_counter()
     for name in args.sections:
@@ -172,6 +173,12 @@ def _inference(rep: Report, studies: Studies, args: Any) -> None:
     chosen = [s for s in {s.name: s for s in (studies.small(), studies.large())}.values()]
     only = [p.strip() for p in args.inference_pipelines.split(",") if p.strip()] or None
     rep.inference = run_inference([(s.name, s.folder, s.slices) for s in chosen], only=only)
+    if not args.quick and (only is None or "pet_tumour" in only):  # the PET/CT model on its own study
+        from benchmarks.data import pet_ct
+        from benchmarks.inference import devices, run_one
+
+        pet = pet_ct(args.cache)
+        rep.inference += [run_one("pet_tumour", device, pet.name, pet.folder, 150) for device in devices()]
 
 
 def _scale(rep: Report, studies: Studies, args: Any) -> None:
@@ -182,6 +189,14 @@ def _scale(rep: Report, studies: Studies, args: Any) -> None:
         rep.scale = run_scale(sample, worker_counts=(1, 2), jobs={"bench_noop": 40, "bench_wait100": 16})
     else:
         rep.scale = run_scale(sample)
+
+
+def _soak(rep: Report, args: Any) -> None:
+    from benchmarks.soak import run_soak
+
+    rep.soak = run_soak(30 if args.quick else None)  # $DICOM_NODE_SOAK_S seconds of sending (default 60)
+    if rep.soak.lost or rep.soak.hidden:
+        raise RuntimeError(f"soak: {rep.soak.lost} lost and {rep.soak.hidden} hidden acknowledged instance(s)")
 
 
 if __name__ == "__main__":

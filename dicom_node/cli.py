@@ -62,7 +62,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config, path = _load(args)
     node = config.node
     print(f"config {path}: OK")
-    print(f"node      {node.ae_title} listening on {node.host}:{node.port}, storage {node.storage}")
+    plain = "no plain DICOM" if config.tls is not None and node.port == 0 else f"listening on {node.host}:{node.port}"
+    print(f"node      {node.ae_title} {plain}, storage {node.storage}")
+    if config.tls is not None:
+        tls = config.tls
+        callers = "required" if tls.require_client_certificate else "optional"
+        print(
+            f"tls       DICOM TLS {tls.minimum_version}+ on {node.host}:{tls.port}, client certificates {callers}; "
+            f"certificate {tls.certificate}"
+        )
     print(f"database  {node.database_url()}")
     print(
         f"intake    quiet period {config.intake.quiet_period_s:g} s; workers {node.workers}; "
@@ -79,7 +87,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         )
     for dest in config.destinations:
         print(
-            f"dest      {dest.name}: {dest.ae_title}@{dest.host}:{dest.port} gets {', '.join(dest.outputs)}; "
+            f"dest      {dest.name}: {dest.ae_title}@{dest.host}:{dest.port}{' (TLS)' if dest.tls else ''} "
+            f"gets {', '.join(dest.outputs)}; "
             f"retries for {dest.retry_for_hours:g} h"
         )
     for route in config.routes:
@@ -90,7 +99,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             f"{' + '.join(route.pipelines)} -> {', '.join(route.destinations) or '(no destination)'} "
             f"({outputs})"
         )
-    return 0
+    failed = 0
+    if args.load:
+        from dicom_node.worker import load_routed_pipelines
+
+        for route_name, pipeline, error, seconds in load_routed_pipelines(config):
+            state = f"loaded in {seconds:.1f} s" if error is None else f"CANNOT LOAD: {error}"
+            print(f"pipeline  {pipeline} (route {route_name}): {state}")
+            failed += error is not None
+    if args.echo:
+        from dicom_node.admin import echo_destination
+
+        for dest in config.destinations:
+            ok, message = echo_destination(config, dest.name)
+            print(f"echo      {message}")
+            failed += not ok
+    return 1 if failed else 0
 
 
 def cmd_route_test(args: argparse.Namespace) -> int:
@@ -150,11 +174,114 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(f"job {args.id}: no such job (`dicom-node jobs list` shows the jobs)", file=sys.stderr)
         return 1
     if not ok:
-        allowed = "dead, failed or cancelled" if args.action == "retry" else "queued, failed or running"
-        done = "retried" if args.action == "retry" else "cancelled"
+        allowed, done = {
+            "retry": ("dead, failed or cancelled", "retried"),
+            "rerun": ("succeeded", "re-run"),
+            "cancel": ("queued, failed or running", "cancelled"),
+        }[args.action]
         print(f"job {args.id} is {state}: only a {allowed} job can be {done}")
         return 1
     print(f"job {args.id}: {args.action} done (was {state})")
+    return 0
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    from dicom_node import admin
+    from dicom_node.db import connect
+
+    config, _ = _load(args, check_routes=False)
+    engine = connect(config.node.database_url())
+    try:
+        if args.action == "list":
+            rows = admin.delivery_rows(engine, state=args.state, destination=args.destination, limit=args.limit)
+            print(f"{'id':>6} {'destination':<14} {'state':<8} {'att':>3} {'next try':<19} kind  last error")
+            for r in rows:
+                print(
+                    f"{r['id']:>6} {r['destination']:<14} {r['state']:<8} {r['attempts']:>3} "
+                    f"{r['next_try'] or '-':<19} {r['kind']:<5} {(r['last_error'] or '')[:80]}"
+                )
+            return 0
+        if args.id is None:
+            print("deliveries retry-now needs a delivery id", file=sys.stderr)
+            return 2
+        ok, state = admin.retry_delivery_now(engine, args.id, config=config)
+    finally:
+        engine.dispose()
+    if state is None:
+        print(f"delivery {args.id}: no such delivery (`dicom-node deliveries list` shows them)", file=sys.stderr)
+        return 1
+    if not ok:
+        print(f"delivery {args.id} is {state}: only a pending or dead delivery can be retried")
+        return 1
+    print(f"delivery {args.id}: will be sent at the next tick (was {state})")
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicom_node.admin import echo_destination
+
+    config, _ = _load(args, check_routes=False)
+    names = args.destinations or [d.name for d in config.destinations]
+    if not names:
+        print("no destinations in the config", file=sys.stderr)
+        return 1
+    failed = 0
+    for name in names:
+        ok, message = echo_destination(config, name)
+        print(("ok    " if ok else "FAIL  ") + message)
+        failed += not ok
+    return 1 if failed else 0
+
+
+def _read_password(from_stdin: bool) -> str | None:
+    """A new password from stdin's first line or, on a terminal, typed twice; None (and a message) if unusable."""
+    import getpass
+
+    if from_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("error: the passwords differ", file=sys.stderr)
+            return None
+    if not password:
+        print("error: empty password", file=sys.stderr)
+        return None
+    return password
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from dicom_node.web.auth import hash_password
+
+    password = _read_password(args.stdin)
+    if password is None:
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    """``user add NAME``: append a ``[[web.users]]`` table to the config file (checked before it is written)."""
+    from dicom_node.config import parse_config
+    from dicom_node.web.auth import hash_password
+
+    path = _config_path(args.config)
+    config = load_config(path)
+    if args.action == "list":
+        for user in config.web.users:
+            print(user.name)
+        return 0
+    if any(u.name == args.name for u in config.web.users):
+        print(f"error: {path} already has a user {args.name!r}", file=sys.stderr)
+        return 1
+    password = _read_password(args.stdin)
+    if password is None:
+        return 1
+    text = path.read_text(encoding="utf-8")
+    text += f'\n[[web.users]]\nname = "{args.name}"\npassword_hash = "{hash_password(password)}"\n'
+    parse_config(text, path)  # a name the config refuses raises ConfigError here; nothing is written
+    path.write_text(text, encoding="utf-8")
+    print(f"added user {args.name} to {path}; a running node knows it after a reload (kill -HUP, or Reload)")
     return 0
 
 
@@ -163,11 +290,16 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     from dicom_node.net.scu import SendError, send_files
 
+    tls_context = None
     if args.to:
         config, _ = _load(args, check_routes=False)
         dest = config.destination(args.to)
         host, port, aet = dest.host, dest.port, dest.ae_title
         calling = config.node.ae_title
+        if dest.tls:  # DICOM TLS as the sender uses it
+            from dicom_node.net.tls import client_context
+
+            tls_context = client_context(dest, config.tls)
     else:
         if not (args.host and args.port and args.aec):
             print("send needs --to DEST (from the config) or --host, --port and --aec", file=sys.stderr)
@@ -198,6 +330,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             called_ae=aet,
             calling_ae=calling,
             progress=lambda _s: bar.update(1),
+            tls=tls_context,
         )
     except SendError as exc:
         bar.close()
@@ -217,12 +350,15 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dicom_node.serve import Node, setup_logging
 
-    config, _ = _load(args)
+    from_file, path = _load(args)
+    if args.log_format:
+        os.environ["DICOM_NODE_LOG_FORMAT"] = args.log_format  # inherited by the spawned processes
     setup_logging(args.log_level)
+    config = from_file
     if args.workers is not None:
         config = config.model_copy(update={"node": config.node.model_copy(update={"workers": args.workers})})
     try:
-        Node(config, log_level=args.log_level).serve_forever()
+        Node(config, log_level=args.log_level, config_path=path, from_file=from_file).serve_forever()
     except OSError as exc:
         if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise
@@ -239,6 +375,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from dicom_node.serve import setup_logging, worker_main
 
     config, _ = _load(args)
+    if args.log_format:
+        os.environ["DICOM_NODE_LOG_FORMAT"] = args.log_format
     setup_logging(args.log_level)
     if args.count <= 1:
         worker_main(config.model_dump_json(), 0, args.log_level)
@@ -332,11 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("serve", help="run the node: receiver, scheduler, workers, sender"))
     p.add_argument("--workers", type=int, help="override node.workers")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    p.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON objects")
     p.set_defaults(func=cmd_serve)
 
     p = with_config(sub.add_parser("worker", help="run worker processes only (scale-out on PostgreSQL)"))
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    p.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON objects")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("init", help="write a starter config")
@@ -346,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     p = with_config(sub.add_parser("check-config", help="validate and print AE titles, destinations, routes"))
+    p.add_argument(
+        "--no-load", dest="load", action="store_false", help="do not load the routed pipelines' models (faster)"
+    )
+    p.add_argument("--echo", action="store_true", help="also C-ECHO every destination")
     p.set_defaults(func=cmd_check_config)
 
     p = with_config(sub.add_parser("route-test", help="which route matches each file, and why"))
@@ -357,12 +501,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = with_config(sub.add_parser("jobs", help="list, retry or cancel jobs"))
-    p.add_argument("action", choices=["list", "retry", "cancel"])
+    p = with_config(sub.add_parser("jobs", help="list, retry, re-run or cancel jobs"))
+    p.add_argument("action", choices=["list", "retry", "rerun", "cancel"])
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_jobs)
+
+    p = with_config(sub.add_parser("deliveries", help="list deliveries, or send one again now"))
+    p.add_argument("action", choices=["list", "retry-now"])
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--state", choices=["pending", "sent", "dead"], help="only deliveries in this state")
+    p.add_argument("--destination", help="only this destination")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_deliveries)
+
+    p = with_config(sub.add_parser("echo", help="C-ECHO configured destinations (default: all of them)"))
+    p.add_argument("destinations", nargs="*", metavar="DEST")
+    p.set_defaults(func=cmd_echo)
+
+    p = with_config(sub.add_parser("user", help="list the web users, or add one to the config file"))
+    p.add_argument("action", choices=["add", "list"])
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("--stdin", action="store_true", help="read the password from the first line of stdin")
+    p.set_defaults(func=cmd_user)
+
+    p = sub.add_parser("hash-password", help="print a password hash for [[web.users]] password_hash")
+    p.add_argument("--stdin", action="store_true", help="read the password from the first line of stdin")
+    p.set_defaults(func=cmd_hash_password)
 
     p = with_config(sub.add_parser("send", help="C-STORE files or folders to a destination"))
     p.add_argument("paths", nargs="+")

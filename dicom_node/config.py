@@ -11,6 +11,7 @@ registry (route ``match`` keys, pipeline names and options) is checked by
 from __future__ import annotations
 
 import re
+import ssl
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +20,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no backslash
+DICOM_TLS_PORT = 2762  # IANA "dicom-tls"
+# BCP 195 (RFC 9325 section 4.2) TLS 1.2 cipher suites, as an OpenSSL list: ECDHE key exchange, AES-GCM only.
+# TLS 1.3 suites (all AEAD) are not set by this list.
+BCP195_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
+)
 
 
 class ConfigError(ValueError):
@@ -103,8 +111,24 @@ class Destination(_Model):
     retry_for_hours: float = Field(24.0, gt=0)
     retry_backoff_s: float = Field(10.0, gt=0)
     retry_backoff_max_s: float = Field(600.0, gt=0)
+    tls: bool = False  # DICOM TLS (BCP 195, TLS 1.2+) to this destination
+    ca_certificates: Path | None = None  # the CAs that may sign its certificate (PEM); none: the system's CAs
+    certificate: Path | None = None  # our client certificate (PEM), for a destination that wants mutual TLS
+    private_key: Path | None = None  # its key (PEM, not encrypted)
+    verify_hostname: bool = True  # its certificate must name ``host`` (subjectAltName)
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+    _files = field_validator("ca_certificates", "certificate", "private_key")(
+        classmethod(lambda cls, v, info: _check_tls_file(v, info))
+    )
+
+    @model_validator(mode="after")
+    def _tls_options(self) -> Destination:
+        if not self.tls and (self.ca_certificates or self.certificate or self.private_key):
+            raise ValueError("ca_certificates / certificate / private_key are TLS options: set tls = true")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        return self
 
 
 class Range(_Model):
@@ -168,13 +192,91 @@ class RetentionSection(_Model):
     interval_s: float = Field(600.0, gt=0)
 
 
+class TlsSection(_Model):
+    """DICOM TLS (PS3.15 Annex B, BCP 195 profile): a second listener on ``port``; present means on.
+
+    The plain listener on ``node.port`` stays unless that is 0. Every file is checked when the config loads.
+    """
+
+    port: int = Field(DICOM_TLS_PORT, ge=0, le=65535)  # 0: any free port (tests)
+    certificate: Path  # the node's certificate (PEM; may carry the chain after it)
+    private_key: Path  # its key (PEM, not encrypted: the node starts unattended)
+    ca_certificates: Path | None = None  # the CAs whose client certificates are trusted (PEM bundle)
+    require_client_certificate: bool = True  # mutual TLS: a caller without a trusted certificate is refused
+    minimum_version: Literal["1.2", "1.3"] = "1.2"
+    ciphers: str = BCP195_CIPHERS  # TLS 1.2 suites (OpenSSL syntax)
+
+    _files = field_validator("ca_certificates", "certificate", "private_key")(
+        classmethod(lambda cls, v, info: _check_tls_file(v, info))
+    )
+
+    @field_validator("ciphers")
+    @classmethod
+    def _known_ciphers(cls, value: str) -> str:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(value)
+        except ssl.SSLError:
+            raise ValueError(f"no cipher suite matches {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _trust(self) -> TlsSection:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates (the CAs of the callers' certificates)")
+        return self
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password() -> str:
+    """Password callback for keys: an encrypted key is an error, never a prompt on the terminal."""
+    raise _EncryptedKey
+
+
+def _check_tls_file(value: Path | None, info: Any) -> Path | None:
+    """A TLS file must be readable PEM of the right kind; a private key must match the certificate."""
+    if value is None:
+        return None
+    try:
+        value.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if info.field_name == "ca_certificates":
+            context.load_verify_locations(cafile=value)
+        elif info.field_name == "private_key" and info.data.get("certificate") is not None:
+            context.load_cert_chain(info.data["certificate"], value, password=_no_password)
+        elif info.field_name == "certificate":
+            context.load_verify_locations(cafile=value)  # parses as a certificate
+    except _EncryptedKey:
+        raise ValueError(f"{value} is an encrypted key: the node needs it unencrypted (file mode 0600)") from None
+    except ssl.SSLError as exc:
+        what = {"private_key": "a PEM key matching the certificate", "certificate": "a PEM certificate"}
+        raise ValueError(f"{value} is not {what.get(str(info.field_name), 'PEM certificates')}: {exc.reason}") from None
+    return value
+
+
+class WebUser(_Model):
+    """A dashboard / API account: its name and a password hash from ``dicom-node hash-password``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    password_hash: str = Field(pattern=r"^(scrypt|pbkdf2_sha256)\$")
+
+
 class WebSection(_Model):
-    """The HTTP service for probes and monitoring (``/healthz``, ``/readyz``, ``/metrics``): off unless a
-    ``[web]`` section turns it on (the example config does), so nodes made from a bare config bind no port."""
+    """The HTTP service: probes and monitoring (``/healthz``, ``/readyz``, ``/metrics``, no login) and, for
+    the ``users`` listed, the dashboard and the REST API under ``/api/``. Off unless a ``[web]`` section turns
+    it on (the example config does), so nodes made from a bare config bind no port."""
 
     enabled: bool = False
     host: str = "127.0.0.1"  # local only by default; a monitoring host elsewhere needs "0.0.0.0" and a firewall rule
     port: int = Field(8088, ge=0, le=65535)  # 0: any free port (tests)
+    users: list[WebUser] = []  # no users: the dashboard and /api/ refuse every login
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)  # a login lasts this long (sessions end with the process)
+    max_failed_logins: int = Field(5, ge=1)  # per client address per 15 minutes, then 429 until the window ends
 
 
 class IntakeSection(_Model):
@@ -203,6 +305,7 @@ class NodeConfig(_Model):
     queue: QueueSection = QueueSection()
     web: WebSection = WebSection()
     retention: RetentionSection = RetentionSection()
+    tls: TlsSection | None = None  # no [tls] section: no TLS listener
     peers: list[Peer] = []
     destinations: list[Destination] = []
     routes: list[Route] = []
@@ -264,6 +367,11 @@ def parse_config(text: str, path: Path = Path("<config>")) -> NodeConfig:
         value = raw.get("node", {}).get(key)
         if isinstance(value, str) and not Path(value).is_absolute():
             raw["node"][key] = str((path.parent / value).resolve()) if path.exists() else value
+    for table in [raw.get("tls"), *(raw.get("destinations") or [])]:  # TLS files too
+        for key in ("certificate", "private_key", "ca_certificates"):
+            value = table.get(key) if isinstance(table, dict) else None
+            if isinstance(value, str) and not Path(value).is_absolute() and path.exists():
+                table[key] = str((path.parent / value).resolve())
     try:
         return NodeConfig.model_validate(raw)
     except ValidationError as exc:

@@ -9,18 +9,31 @@ dead-lettered (visible in ``dicom-node status``).
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from dicom_node.config import NodeConfig
+from dicom_node.config import Destination, NodeConfig
 from dicom_node.db import deliveries, now, results
 from dicom_node.db.engine import log_event
 from dicom_node.net.scu import SendError, send_files
+from dicom_node.net.tls import client_context
 from dicom_node.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def connect_cause(host: str, port: int, timeout: float = 5.0) -> str:
+    """Why a TCP connection to ``host:port`` fails (``": Connection refused"``), or ``""`` when it opens: an
+    association that "aborted" names its real cause (pynetdicom reports a refused connection as an abort)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f": {exc.strerror or type(exc).__name__}"
+    return ""
 
 
 class Sender:
@@ -31,6 +44,16 @@ class Sender:
         self.engine = engine
         self.store = store
         self.batch = batch
+        self._tls: dict[str, ssl.SSLContext] = {}  # per destination's TLS settings (a reload may change them)
+
+    def _tls_context(self, dest: Destination) -> ssl.SSLContext | None:
+        """The destination's TLS context (None for plain DICOM); raises OSError if its files went bad."""
+        if not dest.tls:
+            return None
+        key = dest.model_dump_json(include={"name", "ca_certificates", "certificate", "private_key", "verify_hostname"})
+        if key not in self._tls:
+            self._tls[key] = client_context(dest, self.config.tls)
+        return self._tls[key]
 
     def tick(self) -> int:
         """Send every due delivery; returns how many were stored at their destination."""
@@ -73,10 +96,12 @@ class Sender:
                 port=dest.port,
                 called_ae=dest.ae_title,
                 calling_ae=self.config.node.ae_title,
+                tls=self._tls_context(dest),
             )
-        except (SendError, OSError) as exc:
-            log.warning("destination %s unreachable: %s", name, exc)
-            self._retry(rows, str(exc), dest)
+        except (SendError, OSError) as exc:  # ssl.SSLError (a certificate file gone bad) is an OSError
+            error = f"{exc}{connect_cause(dest.host, dest.port) if isinstance(exc, SendError) else ''}"
+            log.warning("destination %s unreachable: %s", name, error)
+            self._retry(rows, error, dest)
             return 0
         ok = [r for r, o in zip(rows, outcomes, strict=True) if o.ok]
         failed = [(r, o) for r, o in zip(rows, outcomes, strict=True) if not o.ok]

@@ -1,8 +1,9 @@
 """`make demo`: the node's main job end to end on the embedded defaults.
 
 Starts the node (SQLite, the example config's routes and pipelines) on a free port, starts a small
-receiving SCP that plays the PACS, writes a synthetic chest CT with nodules, pushes it to the node
-over C-STORE, waits for the results, and prints what came back with the node's own timings.
+receiving SCP that plays the PACS, writes a synthetic chest CT with nodules and a synthetic FDG PET/CT
+(routed to ``pet_tumour``), pushes them to the node over C-STORE, waits for the results, and prints what
+came back with the node's own timings.
 Everything goes under ``demo-out/`` (git-ignored); run it again for a fresh start.
 """
 
@@ -98,6 +99,17 @@ def make_study(folder: Path, seed: int) -> tuple[list[Path], list[str]]:
     return write_ct_series(hu, phantom.spacing, folder, seed=seed), truth  # padded to 512 x 512
 
 
+def make_pet_study(folder: Path, seed: int) -> tuple[list[Path], list[str]]:
+    """A synthetic FDG PET/CT of the thorax and upper abdomen (CT and PT series, one study) and its tumours."""
+    from dicom_node.synth.pet_dicom import write_pet_ct_study
+    from dicom_node.synth.pet_phantom import make_pet_ct_phantom
+
+    phantom = make_pet_ct_phantom(seed, n_lesions=3, pet_slices=50, z_start_mm=250.0)
+    ct, pt = write_pet_ct_study(phantom, folder, seed=seed)
+    truth = [f"{lesion.diameter_mm:.0f} mm {lesion.site} SUV {lesion.suv:.1f}" for lesion in phantom.lesions]
+    return [*ct, *pt], truth
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(REPO / "demo-out"))
@@ -113,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     print("1/4 writing a synthetic chest CT study ...", flush=True)
     files, truth = make_study(out / "study", args.seed)
     print(f"    {len(files)} slices in {out / 'study'}; the phantom's nodules: {', '.join(truth) or 'none'}")
+    pet_files, pet_truth = make_pet_study(out / "petct", args.seed)
+    print(f"    and a synthetic FDG PET/CT, {len(pet_files)} CT + PT instances; its tumours: {', '.join(pet_truth)}")
+    files = [*files, *pet_files]
 
     pacs = DemoPacs(out / "received")
     config = demo_config(out, pacs)

@@ -24,6 +24,7 @@ class Category(StrEnum):
     B_LINE = "b_line"
     CONSOLIDATION = "consolidation"
     EFFUSION = "effusion"
+    TUMOUR = "tumour"  # a PET/CT tumour (hypermetabolic lesion that is not physiological uptake)
 
 
 class Quantity(StrEnum):
@@ -38,6 +39,11 @@ class Quantity(StrEnum):
     LENGTH = "length"
     REGULARITY = "regularity"
     COUNT = "count"
+    SUV_MAX = "suv_max"  # PET: SUVbw, maximum in the lesion
+    SUV_MEAN = "suv_mean"
+    SUV_PEAK = "suv_peak"  # mean SUVbw of the hottest 1 ml sphere (PERCIST)
+    MTV = "mtv"  # metabolic tumour volume
+    TLG = "tlg"  # total lesion glycolysis = SUVmean x MTV
 
 
 UNITS: dict[Quantity, str] = {
@@ -50,6 +56,11 @@ UNITS: dict[Quantity, str] = {
     Quantity.LENGTH: "mm",
     Quantity.REGULARITY: "1",
     Quantity.COUNT: "{count}",
+    Quantity.SUV_MAX: "{SUVbw}g/ml",
+    Quantity.SUV_MEAN: "{SUVbw}g/ml",
+    Quantity.SUV_PEAK: "{SUVbw}g/ml",
+    Quantity.MTV: "ml",
+    Quantity.TLG: "g",
 }
 
 

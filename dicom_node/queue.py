@@ -216,6 +216,18 @@ class JobQueue:
                 ).rowcount
             )
 
+    def rerun(self, job_id: int) -> bool:
+        """Run a succeeded job again (e.g. after a new model bundle). Result UIDs are deterministic: an
+        unchanged pipeline makes the same objects, which are recognised and not sent twice."""
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.state == "succeeded")
+                    .values(state="queued", attempts=0, run_after=now(), finished_at=None)
+                ).rowcount
+            )
+
     def cancel(self, job_id: int) -> bool:
         """Cancel a job that has not finished (a running one stops at its next heartbeat)."""
         with self.engine.begin() as conn:

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import queue as queue_module
 import signal
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from dicom_node import logfmt
 from dicom_node.config import NodeConfig
 from dicom_node.db import connect, now
+from dicom_node.db.engine import log_event
 from dicom_node.delivery import Sender
 from dicom_node.intake.stability import StabilitySweep
+from dicom_node.live_config import LiveConfig
 from dicom_node.net.receivers import make_receiver
 from dicom_node.queue import JobQueue
 from dicom_node.store import Store
@@ -32,16 +37,18 @@ DUE_SLACK_S = 0.02  # a due sweep runs this long after the series' quiet period 
 
 
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    """Log to stderr at ``level``, as text or JSON lines (``DICOM_NODE_LOG_FORMAT``, see :mod:`dicom_node.logfmt`)."""
+    logging.basicConfig(level=level, handlers=[logfmt.handler()])
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # one INFO line per copied module, per object
 
 
-def worker_main(config_json: str, index: int, log_level: str, ready: Any = None) -> None:
-    """Entry point of one worker process; gets the already validated config as JSON, and sets
-    ``ready`` (a multiprocessing Event) once its models are loaded."""
+def worker_main(config_json: str, index: int, log_level: str, ready: Any = None, problems: Any = None) -> None:
+    """Entry point of one worker process; gets the already validated config as JSON, puts the pipelines
+    that could not load on ``problems`` (a multiprocessing Queue) and sets ``ready`` (a multiprocessing
+    Event) once its warm-up is over."""
     setup_logging(log_level)
     config = NodeConfig.model_validate_json(config_json)
     from dicom_node.worker import Worker
@@ -50,7 +57,7 @@ def worker_main(config_json: str, index: int, log_level: str, ready: Any = None)
     worker = Worker(config, engine, Store(config.node.storage), name=None)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
-    worker.run_forever(ready)
+    worker.run_forever(ready, problems)
 
 
 def receiver_main(config_json: str, index: int, log_level: str) -> None:
@@ -70,8 +77,14 @@ def receiver_main(config_json: str, index: int, log_level: str) -> None:
 class Node:
     """A running node: receiver + scheduler + sender in this process, workers as child processes."""
 
-    def __init__(self, config: NodeConfig, *, log_level: str = "INFO") -> None:
+    def __init__(
+        self, config: NodeConfig, *, log_level: str = "INFO", config_path: Path | None = None, from_file: Any = None
+    ) -> None:
+        """``config_path``: the file to reload on SIGHUP; ``from_file``: its config before command-line overrides."""
         self.config = config
+        self.live = LiveConfig(config_path, from_file or config, config.node.storage) if config_path else None
+        self.retiring: list[Any] = []  # workers of a previous config, finishing their current job
+        self._workers_lock = threading.Lock()
         self.log_level = log_level
         self.engine = connect(config.node.database_url())
         self.store = Store(config.node.storage)
@@ -82,6 +95,8 @@ class Node:
         self.scheduler = BackgroundScheduler()
         self.workers: list[Any] = []
         self._ready: list[Any] = []  # one multiprocessing Event per worker, set once it is warm
+        self._problems: dict[int, Any] = {}  # per worker, a Queue of the pipelines it could not load
+        self._broken: dict[int, list[str]] = {}  # what came out of those queues
         self.receivers: list[Any] = []
         self.stopped = threading.Event()
         self.listening = False
@@ -95,7 +110,13 @@ class Node:
         if self.config.web.enabled:
             from dicom_node.web import NodeFacts, WebServer
 
-            facts = NodeFacts(lambda: self.listening and not self.stopped.is_set(), self.unready_workers)
+            facts = NodeFacts(
+                lambda: self.listening and not self.stopped.is_set(),
+                self.unready_workers,
+                self.live.state if self.live else None,
+                self.reload if self.live else None,
+                self.pipeline_problems,
+            )
             self.web = WebServer(self.config, self.engine, facts)
             self.web.start()
         if shared:
@@ -119,6 +140,8 @@ class Node:
         self.scheduler.start()
         for i in range(self.config.node.workers):
             self.workers.append(self._spawn_worker(i))
+        if self.live is not None:
+            self.live.write_marker()
         log.info(
             "node %s up: port %d, %d worker(s), database %s",
             self.config.node.ae_title,
@@ -155,7 +178,19 @@ class Node:
             self._ready[index] = ready
         else:
             self._ready.append(ready)
-        return self._spawn(worker_main, "worker", index, ready)
+        self._problems[index] = mp.get_context("spawn").Queue()
+        self._broken[index] = []
+        return self._spawn(worker_main, "worker", index, ready, self._problems[index])
+
+    def pipeline_problems(self) -> list[str]:
+        """The routed pipelines that some worker could not load at its warm-up, with the reason."""
+        for index, queue in list(self._problems.items()):
+            while True:
+                try:
+                    self._broken[index].append(queue.get_nowait())
+                except (queue_module.Empty, OSError, ValueError):
+                    break
+        return sorted({problem for found in self._broken.values() for problem in found})
 
     def _spawn(self, main: Any, role: str, index: int, *extra: Any) -> Any:
         """Start ``main(config_json, index, log_level, *extra)`` in a fresh (spawned) child process."""
@@ -174,32 +209,75 @@ class Node:
         return [str(i) for i, event in enumerate(self._ready) if not event.is_set()]
 
     def _watch_workers(self) -> None:
-        for i, proc in enumerate(self.workers):
+        """Restart dead workers and dead extra receivers. A restarted receiver (same index, same
+        journal) replays what its predecessor acknowledged and clears its ``ingest_pending`` marks,
+        so the series they hold are routed without waiting for a restart of the node."""
+        with self._workers_lock:  # a reload may be replacing the workers
+            for i, proc in enumerate(self.workers):
+                if not proc.is_alive() and not self.stopped.is_set():
+                    log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
+                    self.workers[i] = self._spawn_worker(i)
+        for i, proc in enumerate(self.receivers):
             if not proc.is_alive() and not self.stopped.is_set():
-                log.error("worker %d exited with %s; restarting it", i, proc.exitcode)
-                self.workers[i] = self._spawn_worker(i)
+                log.error("receiver process %d exited with %s; restarting it", i + 1, proc.exitcode)
+                self.receivers[i] = self._spawn(receiver_main, "receiver", i + 1)
+
+    def reload(self, who: str = "SIGHUP") -> tuple[bool, str]:
+        """Reload routes, peers and destinations from the config file (see :mod:`dicom_node.live_config`)."""
+        if self.live is None:
+            return False, "no config file to reload"
+        ok, message = self.live.reload(self._apply, who)
+        log_event(self.engine, "config_reload", message, level="INFO" if ok else "ERROR", user=who)
+        return ok, message
+
+    def _apply(self, update: dict[str, Any]) -> None:
+        """Swap in reloaded sections: the receiver's AE policy (open associations keep theirs), the sweep's
+        routes, the sender's destinations, the web face; the workers are replaced by new ones (the old ones
+        finish their current job first)."""
+        from dicom_node.net.policy import AssociationPolicy
+
+        self.config = self.config.model_copy(update=update)
+        self.receiver.policy = AssociationPolicy(self.config)
+        self.sweep.config = self.config
+        self.sender.config = self.config
+        if self.web is not None:
+            self.web.use_config(self.config)  # incl. [[web.users]]
+        if "routes" in update or "destinations" in update:
+            with self._workers_lock:
+                for proc in self.workers:
+                    proc.terminate()  # SIGTERM: the worker stops after its current job
+                self.retiring = [p for p in self.retiring if p.is_alive()] + self.workers
+                self.workers = [self._spawn_worker(i) for i in range(len(self.workers))]
+        if self.receivers:
+            log.warning("extra receiver processes keep the previous peers until the node restarts")
 
     def stop(self) -> None:
         """Stop everything; pending work stays in the database."""
         self.stopped.set()
+        if self.live is not None:
+            self.live.remove_marker()
         self.scheduler.shutdown(wait=True)
         self.receiver.stop()
         self.listening = False
         if self.web is not None:
             self.web.stop()
-        for proc in self.workers + self.receivers:
+        for proc in self.workers + self.receivers + self.retiring:
             proc.terminate()
-        for proc in self.workers + self.receivers:
+        for proc in self.workers + self.receivers + self.retiring:
             proc.join(timeout=30)
         self.engine.dispose()
 
     def serve_forever(self) -> None:
-        """Run until SIGINT or SIGTERM."""
-        done = threading.Event()
+        """Run until SIGINT or SIGTERM; SIGHUP reloads the config file (in this loop, not in the handler)."""
+        done, hup = threading.Event(), threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: done.set())
         signal.signal(signal.SIGINT, lambda *_: done.set())
+        signal.signal(signal.SIGHUP, lambda *_: hup.set())
         self.start()
-        done.wait()
+        while not done.wait(0.2):
+            if hup.is_set():
+                hup.clear()
+                self.reload("SIGHUP")
         log.info("stopping")
         self.stop()
 

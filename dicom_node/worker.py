@@ -26,7 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from sqlalchemy import Engine, insert, select
 
 from dicom_node.config import NodeConfig
-from dicom_node.db import deliveries, instances, now, results
+from dicom_node.db import deliveries, instances, now, results, series
 from dicom_node.db.engine import record_event
 from dicom_node.device import pick_device
 from dicom_node.findings import Findings
@@ -47,6 +47,36 @@ class Outcome:
     summary: str
 
 
+def pipeline_options(config: NodeConfig, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A route's options for pipeline ``name``, with ``[node] models/<name>`` as its ``bundle`` when the route
+    names none and that folder exists (a site's own bundle of that name)."""
+    site = config.node.models
+    if site is not None and "bundle" not in options and (Path(site) / name).is_dir():
+        return {**options, "bundle": str(Path(site) / name)}
+    return options
+
+
+def load_routed_pipelines(config: NodeConfig, device: str = "cpu") -> list[tuple[str, str, str | None, float]]:
+    """Make every routed pipeline and let it load its model, as a worker's warm-up does (``check-config``).
+
+    Returns ``(route, pipeline, error or None, seconds)`` per pipeline of each route.
+    """
+    out: list[tuple[str, str, str | None, float]] = []
+    for route in config.routes:
+        for name in route.pipelines:
+            t = time.perf_counter()
+            try:
+                pipeline = create(name, **pipeline_options(config, name, route.options.get(name, {})))
+                warm = getattr(pipeline, "warm_up", None)
+                if callable(warm):
+                    warm(device)
+                error = None
+            except Exception as exc:  # reported per pipeline, with the reason
+                error = f"{type(exc).__name__}: {exc}"
+            out.append((route.name, name, error, time.perf_counter() - t))
+    return out
+
+
 class Worker:
     """Runs jobs from the queue until stopped."""
 
@@ -59,14 +89,13 @@ class Worker:
         self.device = pick_device(config.node.device)
         self.stop = threading.Event()
         self._pipelines: dict[tuple[str, str], Pipeline] = {}
+        self.unavailable: list[str] = []  # routed pipelines that failed to load at warm-up, with the reason
 
     def pipeline(self, name: str, options: dict[str, Any]) -> Pipeline:
         """The worker's instance of pipeline ``name`` with a route's ``options``: made once and kept, so its
         model stays loaded between jobs (a changed bundle on disk is read when the worker restarts). Without a
         ``bundle`` option, ``[node] models/<name>`` is used when that folder exists, else the shipped bundle."""
-        site = self.config.node.models
-        if site is not None and "bundle" not in options and (Path(site) / name).is_dir():
-            options = {**options, "bundle": str(Path(site) / name)}  # the site's own bundle of that name
+        options = pipeline_options(self.config, name, options)
         key = (name, json.dumps(options, sort_keys=True, default=str))
         if key not in self._pipelines:
             self._pipelines[key] = create(name, **options)
@@ -104,6 +133,7 @@ class Worker:
                     log.warning(
                         "pipeline %s of route %s did not warm up: %s: %s", name, route.name, type(exc).__name__, exc
                     )
+                    self.unavailable.append(f"pipeline {name} of route {route.name}: {type(exc).__name__}: {exc}")
                     continue
                 log.info(
                     "pipeline %s (route %s) ready on %s in %.1f s",
@@ -113,10 +143,14 @@ class Worker:
                     time.perf_counter() - t,
                 )
 
-    def run_forever(self, ready: Any = None) -> None:
-        """Warm up, set ``ready`` (an Event, if given), then claim and run jobs until :attr:`stop` is set."""
+    def run_forever(self, ready: Any = None, problems: Any = None) -> None:
+        """Warm up, put each pipeline that did not load on ``problems`` (a multiprocessing Queue, if given),
+        set ``ready`` (an Event, if given), then claim and run jobs until :attr:`stop` is set."""
         log.info("worker %s started on %s", self.name, self.device)
         self.warm_up()
+        if problems is not None:
+            for problem in self.unavailable:
+                problems.put(problem)
         if ready is not None:
             ready.set()
         last_housekeeping = 0.0
@@ -192,6 +226,23 @@ class Worker:
             ).all()
         return [self.store.absolute(r.path) for r in rows]
 
+    def companion_paths(self, job: Job, modalities: Sequence[str]) -> list[Path]:
+        """The stored files of the other series of the job's study whose modality is one of ``modalities``
+        (a pipeline's ``companions``), series by series."""
+        wanted = [m.upper() for m in modalities]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(instances.c.path)
+                .join(series, series.c.series_uid == instances.c.series_uid)
+                .where(
+                    instances.c.study_uid == job.study_uid,
+                    instances.c.series_uid != job.series_uid,
+                    series.c.modality.in_(wanted),
+                )
+                .order_by(instances.c.series_uid, instances.c.id)
+            ).all()
+        return [self.store.absolute(r.path) for r in rows]
+
     def output_kinds(self, job: Job) -> dict[str, list[str]]:
         """For each destination of the job's route, the object kinds it gets."""
         route = self.config.route(job.route)
@@ -208,6 +259,9 @@ class Worker:
         paths = self.instance_paths(job)
         if not paths:
             raise RuntimeError("the series has no stored instances")
+        companions = tuple(getattr(pipeline, "companions", ()))
+        if companions:  # e.g. the CT of a PET/CT study: the pipeline pairs them (its route waits for the study)
+            paths += self.companion_paths(job, companions)
         headers = read_headers(paths)
         reason = pipeline.applies_to(headers)
         if reason is not None:

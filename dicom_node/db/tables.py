@@ -48,7 +48,8 @@ series = Table(
     Column("instance_count", Integer, nullable=False, default=0),
     Column("first_seen", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
-    # receiving -> routed | unrouted; a later instance bumps revision and goes back to receiving
+    # receiving -> routed | unrouted | returned (all its instances are the node's own results, sent back);
+    # a later instance bumps revision and goes back to receiving
     Column("state", String(16), nullable=False, default="receiving"),
     Column("revision", Integer, nullable=False, default=1),
     Column("routed_at", Float),

@@ -483,6 +483,11 @@ class Journal:
         with self._lock:
             self._unmaterialized[segment] -= count
 
+    def hold(self, segment: int, count: int = 1) -> None:
+        """``count`` replayed records of ``segment`` wait to be materialized again: the segment is kept."""
+        with self._lock:
+            self._unmaterialized[segment] += count
+
     def retirable(self, up_to: int) -> int:
         """The highest segment number <= ``up_to`` such that it and every segment before it hold no
         record still being appended or waiting to be materialized."""

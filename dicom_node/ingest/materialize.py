@@ -27,7 +27,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from dicom_node.config import DuplicatePolicy, NodeConfig
 from dicom_node.db.engine import log_event, record_event
@@ -46,6 +46,7 @@ IDLE_S = 0.05  # materialize once no C-STORE arrived for this long...
 BACKLOG_BYTES = 256 << 20  # ...or once this much waits in memory
 QUEUE_BYTES = 1 << 30  # receivers wait (their senders wait for the answer) while this much waits
 RETRY_BASE_S, RETRY_MAX_S = 0.5, 30.0  # a failed batch is tried again after 0.5, 1, 2, ... 30 s
+SET_ASIDE_RETRY_S = 30.0  # a record set aside (it fails alone while others succeed) is tried again this often
 
 
 def syncfs(path: Path) -> None:
@@ -213,6 +214,10 @@ class Materializer:
         # Series with records waiting here, published for the stability sweep of any process.
         self.pending = PendingSeries(receiver_id(journal.folder), writer)
         self._failed: list[Record] = []  # records whose batch failed, in journal order: tried again first
+        # Records that failed alone while the rest of their batch materialized: kept in the journal, their
+        # series kept from routing, tried again alone every SET_ASIDE_RETRY_S; nothing waits behind them.
+        self._set_aside: list[Record] = []
+        self._set_aside_at = 0.0  # monotonic time of their next try
         self._failures = 0  # failed attempts in a row
         self._retry_at = 0.0  # monotonic time of the next attempt
         self._queue: queue.Queue[Record | None] = queue.Queue(maxsize=2000)
@@ -257,12 +262,16 @@ class Materializer:
                 if self._failed and time.monotonic() >= self._retry_at:
                     self._attempt([])
                     dirty = True
+                if self._set_aside and time.monotonic() >= self._set_aside_at:
+                    self._retry_set_aside()
+                    dirty = True
                 if dirty and time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
                     self.checkpoint()
                     last_checkpoint, dirty = time.monotonic(), False
                 continue
             if first is None:  # close() asks us to stop: one last try for failed records, then checkpoint
                 self._attempt([], force=True)
+                self._retry_set_aside()
                 self.checkpoint()
                 return
             self.pending.publish()
@@ -303,10 +312,12 @@ class Materializer:
         """Materialize the failed records (when their retry is due, or ``force``), then ``batch``.
 
         Journal order is kept: while failed records wait for their retry, new ones wait behind them.
-        On failure the records stay in memory and in the journal and are tried again with exponential
-        backoff while the node runs (and replayed by the next start if it stops first); the failure is
-        logged without patient data, recorded as an event and noted on the series' pending marks,
-        which keep the series from being routed until its rows exist.
+        A chunk that fails is tried again one record at a time (:meth:`_isolate`): when some of its
+        records materialize alone, those that still fail are set aside and the rest goes on. When none
+        does (the database is down, say), the records stay in memory and in the journal and are tried
+        again with exponential backoff while the node runs (and replayed by the next start if it stops
+        first); the failure is logged without patient data, recorded as an event and noted on the
+        series' pending marks, which keep the series from being routed until its rows exist.
         """
         try:
             self.pending.publish()
@@ -319,10 +330,18 @@ class Materializer:
                 try:
                     self.materialize(chunk)
                 except Exception as exc:
-                    self._failed = todo[start:]
-                    self._note_failure(chunk, exc)
-                    return
+                    retry = self._isolate(chunk)
+                    if retry is None:
+                        self._failed = todo[start:]
+                        self._note_failure(chunk, exc)
+                        return
+                    if retry:  # failed alone on the disk, not for their own reason: retried with backoff
+                        self._failed = retry + todo[start + BATCH :]
+                        self._note_failure(retry, exc)
+                        return
+                    continue
                 self.backlog.paid(sum(disk_bytes(rec.length) for rec in chunk))  # their files are written
+                self._supersede(chunk)
             if self._failures:
                 log.warning("journaled instances materialized again after %d failed attempt(s)", self._failures)
                 log_event(
@@ -352,6 +371,130 @@ class Materializer:
                 level="ERROR",
             )
         self.pending.failed([rec.meta for rec in chunk], error)
+
+    # -- records that fail alone -----------------------------------------------------------------------
+    def _alone(self, rec: Record, *, replay: bool = False) -> Exception | None:
+        """Materialize ``rec`` by itself; the error if that failed. A record held in memory (a replayed
+        one) keeps a copy of its bytes for the next try."""
+        spare = None
+        if rec.buffer is not None and not replay:  # a replay leaves the buffers to its caller
+            with rec.buffer.view() as data:
+                spare = InstanceBuffer.from_bytes(data)
+        try:
+            self.materialize([rec], replay=replay)
+        except Exception as exc:
+            if spare is not None:  # the bytes for the next try
+                if rec.buffer is not None:
+                    rec.buffer.release()
+                rec.buffer = spare
+            log.debug("materializing one journaled instance failed: %s", describe_error(exc))
+            return exc
+        if spare is not None:
+            spare.release()
+        return None
+
+    def _isolate(self, chunk: list[Record]) -> list[Record] | None:
+        """After ``chunk`` failed as a whole, materialize its records one at a time.
+
+        None when every one fails (the cause is not theirs: the chunk is retried as a whole, with
+        backoff). Else those that failed are tried once more, and the records that failed again with
+        an OSError (a full disk, say: not their own
+        reason either), to be retried with backoff; those that failed otherwise are set aside
+        (:meth:`_set_aside_one`).
+        """
+        if len(chunk) < 2:
+            return None
+        failed: list[tuple[Record, Exception]] = []
+        for rec in chunk:
+            exc = self._alone(rec)
+            if exc is None:
+                self.backlog.paid(disk_bytes(rec.length))
+            else:
+                failed.append((rec, exc))
+        if len(failed) == len(chunk):
+            return None
+        again: list[tuple[Record, Exception]] = []  # once more: the cause may have gone meanwhile
+        for rec, _ in failed:
+            exc = self._alone(rec)
+            if exc is None:
+                self.backlog.paid(disk_bytes(rec.length))
+            else:
+                again.append((rec, exc))
+        failed = again
+        for rec, exc in failed:
+            if not isinstance(exc, OSError):
+                self._set_aside_one(rec, exc)
+        self._supersede([rec for rec in chunk if all(rec is not f for f, _ in failed)])
+        return [rec for rec, exc in failed if isinstance(exc, OSError)]
+
+    def _set_aside_one(self, rec: Record, exc: Exception) -> None:
+        """Keep ``rec`` aside: in the journal (its segment is not retired), in memory for a retry every
+        :data:`SET_ASIDE_RETRY_S`, and noted, without patient data, in the log, in an ``ingest_set_aside``
+        event and on its series' pending mark, which keeps the series from being routed."""
+        error = describe_error(exc)
+        if not self._set_aside:
+            self._set_aside_at = time.monotonic() + SET_ASIDE_RETRY_S
+        self._set_aside.append(rec)
+        log.error(
+            "a journaled instance was set aside: materializing it alone failed (%s); it stays in the journal, "
+            "its series waits, it is tried again every %.0f s",
+            error,
+            SET_ASIDE_RETRY_S,
+        )
+        log_event(
+            self.writer,
+            "ingest_set_aside",
+            f"journaled instance set aside (kept in the journal, its series waits): {error}",
+            level="ERROR",
+            sop_uid=rec.meta["sop_uid"],
+        )
+        self.pending.failed([rec.meta], f"instance set aside: {error}")
+
+    def _retry_set_aside(self) -> None:
+        """Try each record set aside again, alone; those that materialize leave the list."""
+        if not self._set_aside:
+            return
+        self.pending.publish()
+        todo, self._set_aside = self._set_aside, []
+        for rec in todo:
+            exc = self._alone(rec)
+            if exc is not None:
+                self._set_aside.append(rec)
+                continue
+            self.backlog.paid(disk_bytes(rec.length))
+            log.warning("a journaled instance set aside was materialized")
+            log_event(
+                self.writer,
+                "set_aside_materialized",
+                "a journaled instance set aside was materialized",
+                sop_uid=rec.meta["sop_uid"],
+            )
+        self._set_aside_at = time.monotonic() + SET_ASIDE_RETRY_S
+
+    def _supersede(self, done: list[Record]) -> None:
+        """Under the overwrite policy, a record set aside whose instance a later copy in ``done`` has
+        just materialized is over: the later copy wins, as it would have in journal order."""
+        if not self._set_aside or self.config.node.duplicate_policy is not DuplicatePolicy.OVERWRITE:
+            return
+        newer = {rec.meta["sop_uid"] for rec in done}
+        over = [rec for rec in self._set_aside if rec.meta["sop_uid"] in newer]
+        if not over:
+            return
+        try:
+            with self.writer.begin() as conn:
+                released = self.pending.release(conn, (rec.meta for rec in over))
+        except Exception as exc:  # tried again with the next batch that holds a later copy, or retried
+            log.warning("cannot release superseded records: %s", describe_error(exc))
+            return
+        self.pending.settle(released)
+        self.backlog.materialized(over)
+        self._set_aside = [rec for rec in self._set_aside if all(rec is not o for o in over)]
+        for rec in over:
+            self.backlog.paid(disk_bytes(rec.length))
+            if rec.buffer is not None:
+                rec.buffer.release()
+            if self.journal is not None:
+                self.journal.materialized(rec.segment)
 
     # -- one batch -------------------------------------------------------------------------------------
     def materialize(self, records: list[Record], *, replay: bool = False) -> None:
@@ -415,9 +558,10 @@ class Materializer:
                     if not (replay and path.exists() and path.stat().st_size == size and not overwrite):
                         write_file(path, data)
                     rows.append((m, relative, size))
-        for rec in records:
-            if rec.buffer is not None:
-                rec.buffer.release()
+        if not replay:  # a replay releases them once the records are materialized or set aside
+            for rec in records:
+                if rec.buffer is not None:
+                    rec.buffer.release()
         return rows, late
 
     # -- checkpoint and replay -------------------------------------------------------------------------
@@ -457,21 +601,54 @@ class Materializer:
             syncfs(Path(database).parent)
 
     def replay(self) -> None:
-        """Materialize every record the journal holds (after an unclean stop), then retire its segments."""
+        """Materialize every record the journal holds (after an unclean stop), then retire its segments.
+
+        A batch that fails is tried one record at a time; records that fail alone while others succeed
+        are set aside as in :meth:`_isolate` (the start goes on; their segments and series marks are
+        kept). When every record of a batch fails alone, the start fails (the database is down, say).
+        """
         assert self.journal is not None
         batch: list[Record] = []
         count = 0
+        aside: list[tuple[Record, Exception]] = []
         for rec in self.journal.replay():
             batch.append(rec)
             if len(batch) >= BATCH:
-                self.materialize(batch, replay=True)
-                count += len(batch)
+                count += self._replay_batch(batch, aside)
                 batch = []
         if batch:
-            self.materialize(batch, replay=True)
-            count += len(batch)
+            count += self._replay_batch(batch, aside)
         if count:
             log.warning("replayed %d journaled instance(s) after an unclean stop", count)
+        if aside and not count:  # nothing materialized: the start fails unless the database answers
+            with self.writer.connect() as conn:
+                conn.execute(select(1))
         self._sync_all()
-        self.journal.retire(self.journal.current - 1)
-        self.pending.clear()  # everything this journal held has its rows now
+        kept = min((rec.segment for rec, _ in aside), default=self.journal.current)
+        self.journal.retire(kept - 1)  # a record set aside keeps its segment, and those after it
+        self.pending.clear()  # everything else this journal held has its rows now
+        for rec, _ in aside:  # waiting again, as if just received: counted, claimed, owed, marked
+            self.journal.hold(rec.segment)
+            self.pending.add(rec.meta)
+            self.backlog.claim(rec.meta["sop_uid"], share=True)
+            self.backlog.reserve(disk_bytes(rec.length), 1 << 62)
+        self.pending.publish()
+        for rec, exc in aside:
+            self._set_aside_one(rec, exc)
+
+    def _replay_batch(self, batch: list[Record], aside: list[tuple[Record, Exception]]) -> int:
+        """Replay ``batch``; records that fail alone while others succeed go to ``aside``. Returns the
+        number of records replayed."""
+        try:
+            self.materialize(batch, replay=True)
+        except Exception as exc:
+            failed = [(rec, e) for rec in batch if (e := self._alone(rec, replay=True)) is not None]
+            for _, e in failed:
+                if isinstance(e, OSError):  # the disk, not the record: the start fails, the journal keeps it
+                    raise e from exc
+            aside.extend(failed)
+        kept = {id(rec) for rec, _ in aside}
+        for rec in batch:  # the bytes of records set aside stay in memory for their retries
+            if rec.buffer is not None and id(rec) not in kept:
+                rec.buffer.release()
+        return len(batch) - sum(1 for rec in batch if id(rec) in kept)

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Engine, Exists, exists, func, select, update
 
 from dicom_node.config import NodeConfig
-from dicom_node.db import ingest_pending, instances, now, series
+from dicom_node.db import ingest_pending, instances, now, results, series
 from dicom_node.db.engine import record_event
 from dicom_node.intake.routing import check_routes, series_attributes
 from dicom_node.queue import JobQueue
@@ -37,6 +37,20 @@ def _waiting(series_uid: str | None = None) -> Exists:
     whatever its last-seen time says (see ``ingest/pending.py``)."""
     which = series.c.series_uid if series_uid is None else series_uid
     return exists().where(ingest_pending.c.series_uid == which)
+
+
+RETURNED_NOTE = "the node's own results, sent back (e.g. by the PACS with the whole study): not routed"
+
+
+def _own_results(conn: Any, series_uid: str) -> bool:
+    """Whether every instance of the series is a result object this node made (its SOP Instance UID is in
+    ``results``): such a series is recognised and skipped quietly, never routed or listed as unrouted."""
+    total, ours = conn.execute(
+        select(func.count(), func.count(results.c.id))
+        .select_from(instances.outerjoin(results, results.c.sop_uid == instances.c.sop_uid))
+        .where(instances.c.series_uid == series_uid)
+    ).one()
+    return bool(total) and total == ours
 
 
 class StabilitySweep:
@@ -100,6 +114,14 @@ class StabilitySweep:
                 return False  # an instance arrived meanwhile; the next sweep decides
             if conn.execute(select(_waiting(row.series_uid))).scalar():
                 return False  # a receiver journaled an instance of it that has no row yet
+            if _own_results(conn, row.series_uid):  # the PACS sent our SEG / SR back with the study
+                conn.execute(
+                    update(series)
+                    .where(series.c.id == row.id)
+                    .values(state="returned", routed_at=now(), routing_note=RETURNED_NOTE)
+                )
+                log.info("series revision %d: the node's own results came back; not routed", current.revision)
+                return True
             created = 0
             for route in matched:
                 for pipeline in route.pipelines:

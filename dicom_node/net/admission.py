@@ -29,7 +29,7 @@ def shutdown(assoc: Any) -> None:
     if raw is None:
         return
     try:
-        raw.shutdown(socket.SHUT_RDWR)
+        socket.socket.shutdown(raw, socket.SHUT_RDWR)  # TCP level: an SSL socket's own shutdown drops its SSL object
     except OSError:
         pass
 
@@ -94,19 +94,39 @@ class Admission:
                 shutdown(assoc)
 
 
+def _usable_context(item: Any) -> bool:
+    """Whether a variable item of an A-ASSOCIATE-RQ is not a presentation context pynetdicom fails on."""
+    context_id = getattr(item, "presentation_context_id", None)
+    if context_id is None:  # not a presentation context item
+        return True
+    subs = getattr(item, "abstract_transfer_syntax_sub_items", [])
+    named = [s for s in subs if getattr(s, "transfer_syntax_name", None)]
+    return bool(context_id % 2 == 1 and named)
+
+
 class ContextGuard:
     """PS3.7 / PS3.8: a message's data set travels on its command's presentation context.
 
     pynetdicom takes a data set fragment on any context; this guard sees every P-DATA-TF (pynetdicom's
     ``EVT_PDU_RECV``, in the reactor thread, before the message reaches the C-STORE handler), shuts down
     an association that mixes contexts, and remembers it so its message is not stored.
+
+    It also sees the A-ASSOCIATE-RQ before pynetdicom turns it into a primitive: a presentation context
+    ID that is even (or 0) makes pynetdicom raise in its reactor thread (``'context_id' must be an odd
+    integer``), which then dies and leaves the connection open; a context without a transfer syntax
+    makes its negotiation raise (``IndexError``) in the association thread. Such items are taken out of
+    the PDU and the association is marked :meth:`malformed`: the receiver answers it with an A-ABORT.
     """
 
     def __init__(self) -> None:
         self._command_context: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._violated: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._malformed: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def on_pdu(self, event: Any) -> None:
+        if type(event.pdu).__name__ == "A_ASSOCIATE_RQ":
+            self._check_request(event.assoc, event.pdu)
+            return
         items = getattr(event.pdu, "presentation_data_value_items", None)
         if not items:
             return
@@ -123,6 +143,20 @@ class ContextGuard:
                 self._violated.add(assoc)
                 shutdown(assoc)
                 return
+
+    def _check_request(self, assoc: Any, pdu: Any) -> None:
+        """Take presentation context items that pynetdicom cannot take out of ``pdu``: an invalid ID
+        (PS3.8 9.3.2.2: odd, 1-255), or no transfer syntax with a name."""
+        items = list(pdu.variable_items)
+        valid = [i for i in items if _usable_context(i)]
+        if len(valid) != len(items):
+            log.warning("A-ASSOCIATE-RQ with an invalid presentation context (even ID, no transfer syntax): aborting")
+            pdu.variable_items = valid
+            self._malformed.add(assoc)
+
+    def malformed(self, assoc: Any) -> bool:
+        """Whether ``assoc``'s A-ASSOCIATE-RQ had an invalid presentation context ID (answer: A-ABORT)."""
+        return assoc in self._malformed
 
     def violated(self, assoc: Any) -> bool:
         """Whether ``assoc`` sent a data set on another context than its command."""

@@ -8,12 +8,18 @@ again on their way to the journal and the store. The buffer goes to the same
 :class:`~dicom_node.ingest.ingestor.Ingestor` as the pynetdicom receiver's bytes. Association policy,
 A-ASSOCIATE-RJ reasons and status codes are the same too. One thread per association; TCP_NODELAY on
 every socket; the maximum PDU we accept is unlimited.
+
+With ``[tls]`` a second listening socket takes DICOM TLS: the association's thread runs the handshake
+(:func:`~dicom_node.net.tls.handshake`) before the A-ASSOCIATE-RQ, both within the ARTIM timeout of the
+connection opening, and the connection counts as pending for its address meanwhile (so a silent TLS
+caller is bounded like a silent plain one). ``node.port = 0`` with ``[tls]`` turns the plain listener off.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -25,8 +31,9 @@ from dicom_node.config import NodeConfig
 from dicom_node.db.engine import log_event
 from dicom_node.ingest.buffers import InstanceBuffer
 from dicom_node.ingest.ingestor import Ingestor
-from dicom_node.net import dimse, ul
+from dicom_node.net import dimse, tls, ul
 from dicom_node.net.commands import check_store_command, valid_uid
+from dicom_node.net.outcomes import log_association
 from dicom_node.net.policy import AssociationPolicy, Decision
 from dicom_node.store import Store
 
@@ -68,6 +75,9 @@ class NativeReceiver:
         self.ingestor = Ingestor(config, engine, store, journal_name)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._tls_sock: socket.socket | None = None
+        self._tls_thread: threading.Thread | None = None
+        self.tls_context = tls.server_context(config.tls) if config.tls is not None else None
         self._connections: set[_Association] = set()  # every open connection, negotiated or not
         self._active: set[_Association] = set()  # associations: counted against max_associations
         self._pending: dict[str, list[_Association]] = {}  # per address, oldest first: still negotiating
@@ -75,63 +85,87 @@ class NativeReceiver:
         self._stopping = threading.Event()
 
     def start(self, *, block: bool = False, reuse_port: bool = False) -> None:
-        """Bind and listen; with ``reuse_port`` several processes can share the port (SO_REUSEPORT)."""
+        """Bind and listen (plain, and TLS with ``[tls]``); with ``reuse_port`` several processes can share
+        the ports (SO_REUSEPORT)."""
+        node, tls_section = self.config.node, self.config.tls
+        if tls_section is not None:
+            self._tls_sock = self._listen(tls_section.port, reuse_port)
+            log.info("listening as %s on %s:%d (DICOM TLS)", node.ae_title, node.host, self.tls_port)
+            self._tls_thread = threading.Thread(
+                target=self._serve, args=(self._tls_sock, self.tls_context), name="scp-accept-tls", daemon=True
+            )
+            self._tls_thread.start()
+        if tls_section is None or node.port != 0:
+            self._sock = self._listen(node.port, reuse_port)
+            log.info("listening as %s on %s:%d", node.ae_title, node.host, self.port)
+        if block:
+            if self._sock is not None:
+                self._serve(self._sock, None)
+            elif self._tls_thread is not None:
+                self._tls_thread.join()
+        elif self._sock is not None:
+            self._thread = threading.Thread(target=self._serve, args=(self._sock, None), name="scp-accept", daemon=True)
+            self._thread.start()
+
+    def _listen(self, port: int, reuse_port: bool) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.config.node.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((self.config.node.host, self.config.node.port))
+        sock.bind((self.config.node.host, port))
         sock.listen(128)
-        self._sock = sock
-        log.info("listening as %s on %s:%d", self.config.node.ae_title, self.config.node.host, self.port)
-        if block:
-            self._serve()
-        else:
-            self._thread = threading.Thread(target=self._serve, name="scp-accept", daemon=True)
-            self._thread.start()
+        return sock
 
     @property
     def port(self) -> int:
-        """The port actually bound (useful when the config asked for port 0)."""
-        assert self._sock is not None
-        return int(self._sock.getsockname()[1])
+        """The plain port actually bound (useful when the config asked for port 0); the TLS port when the
+        plain listener is off."""
+        sock = self._sock if self._sock is not None else self._tls_sock
+        assert sock is not None
+        return int(sock.getsockname()[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The DICOM TLS port actually bound, or None without ``[tls]``."""
+        return None if self._tls_sock is None else int(self._tls_sock.getsockname()[1])
 
     def stop(self) -> None:
         """Stop listening and close open associations."""
         self._stopping.set()
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._sock.close()
+        for sock in (self._sock, self._tls_sock):
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
         with self._lock:
             active = list(self._connections)
         for assoc in active:
-            assoc.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            assoc.wake()
+        for thread in (self._thread, self._tls_thread):
+            if thread is not None:
+                thread.join(timeout=5)
         for assoc in active:  # an instance being journaled finishes before the journal closes
             if assoc.thread is not None:
                 assoc.thread.join(timeout=5)
         self.ingestor.close()
 
-    def _serve(self) -> None:
-        assert self._sock is not None
+    def _serve(self, listening: socket.socket, tls_context: ssl.SSLContext | None) -> None:
         while not self._stopping.is_set():
             try:
-                conn, addr = self._sock.accept()
+                conn, addr = listening.accept()
             except OSError:
                 if self._stopping.is_set():
                     return
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assoc = _Association(self, conn, str(addr[0]))
+            assoc = _Association(self, conn, str(addr[0]), tls_context)
             evicted = self._connected(assoc)
             if evicted is not None:
                 log.info("closing a connection from %s that has not associated: newer ones wait", evicted.address)
-                evicted.close()
+                evicted.wake()
             assoc.thread = threading.Thread(target=assoc.run, name=f"assoc-{addr[0]}:{addr[1]}", daemon=True)
             assoc.thread.start()
 
@@ -173,24 +207,33 @@ class NativeReceiver:
 class _Association:
     """One association, from A-ASSOCIATE-RQ to release or abort."""
 
-    def __init__(self, server: NativeReceiver, conn: socket.socket, address: str) -> None:
+    def __init__(
+        self, server: NativeReceiver, conn: socket.socket, address: str, tls_context: ssl.SSLContext | None = None
+    ) -> None:
         self.server = server
         self.conn = conn
         self.address = address
+        self.tls_context = tls_context
         self.calling_ae = ""
         self.called_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, transfer syntax)
         self.thread: threading.Thread | None = None
         self.opened = time.monotonic()
         self.network_timeout = server.config.node.network_timeout_s
+        self.stored = 0  # instances answered Success
+        self.outcome = "closed before associating"  # how it ended: the association's log line and event
         self._pdu_deadline = 0.0  # monotonic time by which the PDU being read must be complete
 
+    def wake(self) -> None:
+        """From another thread: shut the connection down, which wakes the association's thread (blocked
+        reading, or waiting in the TLS handshake) so that it ends and closes the socket itself. Closing it
+        from here could pull the descriptor from under the handshake's poll, which would then wait out
+        the ARTIM timeout."""
+        tls.shutdown(self.conn)
+
     def close(self) -> None:
-        """Shut the connection down (which also wakes a thread blocked reading it) and close it."""
-        try:
-            self.conn.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        """Shut the connection down and close it (the association's own thread, when it ends)."""
+        tls.shutdown(self.conn)
         try:
             self.conn.close()
         except OSError:
@@ -205,25 +248,48 @@ class _Association:
         self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
+    def _secure(self) -> bool:
+        """The TLS handshake, within the ARTIM timeout of the connection opening; False if refused."""
+        assert self.tls_context is not None
+        deadline = self.opened + self.server.config.node.association_request_timeout_s
+        secure = self.conn = tls.wrap(self.conn, self.tls_context)
+        try:
+            tls.handshake(secure, deadline)
+        except ssl.SSLError as exc:
+            tls.log_refusal(self.server.engine, self.address, exc)
+            return False
+        log.debug("TLS from %s: %s, certificate %r", self.address, secure.version(), tls.peer_identity(secure))
+        return True
+
     def run(self) -> None:
         try:
+            if self.tls_context is not None and not self._secure():
+                return
             request = self._read_request()
-            self._use_kernel_timeouts()
+            if self.tls_context is not None:  # SSL reads cannot use the kernel's timeouts
+                self.conn.settimeout(self.network_timeout)
+            else:
+                self._use_kernel_timeouts()
             if self._negotiate(request):
+                self.outcome = "aborted"
                 self._serve_messages()
         except (ul.ProtocolError, ValueError) as exc:
+            self.outcome = "protocol error"
             log.warning("association from %s aborted: %s", self.address, exc)
             reason = exc.reason if isinstance(exc, ul.ProtocolError) else ul.ABORT_REASON_NOT_SPECIFIED
             self._send_quietly(ul.build_abort(reason=reason))
         except (TimeoutError, ConnectionError, OSError) as exc:
+            self.outcome = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
             if not self.server._stopping.is_set():
                 log.info("association from %s ended: %s", self.address, exc)
         except Exception:  # whatever went wrong, this association ends and the others go on
+            self.outcome = "failed"
             log.exception("association from %s failed", self.address)
             self._send_quietly(ul.build_abort())
         finally:
             self.server._unregister(self)
             self.close()
+            log_association(self.server.engine, self.calling_ae, self.address, self.stored, self.opened, self.outcome)
 
     # -- transport ------------------------------------------------------------------------------------
     def _recv_exact(self, n: int) -> bytes | bytearray:
@@ -297,6 +363,7 @@ class _Association:
         )
         if not decision.accept:
             assert decision.reject is not None
+            self.outcome = "rejected"
             log.warning("association from %s refused: %s", self.address, decision.reason)
             log_event(
                 self.server.engine,
@@ -337,8 +404,10 @@ class _Association:
                 self._recv_exact(length)
                 if pdu_type == ul.A_RELEASE_RQ:
                     self.conn.sendall(ul.build_release_rp())
+                    self.outcome = "released"
                     return
                 if pdu_type == ul.A_ABORT_RQ:
+                    self.outcome = "aborted by the peer"
                     log.info("association from %s aborted by the peer", self.address)
                     return
                 raise ul.ProtocolError(
@@ -425,6 +494,7 @@ class _Association:
             address=self.address,
             command=(sop_class, sop_instance),
         )
+        self.stored += outcome.status == dimse.SUCCESS
         return dimse.encode_response(
             dimse.C_STORE_RSP,
             message_id,

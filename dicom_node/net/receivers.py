@@ -7,16 +7,22 @@ from typing import Protocol
 from sqlalchemy import Engine
 
 from dicom_node.config import NodeConfig
+from dicom_node.net.policy import AssociationPolicy
 from dicom_node.store import Store
 
 
 class ReceiverLike(Protocol):
-    """What the node needs of a receiver."""
+    """What the node needs of a receiver; ``policy`` is replaced on a config reload (read per association)."""
+
+    policy: AssociationPolicy
 
     def start(self, *, block: bool = False, reuse_port: bool = False) -> None: ...
 
     @property
     def port(self) -> int: ...
+
+    @property
+    def tls_port(self) -> int | None: ...
 
     def stop(self) -> None: ...
 

@@ -1,11 +1,17 @@
 """The receiving SCP: C-ECHO and C-STORE for every storage SOP class and transfer syntax.
 
 The C-STORE handler is short (write, record, answer); the work is in :class:`~dicom_node.ingest.ingestor.Ingestor`.
+With ``[tls]`` a second server of the same AE listens for DICOM TLS (:class:`TlsServer`); ``node.port = 0``
+then turns the plain one off.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import threading
+import time
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
@@ -16,9 +22,11 @@ from sqlalchemy import Engine
 from dicom_node.config import NodeConfig
 from dicom_node.db.engine import log_event
 from dicom_node.ingest.ingestor import Ingestor
+from dicom_node.net import hostile, tls
 from dicom_node.net.admission import Admission, ContextGuard
 from dicom_node.net.commands import check_store_command
 from dicom_node.net.dimse import CANNOT_UNDERSTAND, SUCCESS
+from dicom_node.net.outcomes import Ledger
 from dicom_node.net.policy import AssociationPolicy
 from dicom_node.net.sockets import set_nodelay
 from dicom_node.store import Store
@@ -26,6 +34,42 @@ from dicom_node.store import Store
 log = logging.getLogger(__name__)
 
 PYNETDICOM_CONNECTIONS = 1000  # pynetdicom's own limit, on open connections (ours is on associations)
+
+
+class TlsServer(ThreadedAssociationServer):
+    """pynetdicom's server with the TLS handshake moved out of the accept loop.
+
+    pynetdicom wraps and handshakes in ``get_request``, in the one thread that accepts: a caller that
+    never finishes its handshake would stop every other connection. Here that thread only accepts; the
+    handshake runs in the connection's own thread, within the ARTIM timeout of its opening, at most
+    ``max_pending_per_address`` at once per address, and a refused one is logged and recorded.
+    """
+
+    receiver: Receiver
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        conn, address = self.socket.accept()
+        return conn, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        receiver = self.receiver
+        assert receiver.tls_context is not None
+        address = str(client_address[0])
+        deadline = time.monotonic() + receiver.config.node.association_request_timeout_s
+        secure = tls.wrap(request, receiver.tls_context)
+        receiver.handshakes.opened(address, secure)
+        try:
+            tls.handshake(secure, deadline)
+        except ssl.SSLError as exc:
+            tls.log_refusal(receiver.engine, address, exc)
+            return
+        except OSError as exc:  # a timeout, or the connection closed or evicted
+            log.info("TLS connection from %s ended: %s", address, exc)
+            return
+        finally:
+            receiver.handshakes.done(address, secure)
+        super().process_request_thread(secure, client_address)
 
 
 class Receiver:
@@ -37,12 +81,16 @@ class Receiver:
         self.policy = AssociationPolicy(config)
         self.ingestor = Ingestor(config, engine, store, journal_name)
         self.server: ThreadedAssociationServer | None = None
+        self.tls_server: TlsServer | None = None
+        self.tls_context = tls.server_context(config.tls) if config.tls is not None else None
+        self.handshakes = tls.PendingHandshakes(config.node.max_pending_per_address)
         # Accept private and future storage SOP classes too, not only those pynetdicom lists.
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         # pynetdicom's standard DIMSE log handlers raise on a C-STORE-RQ missing a required element, and
         # the exception kills the association's reactor without closing the connection; the receiver logs
         # what it needs itself.
         _config.LOG_HANDLER_LEVEL = "none"
+        hostile.install()  # pynetdicom under malformed peer input: no traceback, no dying reactor
         ae = AE(ae_title=config.node.ae_title)
         ae.maximum_pdu_size = config.node.max_pdu
         # The policy answers with the right A-ASSOCIATE-RJ, counting negotiated associations only;
@@ -53,6 +101,7 @@ class Receiver:
         ae.dimse_timeout = config.node.network_timeout_s
         ae.acse_timeout = config.node.association_request_timeout_s  # also pynetdicom's ARTIM timer
         self.admission = Admission(config.node.association_request_timeout_s, config.node.max_pending_per_address)
+        self.ledger = Ledger(engine)  # one log line and event per association (net/outcomes.py)
         self.contexts = ContextGuard()
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
@@ -72,32 +121,64 @@ class Receiver:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self._on_store),
+            *self.ledger.handlers(),
         ]
-        address = (self.config.node.host, self.config.node.port)
-        log.info("listening as %s on %s:%d", self.config.node.ae_title, *address)
+        node = self.config.node
         self.admission.start()
+        if self.config.tls is not None:
+            self._start_tls(handlers)
+            if node.port == 0:  # TLS only
+                if block:
+                    threading.Event().wait()  # until the process ends, as pynetdicom's blocking server does
+                return
+        address = (node.host, node.port)
+        log.info("listening as %s on %s:%d", node.ae_title, *address)
         if block:
             self.ae.start_server(address, block=True, evt_handlers=handlers)
         else:
             self.server = self.ae.start_server(address, block=False, evt_handlers=handlers)
 
+    def _start_tls(self, handlers: list[Any]) -> None:
+        assert self.config.tls is not None
+        address = (self.config.node.host, self.config.tls.port)
+        server = self.ae.make_server(address, evt_handlers=handlers, server_class=TlsServer)
+        assert isinstance(server, TlsServer)
+        server.receiver = self
+        self.ae._servers.append(server)  # as AE.start_server does: ae.shutdown() stops it, server.shutdown() expects it
+        thread = threading.Thread(target=server.serve_forever, name="scp-accept-tls", daemon=True)
+        thread.start()
+        self.tls_server = server
+        log.info("listening as %s on %s:%d (DICOM TLS)", self.config.node.ae_title, address[0], self.tls_port)
+
     @property
     def port(self) -> int:
-        """The port actually bound (useful when the config asked for port 0)."""
-        assert self.server is not None
-        return int(self.server.server_address[1])
+        """The plain port actually bound (useful when the config asked for port 0); the TLS port when the
+        plain listener is off."""
+        server = self.server if self.server is not None else self.tls_server
+        assert server is not None
+        return int(server.server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The DICOM TLS port actually bound, or None without ``[tls]``."""
+        return None if self.tls_server is None else int(self.tls_server.server_address[1])
 
     def stop(self) -> None:
         """Stop listening; open associations are aborted."""
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.shutdown()
+        self.server = self.tls_server = None
         self.ae.shutdown()
         self.admission.stop()
         self.ingestor.close()
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
+        if self.contexts.malformed(assoc):  # an even context ID, or no transfer syntax (PS3.8 9.3.2.2)
+            assoc.acse.send_ap_abort(0x06)  # invalid PDU parameter value
+            assoc.kill()  # lets the DUL send the A-ABORT, then stops (as for a reject below)
+            return
         primitive = assoc.requestor.primitive
         address = str(assoc.requestor.address)
         policy = self.policy
@@ -116,6 +197,7 @@ class Receiver:
             address=address,
         )
         assert decision.reject is not None
+        self.ledger.outcome(assoc, "rejected", primitive.calling_ae_title)
         assoc.acse.send_reject(*decision.reject)
         assoc.kill()  # as pynetdicom's own ACSE does: lets the DUL send the A-ASSOCIATE-RJ, then stops
 
@@ -152,4 +234,6 @@ class Receiver:
             address=str(assoc.requestor.address),
             command=(sop_class, sop_instance),
         )
+        if outcome.status == SUCCESS:
+            self.ledger.stored(assoc)
         return outcome.status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +60,15 @@ def send_files(
     calling_ae: str = "DICOM_NODE",
     timeout: float = 30.0,
     progress: Callable[[Sent], None] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> list[Sent]:
     """C-STORE ``paths`` to one SCP over one association, in order (up to :data:`RECONNECTS` new ones
     when an association is lost mid-send, resuming with the file in flight).
 
     Each file is proposed with its own SOP class and transfer syntax (plus Explicit VR Little Endian
     as a fallback). Raises :class:`SendError` when no association can be made; per-file failures are
-    returned, not raised, in the order of ``paths``.
+    returned, not raised, in the order of ``paths``. With ``tls`` (see :func:`dicom_node.net.tls.client_context`)
+    the association runs over DICOM TLS, the server's certificate checked for ``host``.
     """
     files = [Path(p) for p in paths]
     if not files:
@@ -90,12 +93,18 @@ def send_files(
         if len(results) == len(files):
             break
         assoc = ae.associate(
-            host, port, contexts=contexts, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
+            host,
+            port,
+            contexts=contexts,
+            ae_title=called_ae,
+            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+            tls_args=(tls, host) if tls is not None else None,
         )
         if not assoc.is_established:
             if attempt == 0:
                 what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-                raise SendError(f"association with {called_ae}@{host}:{port} {what}")
+                over = " over TLS" if tls is not None else ""
+                raise SendError(f"association with {called_ae}@{host}:{port}{over} {what}")
             break
         try:
             while len(results) < len(files) and assoc.is_established:

@@ -41,6 +41,12 @@ LOCAL_CODES: dict[str, Code] = {
     "not_applicable": Code("NOTAPPLICABLE", LOCAL_SCHEME, "Algorithm not applicable to input"),
 }
 
+SUV_BW = Code("126401", "DCM", "SUVbw")
+"""Concept of PET uptake measurements (dcmqi's and QIICR's usage), unit ``{SUVbw}g/ml``; the statistic is
+the derivation: SCT Maximum / Mean, DCM (126031, "Peak Value Within ROI")."""
+NON_LUNG: frozenset[Category] = frozenset({Category.TUMOUR})
+"""Categories whose finding site is not the lung (PET lesions anywhere in the body)."""
+
 # Category -> (segmented property category, segmented property type)
 CATEGORY_CODES: dict[Category, tuple[Code, Code]] = {
     Category.LUNG: (ANATOMICAL_STRUCTURE, codes.SCT.Lung),
@@ -51,6 +57,7 @@ CATEGORY_CODES: dict[Category, tuple[Code, Code]] = {
     Category.B_LINE: (MORPHOLOGICALLY_ABNORMAL, LOCAL_CODES["b_line"]),
     Category.CONSOLIDATION: (MORPHOLOGICALLY_ABNORMAL, Code("95436008", "SCT", "Lung consolidation")),
     Category.EFFUSION: (MORPHOLOGICALLY_ABNORMAL, codes.SCT.PleuralEffusion),
+    Category.TUMOUR: (MORPHOLOGICALLY_ABNORMAL, codes.SCT.Neoplasm),
 }
 
 # Quantity -> (concept name, derivation modifier or None)
@@ -64,6 +71,11 @@ QUANTITY_CODES: dict[Quantity, tuple[Code, Code | None]] = {
     Quantity.LENGTH: (codes.SCT.Length, None),
     Quantity.REGULARITY: (LOCAL_CODES["regularity"], None),
     Quantity.COUNT: (LOCAL_CODES["count"], None),
+    Quantity.SUV_MAX: (SUV_BW, codes.SCT.Maximum),
+    Quantity.SUV_MEAN: (SUV_BW, codes.SCT.Mean),
+    Quantity.SUV_PEAK: (SUV_BW, codes.DCM.PeakValueWithinROI),
+    Quantity.MTV: (codes.DCM.MetabolicVolume, None),
+    Quantity.TLG: (codes.DCM.TotalLesionGlycolysis, None),
 }
 
 UNIT_MEANINGS: dict[str, str] = {
@@ -74,6 +86,9 @@ UNIT_MEANINGS: dict[str, str] = {
     "1": "no units",
     "%": "percent",
     "{count}": "count",
+    "{SUVbw}g/ml": "Standardized Uptake Value body weight",
+    "ml": "milliliter",
+    "g": "gram",
 }
 
 EVALUATION_CODES: dict[Evaluation, Code] = {
@@ -104,8 +119,15 @@ CLINICAL_RESULTS: dict[str, Code] = {
     "b_lines": LOCAL_CODES["b_line"],
     "consolidation": CATEGORY_CODES[Category.CONSOLIDATION][1],
     "effusion": codes.SCT.PleuralEffusion,
+    "abnormal": codes.SCT.Abnormal,
 }
-"""Whole-input classes (the lung-US cine classification) to the coded overall result of a report."""
+"""Whole-input results (the lung-US cine classification) to the coded overall result of a report;
+``abnormal`` is "abnormal, type uncertain" (see :func:`clinical_result`)."""
+ABNORMAL_AT = 0.5
+"""Probability of abnormal (1 - p(normal)) from which a classified input is abnormal."""
+TYPE_SHARE = 0.5
+"""Share of the abnormal probability the most likely abnormal class needs to be named: more likely
+than all other abnormal classes together; below it the result is "abnormal, type uncertain"."""
 
 LATERALITY_CODES: dict[Laterality, Code] = {
     Laterality.LEFT: codes.SCT.Left,
@@ -149,15 +171,33 @@ def evaluation_value_code(value: str) -> Code:
     return Code(key.upper()[:16], LOCAL_SCHEME, value.strip().replace("_", " ")[:64])
 
 
-def clinical_result_code(classification: dict[str, float]) -> Code | None:
-    """Coded overall result of a classified input: the most probable of :data:`CLINICAL_RESULTS`.
+def clinical_result(classification: dict[str, float]) -> str | None:
+    """The overall result of a classified input, decided as the hierarchy does: normal vs abnormal
+    first (``abnormal`` >= :data:`ABNORMAL_AT`), then the abnormal class when it holds at least
+    :data:`TYPE_SHARE` of the abnormal probability, else ``"abnormal"`` (type uncertain).
 
-    ``None`` when the classification has none of those classes (e.g. CT, which does not classify).
+    Without an ``abnormal`` entry it is the most probable class. ``None`` when the classification has
+    none of the classes of :data:`CLINICAL_RESULTS` (e.g. CT, which does not classify).
     """
-    known = {k: v for k, v in classification.items() if k in CLINICAL_RESULTS}
+    known = {k: v for k, v in classification.items() if k in CLINICAL_RESULTS and k != "abnormal"}
     if not known:
         return None
-    return CLINICAL_RESULTS[max(known, key=lambda k: known[k])]
+    p_abnormal = classification.get("abnormal")
+    if p_abnormal is None:
+        return max(known, key=lambda k: known[k])
+    if p_abnormal < ABNORMAL_AT:
+        return "normal"
+    types = {k: v for k, v in known.items() if k != "normal"}
+    top = max(types, key=lambda k: types[k], default=None)
+    if top is None or types[top] < TYPE_SHARE * p_abnormal:
+        return "abnormal"
+    return top
+
+
+def clinical_result_code(classification: dict[str, float]) -> Code | None:
+    """Coded overall result of a classified input (:func:`clinical_result`); ``None`` when unclassified."""
+    result = clinical_result(classification)
+    return None if result is None else CLINICAL_RESULTS[result]
 
 
 def laterality_code(laterality: Laterality | str) -> Code:

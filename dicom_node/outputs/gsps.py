@@ -117,7 +117,13 @@ def _grayscale_state(volume: Volume, source: Dataset, common: dict[str, Any]) ->
         center, width, explanation = 2.0 ** (bits - 1) - 0.5, 2.0**bits, "FULL RANGE"
     voi = [hd.pr.SoftcopyVOILUTTransformation(window_center=center, window_width=width, window_explanation=explanation)]
     modality_lut = None
-    if volume.is_multiframe and "SharedFunctionalGroupsSequence" not in source:
+    if volume.modality.upper() == "PT":
+        # PET slices each have their own Rescale Slope, one state cannot hold them all: the identity on the
+        # stored values (each slice then shows scaled to its own maximum, as it was reconstructed)
+        modality_lut = hd.ModalityLUTTransformation(
+            rescale_intercept=0.0, rescale_slope=1.0, rescale_type=hd.RescaleTypeValues.US
+        )
+    elif volume.is_multiframe and "SharedFunctionalGroupsSequence" not in source:
         # highdicom looks for the Modality LUT of a multi-frame image in functional groups,
         # which classic multi-frame (US cine) images do not have: state the identity explicitly.
         modality_lut = hd.ModalityLUTTransformation(

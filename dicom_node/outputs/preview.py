@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 CT_WINDOW: tuple[float, float] = (-600.0, 1500.0)
 """(centre, width) of the lung window used for CT renderings."""
 
+PET_SUV_WHITE = 10.0
+"""PET previews show SUVbw 0 (black) to this value (white)."""
+
 COLORS: dict[Category, tuple[int, int, int]] = {
     Category.LUNG: (80, 160, 255),
     Category.NODULE: (255, 215, 0),
@@ -27,6 +30,7 @@ COLORS: dict[Category, tuple[int, int, int]] = {
     Category.B_LINE: (255, 120, 0),
     Category.CONSOLIDATION: (255, 60, 60),
     Category.EFFUSION: (180, 90, 255),
+    Category.TUMOUR: (255, 40, 40),
 }
 
 
@@ -36,6 +40,8 @@ def grayscale(volume: Volume, index: int) -> np.ndarray:
     if volume.modality.upper() == "CT":
         centre, width = CT_WINDOW
         scaled = (plane - (centre - width / 2.0)) / width
+    elif volume.modality.upper() == "PT":
+        scaled = plane / PET_SUV_WHITE
     else:
         scaled = plane
     gray = (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

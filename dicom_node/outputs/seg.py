@@ -75,7 +75,7 @@ def build_seg(findings: Findings, volume: Volume, uids: UidFactory, options: Enc
             continue
         number = len(descriptions) + 1
         category, prop_type = codes.category_codes(finding.category)
-        anatomic = [codes.LUNG] if prop_type != codes.LUNG else None
+        anatomic = [codes.LUNG] if prop_type != codes.LUNG and finding.category not in codes.NON_LUNG else None
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,

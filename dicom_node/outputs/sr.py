@@ -6,8 +6,13 @@ exactly one reference each):
 - a volumetric group (TID 1411) referencing the finding's SEG segment, with the volumetric
   measurements (volume, mean HU, ...), the qualitative evaluations and the AI score;
 - a planar group (TID 1410) on the key slice whose region is a closed SCOORD polyline (the outline),
-  with the planar measurements (long and short axis, diameter, area, length). This is the group OHIF
-  draws.
+  with the planar measurements (long and short axis, diameter, area, length);
+- before it, a planar group on the key slice whose region is the finding's bounding rectangle there (a
+  closed 5-point POLYLINE) and that holds no measurement: the one region OHIF (3.13) can restore into its
+  measurement panel and track. OHIF only rehydrates an "Image Region" that is a 4/5-point polyline or a
+  point, and it reads the region of a group with NUM items inside the first NUM (TID 300 "inferred
+  from"), so the outline group draws in its SR viewer but cannot be tracked
+  (``tests/e2e/test_ohif_viewer.py`` checks it in the real viewer).
 
 Without a SEG (``kinds`` without ``"seg"``) the planar group carries everything. Every measurement
 group has a tracking UID and an image region or a referenced segment: viewers such as OHIF expect
@@ -143,7 +148,9 @@ def _measurements(finding: Finding, quantities: frozenset[Quantity] | None) -> l
             continue
         name, derivation = codes.quantity_code(m.quantity)
         out.append(
-            hd.sr.Measurement(name=name, value=float(m.value), unit=codes.unit_code(m.unit), derivation=derivation)
+            hd.sr.Measurement(
+                name=name, value=significant(m.value), unit=codes.unit_code(m.unit), derivation=derivation
+            )
         )
     return out
 
@@ -173,6 +180,16 @@ def _finding_groups(
     region = _key_region(finding, volume, options)
     groups: list[Group] = []
     common = dict(finding_type=finding_type, algorithm_id=algorithm, finding_sites=sites or None)
+    box = _key_box(finding, volume) if region is not None else None
+    trackable: list[Group] = []  # the bounding-box group OHIF can track (module docstring), no measurements
+    if box is not None:
+        trackable.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_region=box,
+                **common,  # type: ignore[arg-type]
+            )
+        )
     if segment is not None and seg is not None:
         referenced = _referenced_segment(seg, segment, finding, volume)
         groups.append(
@@ -185,6 +202,7 @@ def _finding_groups(
             )
         )
         if region is not None:
+            groups.extend(trackable)
             groups.append(
                 hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                     tracking_identifier=tracking,
@@ -194,6 +212,7 @@ def _finding_groups(
                 )
             )
     elif region is not None:
+        groups.extend(trackable)
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking,
@@ -234,8 +253,9 @@ def _referenced_segment(seg: SegResult, segment: int, finding: Finding, volume: 
 
 
 def _finding_sites(finding: Finding) -> list[hd.sr.FindingSite]:
-    """Lung (with laterality when known) for everything but ribs, whose site is the rib itself."""
-    if finding.category is Category.RIB:
+    """Lung (with laterality when known) for everything but ribs, whose site is the rib itself, and PET
+    tumours (:data:`~dicom_node.outputs.codes.NON_LUNG`), which may lie anywhere."""
+    if finding.category is Category.RIB or finding.category in codes.NON_LUNG:
         return []
     laterality = codes.laterality_code(finding.laterality) if finding.laterality is not None else None
     return [hd.sr.FindingSite(anatomic_location=codes.LUNG, laterality=laterality)]
@@ -248,13 +268,39 @@ def _key_region(finding: Finding, volume: Volume, options: EncodeOptions) -> hd.
     points = outline(mask, options.max_contour_points)
     if points is None:
         return None
-    ref = slice_ref(volume, finding.key_slice)
+    return _polyline(volume, finding.key_slice, points)
+
+
+def _key_box(finding: Finding, volume: Volume) -> hd.sr.ImageRegion | None:
+    """The finding's bounding rectangle on its key slice as a closed POLYLINE (top-left, top-right,
+    bottom-right, bottom-left, top-left) along the pixel edges, in DICOM pixel coordinates."""
+    if finding.key_slice is None:
+        return None
+    mask = full_mask(finding, volume)[finding.key_slice]
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return None
+    top, bottom, left, right = float(rows.min()), float(rows.max() + 1), float(cols.min()), float(cols.max() + 1)
+    points = np.array([[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=np.float32)
+    return _polyline(volume, finding.key_slice, points)
+
+
+def _polyline(volume: Volume, k: int, points: np.ndarray) -> hd.sr.ImageRegion:
+    """A POLYLINE region of ``points`` (column, row) on slice ``k`` of ``volume``."""
+    ref = slice_ref(volume, k)
     source = hd.sr.SourceImageForRegion(
         referenced_sop_class_uid=ref.sop_class_uid,
         referenced_sop_instance_uid=ref.sop_instance_uid,
         referenced_frame_numbers=[ref.frame_number] if ref.frame_number is not None else None,
     )
     return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=source)
+
+
+def significant(value: float, digits: int = 4, decimals: int = 2) -> float:
+    """``value`` to ``digits`` significant digits and at most ``decimals`` decimals: what a reader can use of
+    a measurement (63878.7282752991 mm3 reads 63880 mm3, 12.3456 mm reads 12.35 mm, -678.123 HU reads
+    -678.1 HU); the outline itself is in the SEG."""
+    return round(float(f"{float(value):.{digits}g}"), decimals)
 
 
 def detection_confidence(finding: Finding) -> hd.sr.Measurement:

@@ -91,4 +91,5 @@ _BUILTIN = (
     "dicom_node.pipelines.ct_lung_field",
     "dicom_node.pipelines.ct_lung_nodule",
     "dicom_node.pipelines.us_lung",
+    "dicom_node.pipelines.pet_tumour",
 )

@@ -180,6 +180,7 @@ def _real_clips(real: Mapping[str, object] | None) -> dict[str, object]:
         "real_train_groups": real["train_groups"],
         "real_clips_rows": table,
         "non_lung_refused": real["non_lung_refused"],
+        "real_notes": "".join(f"\n\n{note}" for note in real.get("notes", [])),  # type: ignore[attr-defined]
     }
     return {
         "intro": _fill("intro_real", {}),

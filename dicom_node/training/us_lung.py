@@ -648,7 +648,6 @@ def evaluate(
             Volume(x[i : i + 1], (0.0, spacing[i], spacing[i]), "US", [header], frame_numbers=[1]),
             pred.labels[i : i + 1],
             pred.confidence[i : i + 1],
-            pred.classes[i : i + 1],
         ).plausible
         for i in range(len(x))
     ]

@@ -5,7 +5,7 @@ the project's loader (:func:`dicom_node.imaging.us.load_us`) and run through
 :class:`~dicom_node.pipelines.us_lung.UsLungPipeline` exactly as a worker would. Measured per clip:
 analysed or refused (and why), the fraction of frames with a pleural line, normal vs abnormal (cine
 probability of abnormal >= 0.5) and B-lines present / absent (a B-line finding, or B-lines as the
-cine's most likely class, i.e. the coded clip result) against the physicians' labels. The non-lung
+coded clip result, :func:`~dicom_node.outputs.codes.clinical_result`) against the physicians' labels. The non-lung
 ultrasound in ``shared/`` (:func:`non_lung_refusals`) must still be refused.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from dicom_node.findings import Category, Findings
 from dicom_node.imaging.us import load_us
+from dicom_node.outputs.codes import clinical_result
 from dicom_node.pipelines.us_lung import PLEURA, UsLungPipeline, imaged_field, pleura_geometry
 from dicom_node.training.us_real_data import REAL_LUNG_US, RealClip, read_clips, write_clip
 
@@ -101,7 +102,7 @@ def evaluate_clip(pipeline: UsLungPipeline, clip: RealClip, dicom_dir: Path, fra
     p_abnormal = float(cls.get("abnormal", float("nan")))
     b_max = _b_line_max(result)
     b_truth = clip.findings["b_lines"]
-    top = max((k for k in cls if k != "abnormal"), key=lambda k: cls[k], default="-")
+    top = clinical_result(cls) or "-"
     return ClipResult(
         name=clip.name,
         part=clip.part,

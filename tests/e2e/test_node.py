@@ -234,3 +234,45 @@ def test_lung_us_cine_comes_back_as_seg_and_sr(tmp_path: Path, pacs: OrthancPeer
         assert "b_line" in summary or "pleural_line" in summary, summary
     finally:
         node.stop()
+
+
+def test_pet_ct_study_comes_back_as_pet_seg_and_sr_with_the_ct_paired(tmp_path: Path, pacs: OrthancPeer) -> None:
+    """A synthetic FDG PET/CT (CT and PT series, one study) pushed with storescu: the PT route waits for the
+    study, the worker pairs the CT, and a SEG on the PET plus an SR with SUVbw measures reach Orthanc."""
+    from dicom_node.pipelines.pet_tumour.model import DEFAULT_BUNDLE
+    from dicom_node.synth.pet_dicom import write_pet_ct_study
+    from dicom_node.synth.pet_phantom import make_pet_ct_phantom
+
+    if not (DEFAULT_BUNDLE / "models" / "model.pt").exists():
+        pytest.skip("no shipped pet_tumour bundle")
+    phantom = make_pet_ct_phantom(31, n_lesions=2, pet_slices=50, z_start_mm=250.0)
+    ct, pt = write_pet_ct_study(phantom, tmp_path / "petct", seed=31)
+    node, port, db_url = _start_node(
+        tmp_path, pacs, pipelines='["pet_tumour"]\nwait_for = "study"', match='Modality = "PT"'
+    )
+    try:
+        assert _storescu(port, [*ct, *pt]).returncode == 0
+        study_uid = str(dcmread(pt[0], stop_before_pixels=True).StudyInstanceUID)
+        wait_for(
+            lambda: {s["MainDicomTags"].get("Modality") for s in pacs.series_of_study(study_uid)} >= {"SEG", "SR"},
+            timeout=300,
+            what=f"SEG and SR of the PET/CT in Orthanc\n{node.log_tail()}",
+        )
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.pipeline, jobs.c.summary, jobs.c.state)).all()
+            paths = [r.path for r in conn.execute(select(results.c.path, results.c.kind)).all()]
+        assert [(r.pipeline, r.state) for r in rows] == [("pet_tumour", "succeeded")], rows
+        assert "tumour" in rows[0].summary, rows[0].summary
+        objects = [dcmread(tmp_path / "storage" / p) for p in paths]
+        seg = next(ds for ds in objects if ds.Modality == "SEG")
+        pet_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in pt}
+        refs = {
+            str(i.ReferencedSOPInstanceUID)
+            for f in seg.PerFrameFunctionalGroupsSequence
+            for d in f.DerivationImageSequence
+            for i in d.SourceImageSequence
+        }
+        assert refs and refs <= pet_uids  # the SEG lies on the PET
+    finally:
+        node.stop()

@@ -23,6 +23,7 @@ from dicom_node.findings import Evaluation, Finding, Findings, Measurement
 from dicom_node.imaging.volume import Volume
 from dicom_node.outputs import encode, kind_of
 from dicom_node.outputs.codes import LUNG
+from dicom_node.outputs.sr import significant
 from tests.peers.dicomcheck import dciodvfy, dsrdump, keywords, referenced_uids, unlocated_groups
 from tests.peers.dicomfiles import CT_LIDC_SLAB, SEGSR_DCMQI, SEGSR_HIGHDICOM, require
 from tests.peers.orthanc import OrthancPeer, orthanc_available
@@ -188,7 +189,9 @@ def test_sr_round_trip(written: dict[str, list[Path]], findings: Findings, volum
     sr = hd.sr.srread(written["sr"][0])
     seg = pydicom.dcmread(written["seg"][0])
     volumetric = sr.content.get_volumetric_roi_measurement_groups()
-    planar = sr.content.get_planar_roi_measurement_groups()
+    boxes = sr.content.get_planar_roi_measurement_groups()[::2]  # per finding the box OHIF tracks, then
+    planar = sr.content.get_planar_roi_measurement_groups()[1::2]  # the outline with the planar measurements
+    assert len(boxes) == len(planar) and all(len(np.asarray(b.roi.value)) == 5 for b in boxes)
     assert len(volumetric) == 3 and len(planar) == 3
     tracking = {str(d.TrackingUID): int(d.SegmentNumber) for d in seg.SegmentSequence}
     source_uids = {str(s.SOPInstanceUID) for s in volume.sources}
@@ -210,7 +213,7 @@ def test_sr_round_trip(written: dict[str, list[Path]], findings: Findings, volum
                 "volume": "Volume",
                 "mean_hu": "Attenuation Coefficient",
             }[m.quantity.value]
-            assert got[name] == (pytest.approx(m.value), m.unit)
+            assert got[name] == (pytest.approx(significant(m.value)), m.unit)
         # the score is the detection confidence (DCM "Certainty of Finding", %), not a bare "Probability"
         assert got["Certainty of Finding"] == (pytest.approx(round(finding.score * 100, 1)), "%")
         assert "Probability" not in got
@@ -241,7 +244,7 @@ def test_sr_is_tid1500_and_references_resolve(written: dict[str, list[Path]], vo
     text = dsrdump(written["sr"][0], "+Pt")
     root = next(line for line in text.splitlines() if line.startswith("<CONTAINER"))
     assert root.endswith("# TID 1500 (DCMR)") and "Imaging Measurement Report" in root
-    assert text.count("# TID 1411") == 3 and text.count("# TID 1410") == 3
+    assert text.count("# TID 1411") == 3 and text.count("# TID 1410") == 6  # per finding: the box OHIF tracks + outline
     assert 'CODE:(,,"Finding")=(111286' not in text  # something was found
     assert '"AI result"' not in text  # the overall result is document-level, not a measurement group
     assert 'CONTAINER:(,,"Qualitative Evaluations")' in text and 'CODE:(,,"Finding")=(263654008' in text

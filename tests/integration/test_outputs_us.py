@@ -171,7 +171,9 @@ def test_cine_sr_round_trip(cine_files: list[Path], cine: Volume, cine_findings:
     sr = hd.sr.srread(path)
     seg = pydicom.dcmread(by_modality(cine_files, "SEG")[0])
     volumetric = sr.content.get_volumetric_roi_measurement_groups()
-    planar = sr.content.get_planar_roi_measurement_groups()
+    boxes = sr.content.get_planar_roi_measurement_groups()[::2]  # per finding the box OHIF tracks, then
+    planar = sr.content.get_planar_roi_measurement_groups()[1::2]  # the outline with the planar measurements
+    assert len(boxes) == len(planar) and all(len(np.asarray(b.roi.value)) == 5 for b in boxes)
     assert len(volumetric) == len(planar) == 2
     for i, (vg, pg) in enumerate(zip(volumetric, planar, strict=True)):
         finding = cine_findings.findings[i]

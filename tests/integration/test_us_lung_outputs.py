@@ -116,3 +116,14 @@ def test_sr_result_is_the_coded_cine_class_not_abnormal_anatomy(run: tuple[Path,
     results = [value for name, value in _coded(pydicom.dcmread(paths[1]).ContentSequence) if name == "121071"]
     assert expected in results  # DCM "Finding" (also the finding type of each group): the cine's class
     assert "263654008" not in results  # never SNOMED CT "Abnormal" just because ribs / pleura were segmented
+
+
+def test_sr_says_abnormal_type_uncertain_in_codes(run: tuple[Path, Volume, Findings, list[Path]]) -> None:
+    import dataclasses
+
+    _, volume, findings, _ = run
+    uncertain = {"normal": 0.1, "b_lines": 0.4, "consolidation": 0.35, "effusion": 0.15, "abnormal": 0.9}
+    sr = encode(dataclasses.replace(findings, classification=uncertain), volume, ["sr"])[0]
+    results = [value for name, value in _coded(sr.ContentSequence) if name == "121071"]
+    assert "263654008" in results  # SNOMED CT "Abnormal": abnormal, no class holds half of it
+    assert "17621005" not in results and "95436008" not in results

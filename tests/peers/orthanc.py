@@ -30,6 +30,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
+# Where Debian's orthanc-dicomweb puts the DICOMweb plugin (the first that exists is loaded).
+DICOMWEB_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
 
 
 def free_port() -> int:
@@ -44,6 +46,11 @@ def orthanc_available() -> bool:
     return Path(ORTHANC_BINARY).exists() or shutil.which("Orthanc") is not None
 
 
+def dicomweb_plugin() -> Path | None:
+    """The installed Orthanc DICOMweb plugin (Debian ``orthanc-dicomweb``), or ``None``."""
+    return next((Path(p) for p in DICOMWEB_PLUGINS if Path(p).exists()), None)
+
+
 class OrthancPeer:
     """A private Orthanc server on loopback.
 
@@ -54,6 +61,8 @@ class OrthancPeer:
         extra_config: further keys merged into the JSON configuration.
         start: start the server in the constructor.
         startup_timeout: seconds to wait for the REST API to answer.
+        dicomweb: load the DICOMweb plugin (QIDO-RS / WADO-RS under ``/dicom-web/``, for viewers);
+            ``RuntimeError`` when it is not installed.
     """
 
     def __init__(
@@ -64,6 +73,7 @@ class OrthancPeer:
         *,
         start: bool = True,
         startup_timeout: float = 30.0,
+        dicomweb: bool = False,
     ) -> None:
         self.aet = aet
         self.dicom_port = free_port()
@@ -95,6 +105,12 @@ class OrthancPeer:
             "OverwriteInstances": True,
             "HttpDescribeErrors": True,
         }
+        if dicomweb:
+            plugin = dicomweb_plugin()
+            if plugin is None:
+                raise RuntimeError(f"the Orthanc DICOMweb plugin is not installed (looked at {DICOMWEB_PLUGINS})")
+            config["Plugins"] = [str(plugin)]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": False}
         config.update(extra_config or {})
         self.config_path.write_text(json.dumps(config, indent=2))
         self.log_path = self.root / "orthanc.log"

@@ -157,8 +157,9 @@ def test_sr_without_seg_keeps_everything_in_the_planar_group(ct: Volume) -> None
     report = hd.sr.Comprehensive3DSR.from_dataset(sr)
     assert report.content.get_volumetric_roi_measurement_groups() == []
     planar = report.content.get_planar_roi_measurement_groups()
-    assert len(planar) == 2
-    assert {m.name.meaning for m in planar[0].get_measurements()} == {"Certainty of Finding"}
+    assert len(planar) == 4  # per finding: the bounding box OHIF can track (no measurements), then the outline
+    assert [g.get_measurements() for g in planar[::2]] == [[], []]
+    assert {m.name.meaning for m in planar[1].get_measurements()} == {"Certainty of Finding"}
 
 
 def test_cropped_volume_masks_are_padded_back(ct: Volume) -> None:
@@ -205,7 +206,7 @@ def test_rib_has_no_lung_site_and_nodule_has_laterality(ct: Volume) -> None:
     findings = two_findings(ct)
     findings.findings.append(Finding("rib", rib))
     (sr,) = encode(findings, ct, ["sr"])
-    groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_planar_roi_measurement_groups()
+    groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_planar_roi_measurement_groups()[1::2]  # outlines
     assert [g.finding_type.meaning for g in groups] == ["Nodule", "Nodule", "Rib"]
     assert groups[0].finding_sites[0].laterality.value == "24028007"  # right
     assert groups[2].finding_sites == []
@@ -225,3 +226,13 @@ def test_tracking_ids_number_a_label_once() -> None:
     assert tracking_id("mass 2", 1) == "mass 2"
     assert tracking_id("rib", 2) == "rib 3"
     assert tracking_id("nodule 1", 3) == "nodule 1 4"  # a label numbered otherwise keeps its own number
+
+
+def test_sr_measurements_carry_four_significant_digits() -> None:
+    from dicom_node.outputs.sr import significant
+
+    assert significant(63878.7282752991) == 63880.0
+    assert significant(12.3456) == 12.35
+    assert significant(-678.123) == -678.1
+    assert significant(0.000123456) == 0.0  # never more than 2 decimals
+    assert significant(-2.5) == -2.5 and significant(0.0) == 0.0

@@ -62,7 +62,9 @@ def test_no_measurement_group_lacks_a_location(ct: Volume, kinds: list[str]) -> 
         assert unlocated_groups(sr) == []
         items = sr_items(sr.ContentSequence)
         groups = [i for i in items if i.get("ValueType") == "CONTAINER" and concept(i) == MEASUREMENT_GROUP]
-        assert len(groups) == (2 * len(kinds) if findings.findings else 0)  # the effusion has no group
+        # per located finding: the OHIF-trackable box and the outline (+ the volumetric group with a SEG);
+        # the effusion has no group
+        assert len(groups) == (2 * (len(kinds) + 1) if findings.findings else 0)
         assert not any(i.get("TextValue") == "AI result" for i in sr_items(sr.ContentSequence))
         # the "Imaging Measurements" container is always there (viewers look for it), never empty
         (measurements,) = [i for i in sr.ContentSequence if concept(i) == "126010"]
@@ -117,3 +119,30 @@ def test_labels_name_the_detection_confidence(ct: Volume) -> None:
     assert "(" not in label_text(findings.findings[0]) and "detection 100%" in label_text(findings.findings[0])
     lung = Finding("lung", findings.findings[0].mask)
     assert "detection" not in label_text(lung)  # the lung mask is anatomy, no confidence shown
+
+
+@pytest.mark.parametrize("kinds", [["seg", "sr"], ["sr"]])
+def test_every_located_finding_has_a_region_ohif_can_track(ct: Volume, kinds: list[str]) -> None:
+    """OHIF 3.13 restores (and so tracks) an "Image Region" only as a 4/5-point polyline or a point, read at
+    group level when the group has no NUM; the first region of each tracking UID is that box."""
+    findings = findings_of(ct)
+    sr = encode(findings, ct, kinds)[-1]
+    groups = [i for i in sr_items(sr.ContentSequence) if i.ValueType == "CONTAINER" and concept(i) == MEASUREMENT_GROUP]
+    first_region: dict[str, Dataset] = {}
+    for group in groups:
+        items = list(group.ContentSequence)
+        (uid,) = [str(i.UID) for i in items if i.ValueType == "UIDREF" and concept(i) == "112040"]
+        regions = [i for i in items if i.ValueType == "SCOORD"]
+        if regions and uid not in first_region:
+            assert not [i for i in items if i.ValueType == "NUM"]  # OHIF would look for the region in the NUM
+            first_region[uid] = regions[0]
+    assert len(first_region) == 2  # the two located findings; the effusion has no location
+    for finding, region in zip(findings.findings, first_region.values(), strict=False):
+        assert region.GraphicType == "POLYLINE" and concept(region) == "111030"  # DCM "Image Region"
+        points = np.asarray(region.GraphicData, dtype=float).reshape(-1, 2)
+        assert len(points) == 5 and np.array_equal(points[0], points[-1])  # a closed rectangle
+        rows, cols = np.nonzero(finding.mask[finding.key_slice])
+        assert (points[:, 0].min(), points[:, 0].max()) == (cols.min(), cols.max() + 1)  # along the pixel edges
+        assert (points[:, 1].min(), points[:, 1].max()) == (rows.min(), rows.max() + 1)
+        source = region.ContentSequence[0].ReferencedSOPSequence[0]
+        assert source.ReferencedSOPInstanceUID == ct.sources[finding.key_slice].SOPInstanceUID

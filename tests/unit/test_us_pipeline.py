@@ -94,6 +94,10 @@ def test_real_non_lung_ultrasound_is_not_applicable(pipeline: UsLungPipeline, pa
     assert result.findings == []
     assert result.not_applicable is not None
     assert result.not_applicable.startswith("image does not look like lung ultrasound (")
+    # refused on positive evidence from the image, never because the classifier was unsure
+    evidence = ("no pleural line found", "no tissue imaged above the pleural line", "of the depth", "mm implausible")
+    assert any(e in result.not_applicable for e in evidence), result.not_applicable
+    assert "classifier" not in result.not_applicable
 
 
 def test_count_b_lines() -> None:

@@ -109,6 +109,45 @@ def test_clinical_result_code() -> None:
     assert effusion is not None and effusion.value == "60046008"
 
 
+def test_clinical_result_is_hierarchical_with_an_uncertain_type() -> None:
+    from dicom_node.outputs.codes import clinical_result
+
+    # normal vs abnormal first: 0.45 normal is the largest class, but abnormal is 0.55
+    assert clinical_result({"normal": 0.45, "b_lines": 0.35, "consolidation": 0.2, "abnormal": 0.55}) == "b_lines"
+    assert clinical_result({"normal": 0.6, "b_lines": 0.3, "effusion": 0.1, "abnormal": 0.4}) == "normal"
+    # abnormal, but no abnormal class holds half of it: abnormal, type uncertain (SNOMED CT Abnormal)
+    uncertain = {"normal": 0.1, "b_lines": 0.4, "consolidation": 0.35, "effusion": 0.15, "abnormal": 0.9}
+    assert clinical_result(uncertain) == "abnormal"
+    code = clinical_result_code(uncertain)
+    assert code is not None and code.value == "263654008"
+    assert clinical_result({"normal": 0.05, "consolidation": 0.5, "b_lines": 0.45, "abnormal": 0.95}) == "consolidation"
+
+
+def test_gate_refuses_a_line_with_nothing_above_it_and_ignores_the_classifier() -> None:
+    from pydicom.dataset import Dataset
+
+    from dicom_node.imaging.volume import Volume
+    from dicom_node.pipelines.us_lung import check_lung
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((4, 128, 128), dtype=np.uint8)
+    labels[:, 30:34, 8:120] = PLEURA
+    confidence = np.full(labels.shape, 0.9, dtype=np.float32)
+    lung = rng.uniform(0.15, 0.6, labels.shape).astype(np.float32)  # chest wall speckle above the line
+    in_air = lung.copy()
+    in_air[:, :30] = 0.0  # a bright line with nothing above it: probe in air, an empty sector
+
+    def volume(pixels: np.ndarray) -> Volume:
+        header = Dataset()
+        header.Modality = "US"
+        return Volume(pixels, (0.0, math.nan, math.nan), "US", [header], frame_numbers=[1, 2, 3, 4])
+
+    assert check_lung(volume(lung), labels, confidence).plausible
+    refused = check_lung(volume(in_air), labels, confidence)
+    assert not refused.plausible
+    assert refused.reasons == ["no tissue imaged above the pleural line (probe in air or no chest wall) (4/4 frames)"]
+
+
 def _result(part: str, analysed: bool, abnormal: bool | None, pred: bool | None, pleura: float) -> ClipResult:
     return ClipResult(
         name="c.mp4",
