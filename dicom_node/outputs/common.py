@@ -32,6 +32,11 @@ STUDY_ATTRIBUTES: tuple[str, ...] = (
 NOT_IN_RESULT_IODS: tuple[str, ...] = ("RequestingService",)
 """Copied along by highdicom from some sources but not part of the SEG/SR/PR/SC IODs."""
 
+COPIED_REFERENCES: tuple[str, ...] = ("ReferencedStudySequence", "ReferencedPatientSequence")
+"""Type 3 references that highdicom copies with the study and patient modules. Each item is a SOP Instance
+Reference Macro (class and instance UID, both Type 1); a source that wrote one without its class UID (the real
+Lung-PET-CT-Dx CT does) would make every result fail dciodvfy, so such an item is dropped, never invented."""
+
 
 def finish_identity(ds: Dataset, source: Dataset, description: str, institution_name: str | None) -> None:
     """Copy the patient/study identity from ``source`` and tidy what highdicom leaves behind.
@@ -49,6 +54,7 @@ def finish_identity(ds: Dataset, source: Dataset, description: str, institution_
     for kw in NOT_IN_RESULT_IODS:
         if kw in ds:
             delattr(ds, kw)
+    drop_incomplete_references(ds)
     if "Laterality" not in ds and ds.get("Modality") in ("PR", "OT"):
         # General Series: Type 2C (paired body parts); unknown for a result series -> empty.
         ds.Laterality = source.get("Laterality", None)
@@ -56,6 +62,20 @@ def finish_identity(ds: Dataset, source: Dataset, description: str, institution_
     if institution_name:
         ds.InstitutionName = institution_name[:64]
     declare_local_scheme(ds)
+
+
+def drop_incomplete_references(ds: Dataset) -> None:
+    """Drop the items of :data:`COPIED_REFERENCES` that lack a class or instance UID (and a sequence left empty)."""
+    for kw in COPIED_REFERENCES:
+        if kw not in ds:
+            continue
+        kept = [
+            item for item in ds[kw].value if item.get("ReferencedSOPClassUID") and item.get("ReferencedSOPInstanceUID")
+        ]
+        if kept:
+            setattr(ds, kw, kept)
+        else:
+            delattr(ds, kw)
 
 
 def uses_scheme(ds: Dataset, designator: str) -> bool:

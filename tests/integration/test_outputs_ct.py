@@ -25,7 +25,7 @@ from dicom_node.outputs import encode, kind_of
 from dicom_node.outputs.codes import LUNG
 from dicom_node.outputs.sr import significant
 from tests.peers.dicomcheck import dciodvfy, dsrdump, keywords, referenced_uids, unlocated_groups
-from tests.peers.dicomfiles import CT_LIDC_SLAB, SEGSR_DCMQI, SEGSR_HIGHDICOM, require
+from tests.peers.dicomfiles import CT_LIDC_SLAB, REAL, SEGSR_DCMQI, SEGSR_HIGHDICOM, require
 from tests.peers.orthanc import OrthancPeer, orthanc_available
 from tests.peers.scu import c_store
 from tests.peers.volumes import ct_volume, sphere
@@ -387,3 +387,25 @@ def test_orthanc_peer_restarts_on_same_ports_and_storage(pacs: OrthancPeer) -> N
         pacs.get("/system", timeout=1.0)
     pacs.start()
     assert (pacs.dicom_port, pacs.http_port) == ports and set(pacs.instances()) == before
+
+
+REAL_CHESTS = sorted(p.parent.name for p in (REAL / "ct_lung_pet_ct_dx").glob("*/dicom"))
+
+
+@pytest.mark.parametrize("case", REAL_CHESTS or ["(none: ../shared missing)"])
+def test_every_object_for_every_real_chest_passes_dciodvfy(case: str, tmp_path: Path) -> None:
+    """What the real sources carry is copied with care (issue 21): the Lung-PET-CT-Dx CT has a
+    ReferencedStudySequence item without its class UID, which made every result fail dciodvfy."""
+    folder = REAL / "ct_lung_pet_ct_dx" / case / "dicom"
+    volume = ct_volume(require(folder))
+    k, h, w = volume.shape
+    found = Findings(
+        pipeline=PIPELINE,
+        version=VERSION,
+        findings=[nodule(volume, (k // 2, h // 2, w // 3), 8.0, laterality="right", score=0.8)],
+    )
+    for i, ds in enumerate(encode(found, volume, ["seg", "sr", "gsps", "overlay"])):
+        path = tmp_path / f"{i:02d}_{ds.Modality}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        verdict = dciodvfy(path)
+        assert not verdict.errors, (case, str(ds.Modality), verdict.errors)
