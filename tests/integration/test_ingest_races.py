@@ -163,34 +163,13 @@ def test_four_receiver_processes_take_one_new_study_over_sixteen_associations(tm
     Every instance gets its row, nothing fails, the series is routed once with all its instances, and
     every second copy is counted as a duplicate, whichever process handled it (issue #18 F)."""
     files = _series(tmp_path / "in", n=32, seed=4711)
-    port = free_port()
-    config_path = tmp_path / "node.toml"
-    config_path.write_text(
-        node_config_text(
-            tmp_path / "storage",
-            db_url=pg_url,
-            port=port,
-            quiet_period_s=1.0,
-            workers=0,
-            extra_node='receiver = "native"\nreceiver_processes = 4',
-        )
-    )
-    node = ServeProcess(config_path, tmp_path / "node.log")
-    node.start()
+    node, port = serve_four_receivers(tmp_path, pg_url)
     engine = create_engine(pg_url)
     try:
         wait_for(lambda: _echo(port), timeout=60, what=f"the node to answer\n{node.log_tail()}")
         time.sleep(2)  # the extra receiver processes bind the port after the first one
         copies = files + files[::-1]
-        procs = [
-            subprocess.Popen(
-                ["storescu", "-aet", "STORESCU", "-aec", "NODE", "127.0.0.1", str(port), *map(str, copies[i::16])],
-                env=tcp_env(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for i in range(16)
-        ]
+        procs = storescu_in_parallel(port, copies, 16)
         assert all(p.wait(timeout=120) == 0 for p in procs)
         wait_for(lambda: _count(engine, instances) == len(files), timeout=60, what=f"rows\n{node.log_tail()}")
         wait_for(lambda: _count(engine, jobs) >= 1, timeout=60, what=f"the series routed\n{node.log_tail()}")
@@ -216,6 +195,39 @@ def test_four_receiver_processes_take_one_new_study_over_sixteen_associations(tm
     finally:
         node.stop()
         engine.dispose()
+
+
+def serve_four_receivers(tmp_path: Path, pg_url: str) -> tuple[ServeProcess, int]:
+    """``dicom-node serve`` on PostgreSQL with 4 native receiver processes, no workers, storage in
+    ``tmp_path / "storage"``; started (not yet answering), with its port."""
+    port = free_port()
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(
+        node_config_text(
+            tmp_path / "storage",
+            db_url=pg_url,
+            port=port,
+            quiet_period_s=1.0,
+            workers=0,
+            extra_node='receiver = "native"\nreceiver_processes = 4',
+        )
+    )
+    node = ServeProcess(config_path, tmp_path / "node.log")
+    node.start()
+    return node, port
+
+
+def storescu_in_parallel(port: int, files: list[Path], associations: int) -> list[subprocess.Popen[bytes]]:
+    """``files`` sent by ``associations`` storescu processes at once, round robin."""
+    return [
+        subprocess.Popen(
+            ["storescu", "-aet", "STORESCU", "-aec", "NODE", "127.0.0.1", str(port), *map(str, files[i::associations])],
+            env=tcp_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(associations)
+    ]
 
 
 def _duplicates(engine: Engine) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,9 +21,16 @@ from pydicom import dcmread
 from sqlalchemy import create_engine, select
 
 from dicom_node.db import ingest_pending, instances, jobs, series
-from tests.integration.test_ingest_races import _count, _echo, _heal, _inject_failure, _series
-from tests.nodes import ServeProcess, node_config_text, tcp_env, wait_for
-from tests.peers.orthanc import free_port
+from tests.integration.test_ingest_races import (
+    _count,
+    _echo,
+    _heal,
+    _inject_failure,
+    _series,
+    serve_four_receivers,
+    storescu_in_parallel,
+)
+from tests.nodes import wait_for
 
 
 def _holder_of(folder: Path) -> int | None:
@@ -46,35 +52,14 @@ def _holder_of(folder: Path) -> int | None:
 @pytest.mark.postgres
 def test_a_killed_receiver_process_is_restarted_and_replays(tmp_path: Path, pg_url: str) -> None:
     files = _series(tmp_path / "in", n=24, seed=99)
-    port = free_port()
     storage = tmp_path / "storage"
-    config_path = tmp_path / "node.toml"
-    config_path.write_text(
-        node_config_text(
-            storage,
-            db_url=pg_url,
-            port=port,
-            quiet_period_s=1.0,
-            workers=0,
-            extra_node='receiver = "native"\nreceiver_processes = 4',
-        )
-    )
-    node = ServeProcess(config_path, tmp_path / "node.log")
-    node.start()
+    node, port = serve_four_receivers(tmp_path, pg_url)
     engine = create_engine(pg_url)
     try:
         wait_for(lambda: _echo(port), timeout=60, what=f"the node to answer\n{node.log_tail()}")
         wait_for(lambda: node.log_path.read_text().count("listening as NODE") >= 4, timeout=60, what="4 receivers")
         _inject_failure(engine)  # every batch fails: the acknowledged instances wait in the journals
-        procs = [
-            subprocess.Popen(
-                ["storescu", "-aet", "STORESCU", "-aec", "NODE", "127.0.0.1", str(port), *map(str, files[i::12])],
-                env=tcp_env(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for i in range(12)
-        ]
+        procs = storescu_in_parallel(port, files, 12)
         assert all(p.wait(timeout=120) == 0 for p in procs)  # every instance acknowledged
 
         def marked_child() -> str | None:
