@@ -7,12 +7,14 @@ then turns the plain one off.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import ssl
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -47,18 +49,25 @@ class TlsServer(ThreadedAssociationServer):
 
     receiver: Receiver
 
+    # The order of acceptance decides which pending handshake is the oldest: the connection threads
+    # register in any order. Filled by the accepting thread, each entry taken by its connection's thread.
+    accepts: ClassVar[Iterator[int]] = itertools.count()
+    accept_order: ClassVar[dict[socket.socket, int]] = {}
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         conn, address = self.socket.accept()
+        self.accept_order[conn] = next(self.accepts)
         return conn, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        accepted = self.accept_order.pop(request, 0)
         receiver = self.receiver
         assert receiver.tls_context is not None
         address = str(client_address[0])
         deadline = time.monotonic() + receiver.config.node.association_request_timeout_s
         secure = tls.wrap(request, receiver.tls_context)
-        receiver.handshakes.opened(address, secure)
+        receiver.handshakes.opened(address, secure, accepted)
         try:
             tls.handshake(secure, deadline)
         except ssl.SSLError as exc:

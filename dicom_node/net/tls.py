@@ -151,13 +151,16 @@ class PendingHandshakes:
     def __init__(self, max_per_address: int) -> None:
         self.max_per_address = max_per_address
         self._lock = threading.Lock()
-        self._pending: dict[str, list[socket.socket]] = {}
+        self._pending: dict[str, list[tuple[int, socket.socket]]] = {}  # (accept order, socket), oldest first
 
-    def opened(self, address: str, sock: socket.socket) -> None:
+    def opened(self, address: str, sock: socket.socket, accepted: int) -> None:
+        """``sock`` (the ``accepted``-th connection accepted) starts its handshake. Connections register from
+        their own threads, in any order: the oldest is the one accepted first, not the first to register."""
         with self._lock:
             waiting = self._pending.setdefault(address, [])
-            waiting.append(sock)
-            evicted = waiting.pop(0) if len(waiting) > self.max_per_address else None
+            waiting.append((accepted, sock))
+            waiting.sort(key=lambda entry: entry[0])
+            evicted = waiting.pop(0)[1] if len(waiting) > self.max_per_address else None
         if evicted is not None:
             log.info("closing a TLS connection from %s still in its handshake: newer ones wait", address)
             shutdown(evicted)
@@ -165,8 +168,7 @@ class PendingHandshakes:
     def done(self, address: str, sock: socket.socket) -> None:
         with self._lock:
             waiting = self._pending.get(address, [])
-            if sock in waiting:
-                waiting.remove(sock)
+            waiting[:] = [entry for entry in waiting if entry[1] is not sock]
             if not waiting:
                 self._pending.pop(address, None)
 
