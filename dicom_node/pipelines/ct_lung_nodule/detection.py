@@ -10,6 +10,7 @@ import numpy as np
 from dicom_node.imaging.series import normalize_hu, resample_inplane, resize_to
 from dicom_node.pipelines.ct_lung_nodule.candidates import WORK_MM, Candidate, search_region
 from dicom_node.pipelines.ct_lung_nodule.model import NoduleModel
+from dicom_node.pipelines.ct_lung_nodule.noise import TARGET_NOISE_HU, harmonise
 from dicom_node.pipelines.ct_lung_nodule.scope import inside_lungs, inside_lungs_local
 
 MALIGNANCY_CUTS = (0.3, 0.7)
@@ -33,9 +34,12 @@ def detect_in_volume(
     margin_mm: float = 8.0,
     min_score: float = 0.0,
     lung_rule: bool = True,
+    noise_target: float | None = TARGET_NOISE_HU,
 ) -> list[Detection]:
     """Run ``model`` on an HU volume with its lung mask.
 
+    On the working grid, a series noisier than ``noise_target`` is first smoothed in-plane down to it
+    (:func:`~dicom_node.pipelines.ct_lung_nodule.noise.harmonise`; None leaves it as it is).
     Masks of the candidates scoring at least ``min_score`` come back on the volume's grid; with ``lung_rule``
     a candidate that is not inside the lungs (:func:`~dicom_node.pipelines.ct_lung_nodule.scope.inside_lungs`)
     is dropped.
@@ -58,9 +62,11 @@ def detect_in_volume(
         crop.shape[1] * spacing[1] / work.shape[1],
         crop.shape[2] * spacing[2] / work.shape[2],
     )
+    lung_w = resample_inplane(lung[z0:z1, y0:y1, x0:x1].astype(np.float32), zoom, order=1) >= 0.5
+    if noise_target is not None:
+        work, _ = harmonise(work, lung_w, noise_target)
     keep = None
     if lung_rule:  # applied on the working grid first (before the networks), then on the volume's grid
-        lung_w = resample_inplane(lung[z0:z1, y0:y1, x0:x1].astype(np.float32), zoom, order=1) >= 0.5
 
         def keep(c: Candidate) -> bool:
             return inside_lungs_local(c.box, c.local, lung_w, work_spacing)

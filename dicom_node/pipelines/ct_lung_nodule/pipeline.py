@@ -15,11 +15,19 @@ from dicom_node.imaging.ct import load_ct_series
 from dicom_node.imaging.volume import Volume
 from dicom_node.pipelines.base import register
 from dicom_node.pipelines.ct_lung_field import LungFields, ct_applies_to, segment_lungs
-from dicom_node.pipelines.ct_lung_nodule.candidates import long_short_axes
+from dicom_node.pipelines.ct_lung_nodule.candidates import WORK_MM, long_short_axes
+from dicom_node.pipelines.ct_lung_nodule.contrast import vessel_core_hu
 from dicom_node.pipelines.ct_lung_nodule.detection import Detection, detect_in_volume, malignancy_key
 from dicom_node.pipelines.ct_lung_nodule.mass import grow_mass
 from dicom_node.pipelines.ct_lung_nodule.model import DEFAULT_BUNDLE, NoduleModel, load_model
-from dicom_node.pipelines.ct_lung_nodule.scope import is_mass, not_a_chest, out_of_range
+from dicom_node.pipelines.ct_lung_nodule.noise import TARGET_NOISE_HU, lung_noise_at
+from dicom_node.pipelines.ct_lung_nodule.scope import (
+    contrast_enhanced,
+    is_mass,
+    not_a_chest,
+    out_of_range,
+    too_noisy,
+)
 
 __all__ = ["DEFAULT_BUNDLE", "CtLungNodule"]
 
@@ -91,6 +99,12 @@ class CtLungNodule:
         result.not_applicable = not_a_chest(fields.both, volume.spacing)
         if result.not_applicable:
             return result
+        noise = lung_noise_at(volume.pixels, fields.both, volume.spacing, WORK_MM)
+        result.not_applicable = too_noisy(noise) or contrast_enhanced(
+            vessel_core_hu(volume.pixels, fields.both, volume.spacing)
+        )
+        if result.not_applicable:
+            return result
         min_score = self._min_score
         if min_score is None:
             min_score = float(getattr(model, "min_score", 0.5))
@@ -113,6 +127,11 @@ class CtLungNodule:
             result.conclusions.append(f"{nodules} lung nodule candidate{'s' if nodules > 1 else ''} detected.")
         if not result.findings:
             result.conclusions.append("No lung nodule or mass detected.")
+        if noise is not None and noise > TARGET_NOISE_HU:
+            result.conclusions.append(
+                f"Image noise in the lungs {noise:.0f} HU: smoothed to {TARGET_NOISE_HU:.0f} HU before detection "
+                "(the noise range the model was trained on)."
+            )
         result.timings["total_s"] = time.perf_counter() - t0
         logger.debug("ct_lung_nodule done", extra={"threads": torch_threads, "timings": result.timings})
         return result

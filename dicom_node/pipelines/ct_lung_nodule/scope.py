@@ -4,6 +4,13 @@
   and checked on: on thicker slices a nodule under 10 mm shows on one slice or none, and partial volume
   blurs vessels into nodule-like blobs), and a chest: a slice with at least :data:`MIN_LUNG_CM2` of
   aerated lung. Anything else gets "not applicable" with the reason, never a guess.
+- **Images it can read.** Lung noise over :data:`~dicom_node.pipelines.ct_lung_nodule.noise.MAX_NOISE_HU`
+  (working grid) is a gross artefact or a dose far below any chest protocol: not applicable. Noise between
+  the phantoms' range and that limit is smoothed away first (:mod:`~dicom_node.pipelines.ct_lung_nodule.noise`).
+- **Without contrast.** Lung vessels brighter than
+  :data:`~dicom_node.pipelines.ct_lung_nodule.contrast.ENHANCED_VESSEL_HU` mean intravenous contrast, which
+  the model never saw and which turns enhanced vessels into false positives: not applicable
+  (:mod:`~dicom_node.pipelines.ct_lung_nodule.contrast`).
 - **Inside the lungs.** A candidate is a lung lesion when at least :data:`MIN_LUNG_FRACTION` of its voxels
   lie in the lung field (closed by :data:`LUNG_CLOSING_MM`), or when lung surrounds at least
   :data:`MIN_LUNG_CONTACT` of its in-plane rim: a juxtapleural nodule lies in a notch of the lung's
@@ -24,6 +31,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from dicom_node.imaging.volume import Volume
+from dicom_node.pipelines.ct_lung_nodule.contrast import ENHANCED_VESSEL_HU
+from dicom_node.pipelines.ct_lung_nodule.noise import MAX_NOISE_HU
 
 MAX_SLICE_SPACING_MM = 5.0
 MIN_LUNG_CM2 = 20.0
@@ -42,6 +51,28 @@ def out_of_range(volume: Volume) -> str | None:
             f"{MAX_SLICE_SPACING_MM:g} mm apart (thicker slices hide small nodules and blur vessels into them)"
         )
     return None
+
+
+def too_noisy(noise_hu: float | None) -> str | None:
+    """The reason a series whose lung noise (working grid, see
+    :func:`~dicom_node.pipelines.ct_lung_nodule.noise.lung_noise_at`) is ``noise_hu`` cannot be read, or None."""
+    if noise_hu is None or noise_hu <= MAX_NOISE_HU:
+        return None
+    return (
+        f"image noise in the lungs is {noise_hu:.0f} HU (this model reads up to {MAX_NOISE_HU:.0f} HU): gross "
+        "artefacts or a dose far below a chest protocol would make small nodules and noise look alike"
+    )
+
+
+def contrast_enhanced(vessel_hu: float | None) -> str | None:
+    """The reason a series whose lung vessels' cores measure ``vessel_hu`` (see
+    :func:`~dicom_node.pipelines.ct_lung_nodule.contrast.vessel_core_hu`) is not read, or None."""
+    if vessel_hu is None or vessel_hu <= ENHANCED_VESSEL_HU:
+        return None
+    return (
+        f"the lung vessels measure {vessel_hu:.0f} HU: the series looks contrast-enhanced, and this model was "
+        "made for chest CT without intravenous contrast (enhanced vessels look like nodules to it)"
+    )
 
 
 def not_a_chest(lung: np.ndarray, spacing: tuple[float, float, float]) -> str | None:
