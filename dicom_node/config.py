@@ -311,6 +311,21 @@ class NodeConfig(_Model):
     routes: list[Route] = []
 
     @model_validator(mode="after")
+    def _ports(self) -> NodeConfig:
+        # Two listeners on one port: the second bind would fail at start with "address in use".
+        taken = {"node.port": self.node.port}
+        if self.tls is not None:
+            taken["tls.port"] = self.tls.port
+        if self.web.enabled:
+            taken["web.port"] = self.web.port
+        seen: dict[int, str] = {}
+        for key, port in taken.items():
+            if port and port in seen:
+                raise ValueError(f"{key}: port {port} is {seen[port]} too; each listener needs a port of its own")
+            seen.setdefault(port, key)
+        return self
+
+    @model_validator(mode="after")
     def _references(self) -> NodeConfig:
         # Pipeline names and options are checked against the registry by dicom_node.intake.routing_check.
         names = [d.name for d in self.destinations]
@@ -398,6 +413,10 @@ def _loc_from_message(err: Any) -> tuple[str | int, ...]:
     m = re.match(r"(?:Value error, )?(\w+)\[(\d+)\]: ", err["msg"])
     if m:
         loc = (*loc, m.group(1), int(m.group(2)))
+        err["msg"] = err["msg"][m.end() :]
+    m = re.match(r"(?:Value error, )?(\w+)\.(\w+): ", err["msg"])  # "section.key: ..."
+    if m:
+        loc = (*loc, m.group(1), m.group(2))
         err["msg"] = err["msg"][m.end() :]
     key = re.search(r"match key '(\w+)'", err["msg"])
     if key:

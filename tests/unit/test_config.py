@@ -56,6 +56,7 @@ def test_example_config_is_valid() -> None:
             5,
             "above max",
         ),
+        ("[node]\nport = 11112\n\n[web]\nenabled = true\nport = 11112\n", 6, "web.port: port 11112 is node.port too"),
     ],
 )
 def test_errors_name_the_line(text: str, line: int, words: str) -> None:
