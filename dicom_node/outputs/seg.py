@@ -165,8 +165,10 @@ def _multiframe_without_frame_of_reference(
         pixel_array=np.ones((1, *pixels.shape[1:3], n_segments), dtype=bool),
         **{**kwargs, "omit_empty_frames": False},  # type: ignore[arg-type]
     )
+    # highdicom moves what all frames share to the shared groups: with one segment, its identification
+    shared = template.SharedFunctionalGroupsSequence[0] if template.get("SharedFunctionalGroupsSequence") else None
     by_segment = {
-        int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber): item
+        int(_segment_identification(item, shared)[0].ReferencedSegmentNumber): item
         for item in template.PerFrameFunctionalGroupsSequence
     }
     frames: list[np.ndarray] = []
@@ -199,6 +201,15 @@ def _multiframe_without_frame_of_reference(
         template.PixelData = stack.tobytes()
     _restore_class(template, str(source.SOPInstanceUID), str(proxy.SOPClassUID), str(source.SOPClassUID))
     return template
+
+
+def _segment_identification(item: Dataset, shared: Dataset | None) -> DicomSequence:
+    """The Segment Identification Sequence of a frame: its own, else the shared one."""
+    if "SegmentIdentificationSequence" in item:
+        return item.SegmentIdentificationSequence
+    if shared is None or "SegmentIdentificationSequence" not in shared:
+        raise ValueError("SEG frame without a segment identification")
+    return shared.SegmentIdentificationSequence
 
 
 def _restore_class(ds: Dataset, instance_uid: str, proxy_class: str, real_class: str) -> None:

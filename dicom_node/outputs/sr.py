@@ -14,6 +14,8 @@ exactly one reference each):
   from"), so the outline group draws in its SR viewer but cannot be tracked
   (``tests/e2e/test_ohif_viewer.py`` checks it in the real viewer).
 
+Every group names its finding with the SEG segment's codes: Finding Category = the segmented property
+category, Finding = the segmented property type (IHE AI Results: one coded finding across SEG and SR).
 Without a SEG (``kinds`` without ``"seg"``) the planar group carries everything. Every measurement
 group has a tracking UID and an image region or a referenced segment: viewers such as OHIF expect
 one (a group without either crashed OHIF's SR loader).
@@ -172,14 +174,19 @@ def _finding_groups(
     algorithm: hd.sr.AlgorithmIdentification,
 ) -> list[Group]:
     tracking = hd.sr.TrackingIdentifier(uid=uids.tracking(i), identifier=tracking_id(finding.label, i))
-    finding_type = codes.category_codes(finding.category)[1]
+    finding_category, finding_type = codes.category_codes(finding.category)  # as the SEG segment's
     sites = _finding_sites(finding)
     score = detection_confidence(finding)
     evaluations = _evaluations(finding)
     segment = seg.segment_of.get(i) if seg is not None else None
     region = _key_region(finding, volume, options)
     groups: list[Group] = []
-    common = dict(finding_type=finding_type, algorithm_id=algorithm, finding_sites=sites or None)
+    common = dict(
+        finding_type=finding_type,
+        finding_category=finding_category,
+        algorithm_id=algorithm,
+        finding_sites=sites or None,
+    )
     box = _key_box(finding, volume) if region is not None else None
     trackable: list[Group] = []  # the bounding-box group OHIF can track (module docstring), no measurements
     if box is not None:

@@ -132,6 +132,13 @@ def clip_dataset(frames: np.ndarray, name: str) -> Dataset:
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[f"dicom-node real lung US {name} study"])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"dicom-node real lung US {name} series"])
     ds.PatientName, ds.PatientID = "POCUS^CCBY", f"POCUS-{name}"[:64]
+    # Type 2 patient and study attributes: present, empty (unknown); the node's encoders copy them
+    ds.PatientBirthDate = ds.PatientSex = ds.ReferringPhysicianName = ds.AccessionNumber = ""
+    ds.StudyDate = ds.StudyTime = ""
+    ds.StudyID = "1"
+    ds.SeriesNumber = ds.InstanceNumber = 1
+    ds.PatientOrientation = ds.Manufacturer = ""
+    ds.ImageType = ["DERIVED", "SECONDARY"]  # frames decoded from a published video, not from the scanner
     ds.Modality, ds.BodyPartExamined = "US", "CHEST"
     ds.SeriesDescription = f"real lung US {name}"[:64]
     set_gray_cine(ds, rows, cols, n)

@@ -16,8 +16,6 @@ there instead of the test's temporary folder.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,24 +27,17 @@ from dicom_node.findings import Findings
 from dicom_node.imaging.volume import Volume
 from dicom_node.outputs import codes, encode
 from tests.peers.dicomfiles import real, require
-from tests.peers.ohif import OhifServer, OhifUnavailable, ohif_dist, require_peer
-from tests.peers.orthanc import OrthancPeer, dicomweb_plugin, orthanc_available
+from tests.peers.ohif_browser import ViewerSession, archive_of, instance_number, shots_dir, viewer_build
+from tests.peers.orthanc import OrthancPeer
 
 pytestmark = [pytest.mark.slow, pytest.mark.viewer]
 
-CHROMIUM = Path("/usr/bin/chromium")
 CT_DIR = "ct_lung_pet_ct_dx/A0001_chest_5mm_lung_kernel"
-LOAD_TIMEOUT_MS = 60_000
-VIEWPORT = {"width": 1600, "height": 1000}
 
 
 @pytest.fixture(scope="module")
 def dist() -> Path:
-    try:
-        return ohif_dist()
-    except OhifUnavailable as exc:
-        require_peer(False, f"OHIF viewer build unavailable: {exc}")
-        raise  # unreachable: require_peer skipped or failed
+    return viewer_build()
 
 
 @pytest.fixture(scope="module")
@@ -75,27 +66,9 @@ def node_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], F
 
 @pytest.fixture(scope="module")
 def archive(node_output: tuple[list[Path], Findings, Volume, Path, Path]) -> Iterator[OrthancPeer]:
-    require_peer(orthanc_available(), "Orthanc is not installed")
-    require_peer(dicomweb_plugin() is not None, "the Orthanc DICOMweb plugin (orthanc-dicomweb) is not installed")
     ct_files, _, _, seg_path, sr_path = node_output
-    with OrthancPeer(aet="PACS", dicomweb=True) as peer:
-        for path in [*ct_files, seg_path, sr_path]:
-            peer.post("/instances", path.read_bytes())
+    with archive_of([*ct_files, seg_path, sr_path]) as peer:
         yield peer
-
-
-def shots_dir(tmp_path: Path) -> Path:
-    where = os.environ.get("DICOM_NODE_OHIF_SCREENSHOTS")
-    folder = Path(where) if where else tmp_path
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def instance_number(text: str) -> int:
-    """The instance number in OHIF's "I:19 (19/64)" viewport overlay or "S: 2 I: 19" measurement row."""
-    match = re.search(r"I:\s*(\d+)", text)
-    assert match, text
-    return int(match.group(1))
 
 
 def test_ohif_shows_the_nodes_seg_and_sr_of_a_real_chest_ct(
@@ -104,11 +77,6 @@ def test_ohif_shows_the_nodes_seg_and_sr_of_a_real_chest_ct(
     archive: OrthancPeer,
     tmp_path: Path,
 ) -> None:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        require_peer(False, f"Playwright's Python package is not installed: {exc}")
-    require_peer(CHROMIUM.exists(), f"no Chromium at {CHROMIUM}")
     ct_files, findings, volume, seg_path, _ = node_output
     seg = pydicom.dcmread(seg_path)
     number_of = {str(h.SOPInstanceUID): int(h.InstanceNumber) for h in map(_header, ct_files)}
@@ -117,41 +85,13 @@ def test_ohif_shows_the_nodes_seg_and_sr_of_a_real_chest_ct(
         return {number_of[str(volume.sources[int(k)].SOPInstanceUID)] for k in k_slices}
 
     folder = shots_dir(tmp_path)
-    problems: list[str] = []
-    external: list[str] = []
-    with OhifServer(dist, archive.base_url) as viewer, sync_playwright() as pw:
-        pw.selectors.set_test_id_attribute("data-cy")  # OHIF's own tests address its DOM by data-cy
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(LOAD_TIMEOUT_MS)
-
-        def only_loopback(route: Any) -> None:
-            if route.request.url.startswith(viewer.origin + "/"):
-                route.continue_()
-            else:
-                external.append(route.request.url)
-                route.abort()
-
-        page.route("**/*", only_loopback)
-        page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
-        page.on("console", lambda msg: problems.append(f"console.error: {msg.text}") if msg.type == "error" else None)
-
-        page.goto(viewer.viewer_url(str(seg.StudyInstanceUID)))
-        page.get_by_text("Skip all").click()  # the first-visit tour
-        thumbnails = page.locator('[data-cy^="study-browser-thumbnail"]')
-
-        def open_series(modality: str) -> None:
-            label = page.locator('[data-cy="series-modality-label"]', has_text=re.compile(f"^{modality}$"))
-            thumbnails.filter(has=label).dblclick()
-
-        open_series("SEG")
-        _check_segments(page, seg, findings, volume, instances_of, folder)
-        open_series("SR")
-        _check_measurements(page, findings, instances_of, folder)
-        browser.close()
-    assert external == [], f"requests left 127.0.0.1: {external}"
-    assert problems == [], problems
-    assert any(p.startswith("/dicom-web/") for p in viewer.requests)
+    with ViewerSession(dist, archive) as session:
+        session.open_study(str(seg.StudyInstanceUID))
+        session.open_series("SEG")
+        _check_segments(session.page, seg, findings, volume, instances_of, folder)
+        session.open_series("SR")
+        _check_measurements(session.page, findings, instances_of, folder)
+        session.assert_clean()
     for shot in ("ohif_seg.png", "ohif_sr.png"):
         assert (folder / shot).stat().st_size > 10_000
 

@@ -146,3 +146,36 @@ def test_every_located_finding_has_a_region_ohif_can_track(ct: Volume, kinds: li
         assert (points[:, 1].min(), points[:, 1].max()) == (rows.min(), rows.max() + 1)
         source = region.ContentSequence[0].ReferencedSOPSequence[0]
         assert source.ReferencedSOPInstanceUID == ct.sources[finding.key_slice].SOPInstanceUID
+
+
+def test_groups_code_their_finding_as_the_seg_does_and_name_the_algorithm(ct: Volume) -> None:
+    """IHE AI Results: the report's observer is the device; every measurement group carries the algorithm
+    (TID 4019 name and version), the tracking UID of the finding's SEG segment, and the same coded finding:
+    Finding Category = the segment's property category, Finding = its property type."""
+    findings = findings_of(ct)
+    seg, sr = encode(findings, ct, ["seg", "sr"])
+    segments = {str(s.TrackingUID): s for s in seg.SegmentSequence}
+    items = sr_items(sr.ContentSequence)
+    observer = [i for i in items if concept(i) == "121005"]  # DCM "Observer Type"
+    assert [i.ConceptCodeSequence[0].CodeValue for i in observer] == ["121007"]  # DCM "Device"
+    groups = [i for i in items if i.ValueType == "CONTAINER" and concept(i) == MEASUREMENT_GROUP]
+    assert groups
+    for group in groups:
+        content = list(group.ContentSequence)
+        (uid,) = [str(i.UID) for i in content if concept(i) == "112040"]  # DCM "Tracking Unique Identifier"
+        segment = segments[uid]
+        (category,) = [i.ConceptCodeSequence[0] for i in content if concept(i) == "276214006"]  # SCT "Finding category"
+        (finding,) = [i.ConceptCodeSequence[0] for i in content if concept(i) == FINDING]
+        expected_category = segment.SegmentedPropertyCategoryCodeSequence[0]
+        expected_type = segment.SegmentedPropertyTypeCodeSequence[0]
+        assert (category.CodeValue, category.CodingSchemeDesignator) == (
+            expected_category.CodeValue,
+            expected_category.CodingSchemeDesignator,
+        )
+        assert (finding.CodeValue, finding.CodingSchemeDesignator) == (
+            expected_type.CodeValue,
+            expected_type.CodingSchemeDesignator,
+        )
+        algorithm = {concept(i): str(i.TextValue) for i in content if concept(i) in ("111001", "111003")}
+        assert algorithm == {"111001": "toy", "111003": "1.0"}  # DCM "Algorithm Name", "Algorithm Version"
+        assert str(segment.SegmentAlgorithmName) == "toy"

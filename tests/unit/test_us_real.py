@@ -193,3 +193,29 @@ def test_a_textbook_normal_check_clip_is_analysed_with_a_pleural_line(tmp_path: 
     assert result.analysed, result.reason
     assert result.pleura_fraction >= 0.9
     assert result.abnormal_pred is False and result.b_lines_pred is False
+
+
+def test_a_wrapped_clip_carries_the_type_2_attributes_the_encoders_copy(tmp_path: Path) -> None:
+    """A wrapped clip is a complete US image (empty Type 2 patient / study attributes): the node's encoders,
+    which copy them into every result, write a SEG and an SR for it (highdicom failed on the missing ones),
+    also with a single segment (the SEG encoder failed when highdicom shared the segment identification)."""
+    from dicom_node.findings import Category, Finding, Findings
+    from dicom_node.outputs import encode
+
+    frames = np.random.default_rng(0).random((3, 32, 40)).astype(np.float32)
+    path = tmp_path / "clip.dcm"
+    clip_dataset(frames, "toy.mp4").save_as(path, enforce_file_format=True)
+    volume = load_us([path])
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[1:3, 10:14, 5:30] = True
+    findings = Findings("us_lung", "0.0", [Finding(Category.PLEURAL_LINE, mask, key_slice=1)])
+    seg, sr = encode(findings, volume, ["seg", "sr"])
+    for ds in (seg, sr):
+        assert ds.PatientBirthDate == "" and ds.PatientSex == "" and ds.StudyID == "1"
+    # one segment: highdicom shares its identification; each SEG frame still references its source frame
+    refs = [
+        int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        for f in seg.PerFrameFunctionalGroupsSequence
+    ]
+    assert refs == [2, 3]
+    assert seg.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence[0].ReferencedSegmentNumber == 1
