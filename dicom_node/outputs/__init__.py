@@ -67,6 +67,7 @@ def encode(
     Raises:
         ValueError: an unknown kind, or findings that do not fit the volume.
     """
+    from dicom_node.outputs.common import complete_type2
     from dicom_node.outputs.gsps import build_gsps
     from dicom_node.outputs.overlay import build_overlays
     from dicom_node.outputs.seg import build_seg
@@ -81,6 +82,7 @@ def encode(
     for finding in findings.findings:
         if finding.mask.shape != volume.shape:
             raise ValueError(f"finding mask shape {finding.mask.shape} differs from volume shape {volume.shape}")
+    complete_type2(volume.sources)
     uids = UidFactory(volume.sources, findings.pipeline, findings.version)
     out: list[Dataset] = []
     seg = None

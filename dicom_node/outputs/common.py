@@ -38,6 +38,41 @@ Reference Macro (class and instance UID, both Type 1); a source that wrote one w
 Lung-PET-CT-Dx CT does) would make every result fail dciodvfy, so such an item is dropped, never invented."""
 
 
+TYPE2_SOURCE_ATTRIBUTES: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "SeriesNumber",
+    "InstanceNumber",
+    "Manufacturer",
+)
+"""Type 2 attributes (present, may be empty) of the patient, study, series and equipment modules that the
+encoders (highdicom) read from the source images. A source that left one out entirely is malformed."""
+
+
+def complete_type2(sources: list[Dataset]) -> list[str]:
+    """Add each of :data:`TYPE2_SOURCE_ATTRIBUTES` that a source lacks, empty ("unknown", as Type 2 allows),
+    to the in-memory headers (the stored files are not touched); the names added, for the log.
+
+    Without this one missing attribute, such as a modality that omits PatientBirthDate, made every
+    result of the series fail to encode."""
+    added: set[str] = set()
+    for ds in sources:
+        for kw in TYPE2_SOURCE_ATTRIBUTES:
+            if kw not in ds:
+                setattr(ds, kw, None)
+                added.add(kw)
+    if added:
+        logger.warning("source images lack Type 2 attributes %s: encoded as empty", ", ".join(sorted(added)))
+    return sorted(added)
+
+
 def finish_identity(ds: Dataset, source: Dataset, description: str, institution_name: str | None) -> None:
     """Copy the patient/study identity from ``source`` and tidy what highdicom leaves behind.
 

@@ -409,3 +409,24 @@ def test_every_object_for_every_real_chest_passes_dciodvfy(case: str, tmp_path: 
         ds.save_as(path, enforce_file_format=True)
         verdict = dciodvfy(path)
         assert not verdict.errors, (case, str(ds.Modality), verdict.errors)
+
+
+def test_sources_without_type_2_attributes_still_give_valid_results(findings: Findings, tmp_path: Path) -> None:
+    """A modality that leaves Type 2 patient, study and series attributes out entirely (PatientID,
+    PatientBirthDate, StudyDate, SeriesNumber...) no longer makes every result fail to encode: they are
+    written empty ("unknown"), and each object still passes dciodvfy without errors."""
+    from dicom_node.outputs.common import TYPE2_SOURCE_ATTRIBUTES
+
+    bare = ct_volume(require(CT_LIDC_SLAB / "dicom"))
+    for ds in bare.sources:
+        for kw in TYPE2_SOURCE_ATTRIBUTES:
+            if kw in ds:
+                delattr(ds, kw)
+    outputs = encode(findings, bare, ["seg", "sr", "gsps", "overlay"])
+    assert sorted({str(ds.Modality) for ds in outputs}) == ["OT", "PR", "SEG", "SR"]
+    for k, ds in enumerate(outputs):
+        assert "PatientID" in ds and not ds.PatientID and "StudyDate" in ds and not ds.StudyDate
+        path = tmp_path / f"{k:02d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        verdict = dciodvfy(path)
+        assert verdict.errors == [], (ds.Modality, verdict.errors)
