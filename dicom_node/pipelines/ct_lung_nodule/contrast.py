@@ -30,9 +30,12 @@ def vessel_core_hu(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
     slices = [int(k) for k in np.argsort(-areas)[:SAMPLE_SLICES] if areas[k] > 0]
     votes: list[float] = []
     for k in slices:
-        field = ndi.binary_fill_holes(ndi.binary_closing(lung[k], structure=np.ones((9, 9), bool)) | lung[k])
+        rows, cols = np.nonzero(lung[k])
+        box = (slice(max(rows.min() - 5, 0), rows.max() + 6), slice(max(cols.min() - 5, 0), cols.max() + 6))
+        image, field = hu[k][box], lung[k][box]
+        field = ndi.binary_fill_holes(ndi.binary_closing(field, structure=np.ones((9, 9), bool)) | field)
         inner = ndi.binary_erosion(field, structure=np.ones((7, 7), bool))
-        dense = (hu[k] > -100) & inner
+        dense = (image > -100) & inner
         if not dense.any():
             continue
         labels, _ = ndi.label(dense)
@@ -40,7 +43,7 @@ def vessel_core_hu(hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float
         if not core.any():
             continue
         ids = np.unique(labels[core])
-        votes.extend(float(v) for v in ndi.median(hu[k], labels=np.where(core, labels, 0), index=ids))
+        votes.extend(float(v) for v in ndi.median(image, labels=np.where(core, labels, 0), index=ids))
     if len(votes) < MIN_STRUCTURES:
         return None
     return float(np.median(votes))

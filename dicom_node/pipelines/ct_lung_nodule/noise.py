@@ -43,7 +43,9 @@ def _parenchyma(image: np.ndarray, lung: np.ndarray) -> np.ndarray:
 def _slice_noise(image: np.ndarray, parenchyma: np.ndarray) -> float:
     if parenchyma.sum() < MIN_PARENCHYMA_PX // 4:
         return float("nan")
-    diff = (image - ndi.median_filter(image, size=(3, 3)))[parenchyma]
+    rows, cols = np.nonzero(parenchyma)
+    box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
+    diff = (image[box] - ndi.median_filter(image[box], size=(3, 3)))[parenchyma[box]]
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))))
 
 
@@ -71,7 +73,7 @@ def lung_noise_at(
 
 def smoothing_for(hu: np.ndarray, lung: np.ndarray, target: float = TARGET_NOISE_HU) -> float:
     """The in-plane Gaussian sigma (pixels) that brings :func:`lung_noise` down to ``target``; 0 when it
-    is there already (found by bisection on the sampled slices alone, to 0.02 pixel)."""
+    is there already (found by bisection on the sampled slices alone, to 0.05 pixel)."""
     slices = _sample(lung)
     parenchyma = {k: _parenchyma(hu[k], lung[k]) for k in slices}
     slices = [k for k in slices if parenchyma[k].sum() >= MIN_PARENCHYMA_PX // 4]
@@ -88,7 +90,7 @@ def smoothing_for(hu: np.ndarray, lung: np.ndarray, target: float = TARGET_NOISE
     if noise_at(0.0) <= target:
         return 0.0
     lo, hi = 0.0, _MAX_SIGMA_PX
-    while hi - lo > 0.02:
+    while hi - lo > 0.05:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if noise_at(mid) > target else (lo, mid)
     return hi
