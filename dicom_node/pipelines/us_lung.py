@@ -7,6 +7,9 @@ the width, a plausible pleural depth, tissue imaged above the line). The frame c
 part in that gate: a lung clip whose pattern it is unsure of is analysed, and its result says
 "abnormal, type uncertain" (:func:`dicom_node.outputs.codes.clinical_result`). If the frames do not
 look like lung, the result is ``not_applicable`` with the reasons, and no findings are invented.
+The pleural line and rib shadows reported are the network's labels corrected by the anatomy
+(:mod:`dicom_node.pipelines.us_pleura`: one pleural line where the rib shadows begin, not fascia above
+it nor A-lines below it; no rib label on the sector's dark edges); the gate reads the network's own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -28,6 +32,10 @@ from dicom_node.imaging.us import load_us, spacing_known
 from dicom_node.imaging.volume import Volume
 from dicom_node.outputs.codes import clinical_result
 from dicom_node.pipelines.base import register
+from dicom_node.pipelines.us_pleura import refine_labels, sector_mask
+
+if TYPE_CHECKING:
+    from dicom_node.networks.us_infer import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -256,15 +264,32 @@ class UsLungPipeline:
 
         self._model(pick_device(device))
 
-    def run(self, volume: Volume, device: str) -> Findings:
-        """Segment ribs / pleural line / B-lines and classify every frame; see the module docstring."""
-        from dicom_node.networks.us_infer import CLASS_NAMES, LungUsModel, pick_device
+    def segment(self, pixels: np.ndarray, device: str = "cpu") -> tuple[Prediction, np.ndarray]:
+        """The network's prediction for frames (n, rows, cols) and its label maps corrected by the anatomy:
+        one pleural line (not fascia above it nor A-lines below it), rib shadows only where the image shows
+        them (:func:`dicom_node.pipelines.us_pleura.refine_labels`).
 
-        start = time.perf_counter()
+        The lung-US gate (:func:`check_lung`, calibrated on the network's own labels) reads the
+        prediction; the findings, their masks and the pleural line reported are the corrected labels.
+        """
+        from dicom_node.networks.us_infer import LungUsModel, pick_device
+
         model = self._model(pick_device(device))
         assert isinstance(model, LungUsModel)
+        pred = model.predict(pixels)
+        sector = sector_mask(pixels)
+        labels = np.stack(
+            [refine_labels(pixels[i], pred.labels[i], pred.confidence[i], sector) for i in range(len(pixels))]
+        )
+        return pred, labels
+
+    def run(self, volume: Volume, device: str) -> Findings:
+        """Segment ribs / pleural line / B-lines and classify every frame; see the module docstring."""
+        from dicom_node.networks.us_infer import CLASS_NAMES
+
+        start = time.perf_counter()
         result = Findings(pipeline=self.name, version=self.version)
-        pred = model.predict(volume.pixels)
+        pred, labels = self.segment(volume.pixels, device)
         result.timings["inference_s"] = time.perf_counter() - start
         check = check_lung(volume, pred.labels, pred.confidence)
         if not check.plausible:
@@ -276,8 +301,8 @@ class UsLungPipeline:
         probs = pred.classes[ok].mean(axis=0)
         result.classification = {name: float(p) for name, p in zip(CLASS_NAMES, probs, strict=True)}
         result.classification["abnormal"] = float(1.0 - probs[0])
-        self._segment_findings(volume, pred.labels, pred.confidence, ok, result)
-        self._b_lines(volume, pred.labels, pred.classes, ok, result)
+        self._segment_findings(volume, labels, pred.confidence, ok, result)
+        self._b_lines(volume, labels, pred.classes, ok, result)
         top = clinical_result(result.classification) or "normal"
         p_top = result.classification["abnormal"] if top == "abnormal" else result.classification[top]
         result.conclusions.append(

@@ -68,17 +68,12 @@ class ClipResult:
 
 
 def pleura_frames(pipeline: UsLungPipeline, pixels: np.ndarray) -> np.ndarray:
-    """Per frame: does the network segment a pleural line spanning >= 20 % of the imaged width?"""
-    from dicom_node.networks.us_infer import LungUsModel, pick_device
-
-    model = pipeline._model(pick_device("cpu"))
-    assert isinstance(model, LungUsModel)
-    pred = model.predict(pixels)
+    """Per frame: does the pipeline segment a pleural line spanning >= 20 % of the imaged width?"""
+    pred, labels = pipeline.segment(pixels, "cpu")
     field = imaged_field(pixels)
     return np.array(
         [
-            bool((pred.labels[i] == PLEURA).any())
-            and pleura_geometry(pred.labels[i], pred.confidence[i], field).coverage >= 0.2
+            bool((labels[i] == PLEURA).any()) and pleura_geometry(labels[i], pred.confidence[i], field).coverage >= 0.2
             for i in range(len(pixels))
         ]
     )

@@ -4,7 +4,8 @@ With a folder holding ``labels.csv`` (the POCUS collection layout) every labelle
 against its labels and the train / check parts are summed separately. Any other folder is taken as
 unlabelled: every video, image or DICOM file in it is run and only the verdicts are printed.
 ``--png DIR`` writes one overlay per clip (the frame with the widest pleural line; red pleural line,
-blue rib and shadow, yellow B-lines) to check by eye what the network calls pleura.
+blue rib and shadow, yellow B-lines; the network's own labels beside the labels the pipeline reports)
+to check by eye what is called pleura.
 """
 
 from __future__ import annotations
@@ -30,24 +31,23 @@ _COLOURS = {1: (0.2, 0.4, 1.0), 2: (1.0, 0.15, 0.15), 3: (1.0, 0.9, 0.1)}
 
 
 def overlay_png(pipeline: UsLungPipeline, dicom: Path, out: Path) -> None:
-    """Save the frame with the most pleural-line pixels, raw beside its labels, as a PNG."""
+    """Save the frame with the most reported pleural-line pixels as a PNG of three panels: the frame, the
+    network's own labels, and the labels the pipeline reports (corrected by the anatomy)."""
     from PIL import Image
 
-    from dicom_node.networks.us_infer import LungUsModel, pick_device
-
     volume = load_us([dicom])
-    model = pipeline._model(pick_device("cpu"))
-    assert isinstance(model, LungUsModel)
-    pred = model.predict(volume.pixels)
-    key = int(np.argmax((pred.labels == 2).reshape(len(pred.labels), -1).sum(axis=1)))
+    pred, labels = pipeline.segment(volume.pixels, "cpu")
+    key = int(np.argmax((labels == 2).reshape(len(labels), -1).sum(axis=1)))
     gray = volume.pixels[key]
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    for label, colour in _COLOURS.items():
-        mask = pred.labels[key] == label
-        rgb[mask] = 0.45 * rgb[mask] + 0.55 * np.asarray(colour)
-    both = np.concatenate([np.repeat(gray[..., None], 3, axis=-1), rgb], axis=1)
+    panels = [np.repeat(gray[..., None], 3, axis=-1)]
+    for label_map in (pred.labels[key], labels[key]):
+        rgb = np.repeat(gray[..., None], 3, axis=-1)
+        for label, colour in _COLOURS.items():
+            mask = label_map == label
+            rgb[mask] = 0.45 * rgb[mask] + 0.55 * np.asarray(colour)
+        panels.append(rgb)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.clip(both, 0, 1) * 255).astype(np.uint8)).save(out)
+    Image.fromarray((np.clip(np.concatenate(panels, axis=1), 0, 1) * 255).astype(np.uint8)).save(out)
 
 
 def _unlabelled(pipeline: UsLungPipeline, folder: Path, work: Path, png_dir: Path | None) -> int:
