@@ -395,6 +395,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 TRAINABLE = {
     "ct-lung-nodule": ("dicom_node.training.ct_lung_nodule", "models/ct_lung_nodule"),
     "us-lung": ("dicom_node.training.us_lung", "models/us_lung"),
+    "pet-tumour": ("dicom_node.training.pet_tumour.command", "models/pet_tumour"),
 }
 
 
@@ -404,7 +405,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     module_name, _ = TRAINABLE[args.model]
     module = importlib.import_module(module_name)
     out = Path(args.out)  # required: training never writes into the shipped bundle unless that path is named
-    metrics = module.train(out, seed=args.seed, quick=args.quick, progress=not args.quiet)
+    extra = {"minutes": args.minutes, "resume": args.resume} if args.model == "pet-tumour" else {}
+    metrics = module.train(out, seed=args.seed, quick=args.quick, progress=not args.quiet, **extra)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 
@@ -416,7 +418,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.real is not None:
         return _evaluate_real(args, default_dir)
     module = importlib.import_module(module_name)
-    metrics = module.evaluate(Path(args.bundle or default_dir), seed=args.seed)
+    extra: dict[str, Any] = {}
+    if args.model == "pet-tumour":
+        from dicom_node.training.pet_tumour.data import parse_seed_list
+
+        extra = {"seeds": parse_seed_list(args.seeds) if args.seeds else None}
+    metrics = module.evaluate(Path(args.bundle or default_dir), seed=args.seed, **extra)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 
@@ -552,6 +559,8 @@ def _add_model_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="bundle folder to write (never the shipped one unless named)")
     p.add_argument("--quick", action="store_true", help="a tiny run, for smoke tests")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--minutes", type=float, default=25.0, help="pet-tumour: minutes of training (wall time)")
+    p.add_argument("--resume", metavar="DIR", help="pet-tumour: start from the weights of this bundle")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a model bundle on held-out synthetic data")
@@ -568,6 +577,12 @@ def _add_model_commands(sub: Any) -> None:
         "summed per split part, plus the non-lung US that must be refused",
     )
     p.add_argument("--png", metavar="DIR", help="with --real: one PNG per scan (per clip for us-lung)")
+    p.add_argument(
+        "--seeds",
+        metavar="LIST",
+        help="pet-tumour: phantom seeds to score, e.g. 5000-5002 (default the held-out 5000-5011, which alone "
+        "rewrite the bundle's metrics and card)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 

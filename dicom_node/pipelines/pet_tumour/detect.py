@@ -1,4 +1,12 @@
-"""From SUV (and CT) on the PET grid to a tumour label volume, by the network or a baseline method."""
+"""From SUV (and CT) on the PET grid to a tumour label volume, by the network or a baseline method.
+
+The network's regions go through one anatomical rule when a CT is paired: a region lying mostly outside the
+torso (the largest body outline of its axial CT slice, lungs included) is dropped. The arms lie outside it, and
+with them the injection site in the antecubital vein, the most frequent physiological call after brown fat;
+an arm that touches the torso on the CT is part of the outline, so the rule then keeps what it would have
+dropped (it errs towards calling). A second rule drops brown fat: a focus in fat on the CT whose mirror image
+across the midline also holds hot fat (:func:`without_symmetric_fat`). Without a CT no rule applies.
+"""
 
 from __future__ import annotations
 
@@ -31,11 +39,95 @@ def hysteresis(prob: np.ndarray, threshold: float, seed_threshold: float) -> np.
     return np.asarray(keep[labels])
 
 
+BODY_HU = -500.0  # CT above this is body (below: air, and the lungs, which the outline fills in)
+TORSO_SHARE = 0.5  # a region with less than this share of its voxels in the torso is dropped
+
+
+def torso_mask(ct: np.ndarray) -> np.ndarray:
+    """Per axial slice, the largest connected body outline (HU > :data:`BODY_HU`, holes filled)."""
+    out = np.zeros(ct.shape, dtype=bool)
+    for k in range(ct.shape[0]):
+        body = ndi.binary_fill_holes(ct[k] > BODY_HU)
+        labels, count = ndi.label(body)
+        if count == 0:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        out[k] = labels == 1 + int(np.argmax(sizes))
+    return out
+
+
+def inside_torso(mask: np.ndarray, ct: np.ndarray | None, torso: np.ndarray | None = None) -> np.ndarray:
+    """``mask`` without its regions that lie mostly outside the torso (unchanged without a CT); ``torso`` the
+    CT's :func:`torso_mask` when already computed."""
+    if ct is None or not mask.any():
+        return mask
+    labels, count = regions(mask)
+    if count == 0:
+        return mask
+    torso = torso_mask(ct) if torso is None else torso
+    share = ndi.mean(torso.astype(np.float32), labels, index=np.arange(1, count + 1))
+    keep = np.concatenate([[False], np.asarray(share) >= TORSO_SHARE])
+    return np.asarray(keep[labels])
+
+
+FAT_HU = (-150.0, -30.0)  # fat density on CT (brown fat is fat: about -70 HU; nodes and organs are above 0)
+HOT_SUV = 2.5
+FAT_CORE = 6  # fat-density voxels, of the 27 around the hottest one, that make a focus fat (not a lung nodule)
+MIRROR_BOX = (8, 8, 6)  # slices, rows, columns (voxels) searched around the mirror image of a focus
+
+
+def without_symmetric_fat(
+    mask: np.ndarray, suv: np.ndarray, ct: np.ndarray | None, torso: np.ndarray | None = None
+) -> np.ndarray:
+    """``mask`` without its brown fat: regions whose hottest voxel sits in fat on the CT (at least
+    :data:`FAT_CORE` of the 27 voxels around it of fat density, HU in :data:`FAT_HU`) and whose mirror image
+    across the body's midline (the torso's centre column on that slice) also holds hot fat-density uptake
+    (SUV >= :data:`HOT_SUV`), the bilateral pattern of activated brown fat. A small lung nodule, whose CT value
+    the 4 mm voxels average down into the fat range at its centre only, and a fat-density focus on one side
+    only are kept. Unchanged without a CT."""
+    if ct is None or not mask.any():
+        return mask
+    labels, count = regions(mask)
+    if count == 0:
+        return mask
+    torso = torso_mask(ct) if torso is None else torso
+    fat = (ct >= FAT_HU[0]) & (ct <= FAT_HU[1])
+    hot_fat = fat & (suv >= HOT_SUV) & torso
+    keep = np.ones(count + 1, dtype=bool)
+    keep[0] = False
+    dk, dr, dc = MIRROR_BOX
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        local = np.where(labels[sl] == i, suv[sl], -np.inf)
+        k, r, c = (int(a) + s.start for a, s in zip(np.unravel_index(np.argmax(local), local.shape), sl, strict=True))
+        core = fat[max(0, k - 1) : k + 2, max(0, r - 1) : r + 2, max(0, c - 1) : c + 2]
+        if not fat[k, r, c] or int(core.sum()) < FAT_CORE or not torso[k].any():
+            continue
+        cols = np.nonzero(torso[k].any(axis=0))[0]
+        mirror = int(cols[0] + cols[-1] - c)
+        if abs(mirror - c) < 2 * dc:
+            continue  # on the midline: no other side
+        box = hot_fat[max(0, k - dk) : k + dk + 1, max(0, r - dr) : r + dr + 1, max(0, mirror - dc) : mirror + dc + 1]
+        if box.any():
+            keep[i] = False
+    return np.asarray(keep[labels])
+
+
+def network_regions(
+    prob: np.ndarray, ct: np.ndarray | None, net: TumourNet, suv: np.ndarray | None = None
+) -> np.ndarray:
+    """The network's tumour mask from its probabilities: hysteresis at the bundle's thresholds, then (with a CT)
+    the torso rule and, given ``suv``, the symmetric brown fat rule."""
+    mask = inside_torso(hysteresis(prob, net.threshold, net.seed_threshold), ct)
+    return mask if suv is None else without_symmetric_fat(mask, suv, ct)
+
+
 def network_mask(
     net: TumourNet, suv: np.ndarray, ct: np.ndarray | None, spacing: tuple[float, float, float]
 ) -> np.ndarray:
-    """The network's tumour mask on the PET grid (the bundle's threshold and seed threshold)."""
-    return hysteresis(network_probabilities(net, suv, ct, spacing), net.threshold, net.seed_threshold)
+    """The network's tumour mask on the PET grid (the bundle's thresholds, the torso rule with a CT)."""
+    return network_regions(network_probabilities(net, suv, ct, spacing), ct, net, suv)
 
 
 def method_mask(

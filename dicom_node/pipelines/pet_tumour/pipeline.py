@@ -28,7 +28,7 @@ from dicom_node.imaging.suv import PetHeader, SuvError, suv_factors
 from dicom_node.imaging.volume import Volume
 from dicom_node.pipelines.base import register
 from dicom_node.pipelines.pet_tumour.baselines import METHODS
-from dicom_node.pipelines.pet_tumour.detect import hysteresis, lesion_labels, method_mask, network_probabilities
+from dicom_node.pipelines.pet_tumour.detect import lesion_labels, method_mask, network_probabilities, network_regions
 from dicom_node.pipelines.pet_tumour.measures import lesion_stats
 from dicom_node.pipelines.pet_tumour.model import DEFAULT_BUNDLE, TumourNet, load_net
 
@@ -120,7 +120,7 @@ class PetTumour:
         prob: np.ndarray | None = None
         if self.method == "network" and self._net is not None:
             prob = network_probabilities(self._net, volume.pixels, ct, volume.spacing)
-            mask = hysteresis(prob, self._net.threshold, self._net.seed_threshold)
+            mask = network_regions(prob, ct, self._net, volume.pixels)
         else:
             mask = method_mask(self.method, volume.pixels, ct, volume.spacing, self._net)
         labels, count = lesion_labels(mask, volume.pixels)

@@ -7,6 +7,7 @@ applies to the DICOM series), then both go to the network's 4 mm working grid.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,46 @@ from dicom_node.pipelines.pet_tumour.model import to_work_grid
 from dicom_node.synth.pet_phantom import Grid, make_pet_ct_phantom
 
 TRAIN_SEEDS = tuple(range(0, 24))
-VALIDATION_SEEDS = tuple(range(24, 31))  # never trained on: where the thresholds are chosen
+BROWN_FAT_SEEDS = (32, 33, 38, 41, 42, 43, 44, 51, 52, 53)
+"""Ten more training phantoms, the first seeds above 30 that draw brown fat (bundle 1.1.0 trained on these too)."""
+VALIDATION_SEEDS = (*range(24, 31), 61, 65, 67, 71, 73)
+"""Never trained on: where the thresholds are chosen. 24-30 hold no brown fat (it is drawn in 30% of the
+phantoms), so five phantoms that have it (61-73) are added."""
 HELDOUT_SEEDS = tuple(range(5000, 5012))  # never used in training nor in choosing anything
+
+
+def seed_ranges(seeds: Sequence[int]) -> str:
+    """``seeds`` written compactly: runs of consecutive seeds as ``a-b`` (``0-23, 32, 40-41``)."""
+    parts: list[str] = []
+    ordered = sorted({int(s) for s in seeds})
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def parse_seed_list(text: str) -> tuple[int, ...]:
+    """Seeds from ``"0-23,32,40-41"``."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        lo, _, hi = part.partition("-")
+        seeds.extend(range(int(lo), int(hi or lo) + 1))
+    return tuple(seeds)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """Training seeds from ``"0-23,32,40-41"``; refuses validation and held-out seeds (never trained on)."""
+    seeds = parse_seed_list(text)
+    reserved = sorted(set(seeds) & (set(VALIDATION_SEEDS) | set(HELDOUT_SEEDS)))
+    if reserved:
+        raise ValueError(f"seeds {reserved} are validation or held-out seeds, never trained on")
+    return seeds
+
+
 CACHE = Path(os.environ.get("DICOM_NODE_PET_CACHE", "/tmp/dicom-node-pet-cache"))
 
 

@@ -31,8 +31,10 @@ def evaluate(
     *,
     seeds: Sequence[int] = HELDOUT_SEEDS,
     progress: Callable[[str], None] = print,
+    write: bool = True,
 ) -> dict[str, Any]:
-    """Score the bundle's network and the baselines; write ``docs/metrics.json`` and ``docs/README.md``."""
+    """Score the bundle's network and the baselines; write ``docs/metrics.json`` and ``docs/README.md`` (unless
+    ``write`` is false)."""
     from dicom_node.training.ct_lung_nodule.runtime import pick_device
     from dicom_node.training.pet_tumour.card import write_card
 
@@ -66,8 +68,23 @@ def evaluate(
         "machine": f"{platform.machine()}, {device}",
         "bundle_version": net.version,
     }
+    if not write:
+        return metrics
     docs = Path(bundle) / "docs"
+    metrics["previous"] = _previous(docs / "metrics.json", net.version)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_card(Path(bundle))
     return metrics
+
+
+def _previous(path: Path, version: str) -> list[dict[str, Any]]:
+    """The network's numbers of the earlier bundle versions (kept in ``metrics.json`` for the card), newest first."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    earlier: list[dict[str, Any]] = list(old.get("previous", []))
+    if old.get("bundle_version") != version and "network" in old.get("methods", {}):
+        entry = {"version": old.get("bundle_version"), "heldout_seeds": old.get("heldout_seeds")}
+        earlier.insert(0, {**entry, "network": old["methods"]["network"]})
+    return earlier

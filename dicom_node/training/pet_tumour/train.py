@@ -2,6 +2,10 @@
 
 Batches of 64 x 64 crops of whole slices: 40% centred near a tumour, 30% on physiological uptake (SUV >= 2.5
 outside tumours: the hard negatives), the rest anywhere in the body; loss = binary cross-entropy + soft Dice.
+The hard negatives are drawn tissue by tissue (each hot tissue of the scan equally likely), so the small ones
+that are false calls in practice (brown fat, the injection site and the arm around it) are seen as often as
+the liver or the bladder, whose hot voxels outnumber theirs a hundredfold; the tumour crops likewise tumour by
+tumour (each tumour of the scan equally likely), so a 6 mm node is seen as often as a 4 cm mass.
 No left-right flips: where the heart, liver and bladder lie is part of what tells physiological uptake apart.
 The bundle is written every ``save_every`` steps, so an interrupted run leaves a usable network.
 """
@@ -18,14 +22,14 @@ from typing import Any
 import numpy as np
 
 from dicom_node.pipelines.pet_tumour.model import BUILDER, CHANNELS, CONTEXT, UNET_CHANNELS, ct_channel, suv_channel
-from dicom_node.training.pet_tumour.data import TRAIN_SEEDS, load_case
+from dicom_node.training.pet_tumour.data import TRAIN_SEEDS, load_case, seed_ranges
 
 log = logging.getLogger(__name__)
 CROP = 64
 LESION_SHARE = 0.4  # crops around a tumour
 HOT_SHARE = 0.3  # crops around physiological uptake (SUV >= HOT_SUV outside tumours); the rest anywhere in the body
 HOT_SUV = 2.5
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
 
 class _Pool:
@@ -36,15 +40,16 @@ class _Pool:
         self.ct: list[np.ndarray] = []
         self.truth: list[np.ndarray] = []
         self.body: list[np.ndarray] = []
-        self.hot: list[np.ndarray] = []
+        self.hot: list[list[np.ndarray]] = []
+        self.tumours: list[list[np.ndarray]] = []
         for seed in seeds:
             case = load_case(seed)
             self.suv.append(suv_channel(case.suv).astype(np.float16))
             self.ct.append(ct_channel(case.ct).astype(np.float16))
             self.truth.append(case.lesions > 0)
+            self.tumours.append([np.argwhere(case.lesions == i) for i in np.unique(case.lesions) if i > 0])
             self.body.append(np.argwhere(case.ct > -500)[::50])
-            hot = np.argwhere((case.suv >= HOT_SUV) & (case.lesions == 0))
-            self.hot.append(hot[:: max(1, len(hot) // 4000)] if len(hot) else self.body[-1])
+            self.hot.append(_hot_by_tissue(case.suv, case.lesions, case.organs) or [self.body[-1]])
             progress(f"case {seed}")
 
     def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,10 +59,11 @@ class _Pool:
             i = int(rng.integers(len(self.suv)))
             truth = self.truth[i]
             draw = rng.random()
-            if draw < LESION_SHARE and truth.any():
-                pts = np.argwhere(truth)
+            if draw < LESION_SHARE and self.tumours[i]:
+                pts = self.tumours[i][int(rng.integers(len(self.tumours[i])))]
             elif draw < LESION_SHARE + HOT_SHARE:
-                pts = self.hot[i]  # physiological uptake: the hard negatives
+                tissues = self.hot[i]  # physiological uptake, one tissue at a time: the hard negatives
+                pts = tissues[int(rng.integers(len(tissues)))]
             else:
                 pts = self.body[i]
             k, r, c = pts[int(rng.integers(len(pts)))]
@@ -72,6 +78,16 @@ class _Pool:
         scale = rng.uniform(0.9, 1.1, size=(batch, 1, 1, 1)).astype(np.float32)  # calibration spread
         xs[:, : 2 * CONTEXT + 1] += np.log(scale) / 3.0
         return xs, ys
+
+
+def _hot_by_tissue(suv: np.ndarray, lesions: np.ndarray, organs: np.ndarray) -> list[np.ndarray]:
+    """Voxels of SUV >= :data:`HOT_SUV` outside tumours, one array per tissue under them (at most 2000 each)."""
+    hot = (suv >= HOT_SUV) & (lesions == 0)
+    out = []
+    for organ in np.unique(organs[hot]):
+        pts = np.argwhere(hot & (organs == organ))
+        out.append(pts[:: max(1, len(pts) // 2000)])
+    return out
 
 
 def _loss(logits: Any, target: Any) -> Any:
@@ -95,8 +111,8 @@ def save_bundle(bundle: Path, net: Any, meta: dict[str, Any]) -> None:
     (bundle / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def metadata(steps: int, seconds: float, seeds: Sequence[int], batch: int) -> dict[str, Any]:
-    """The bundle's metadata (version, inputs, training record)."""
+def metadata(steps: int, seconds: float, seeds: Sequence[int], batch: int, history: str = "") -> dict[str, Any]:
+    """The bundle's metadata (version, inputs, training record; ``history`` the stages that led to it)."""
     return {
         "name": "pet_tumour",
         "version": VERSION,
@@ -110,11 +126,12 @@ def metadata(steps: int, seconds: float, seeds: Sequence[int], batch: int) -> di
         ),
         "training": {
             "data": "synthetic PET/CT phantoms (dicom_node.synth.pet_phantom)",
-            "seeds": [int(min(seeds)), int(max(seeds))],
+            "seeds": seed_ranges(seeds),
             "steps": steps,
             "batch": batch,
             "crop": CROP,
             "seconds": round(seconds, 1),
+            "history": history,
         },
     }
 
@@ -129,10 +146,12 @@ def train(
     seed: int = 0,
     lr: float = 2e-3,
     resume: str | Path | None = None,
+    note: str = "",
     progress: Callable[[str], None] = print,
 ) -> Path:
     """Train for ``minutes`` of wall time and write the bundle to ``bundle``; ``resume`` (a bundle folder)
-    starts from that bundle's weights and adds its steps and seconds to the record."""
+    starts from that bundle's weights and adds its steps, seconds and history to the record; ``note`` describes
+    this stage in the history."""
     import torch
 
     from dicom_node.networks.unet2d import build_unet2d
@@ -152,6 +171,10 @@ def train(
         net.load_state_dict(before.networks["unet"].state_dict())
         prior_steps = int(before.metadata.get("training", {}).get("steps", 0))
         prior_s = float(before.metadata.get("training", {}).get("seconds", 0.0))
+        history = str(before.metadata.get("training", {}).get("history", ""))
+    else:
+        history = ""
+    history = f"{history} {note}".strip()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     start = time.monotonic() - prior_s
     budget = minutes * 60.0 + prior_s
@@ -176,7 +199,7 @@ def train(
                 f"step {step} loss {running:.4f} lr {opt.param_groups[0]['lr']:.2e} {time.monotonic() - start:.0f}s"
             )
         if step % save_every == 0:
-            save_bundle(bundle, net.eval(), metadata(step, time.monotonic() - start, seeds, batch))
-    save_bundle(bundle, net.eval(), metadata(step, time.monotonic() - start, seeds, batch))
+            save_bundle(bundle, net.eval(), metadata(step, time.monotonic() - start, seeds, batch, history))
+    save_bundle(bundle, net.eval(), metadata(step, time.monotonic() - start, seeds, batch, history))
     progress(f"done: {step} steps in {time.monotonic() - start:.0f}s -> {bundle}")
     return bundle

@@ -1,6 +1,7 @@
 """Choosing the network's probability threshold and seed threshold on the validation seeds (never trained on,
 never the held-out test seeds): the highest mean Dice among the settings with at most 0.5 false calls per scan
-(the fewest false calls when none qualifies). Written into the bundle's ``configs/metadata.json``."""
+(the fewest false calls when none qualifies), with the torso and brown fat rules of the pipeline applied.
+Written into the bundle's ``configs/metadata.json``."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.pipelines.pet_tumour.detect import hysteresis, lesion_labels, network_probabilities
+from dicom_node.pipelines.pet_tumour.detect import (
+    hysteresis,
+    inside_torso,
+    lesion_labels,
+    network_probabilities,
+    torso_mask,
+    without_symmetric_fat,
+)
 from dicom_node.pipelines.pet_tumour.model import load_net
 from dicom_node.training.pet_tumour.data import VALIDATION_SEEDS, load_case
 from dicom_node.training.pet_tumour.metrics import score_scan
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
-SEEDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+SEEDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 MAX_FALSE_PER_SCAN = 0.5
 
 
@@ -31,7 +39,7 @@ def tune(
     cases = []
     for seed in seeds:
         case = load_case(seed)
-        cases.append((case, network_probabilities(net, case.suv, case.ct, case.spacing)))
+        cases.append((case, network_probabilities(net, case.suv, case.ct, case.spacing), torso_mask(case.ct)))
         progress(f"validation seed {seed}: probabilities ready")
     table: list[dict[str, float]] = []
     for low in THRESHOLDS:
@@ -39,8 +47,9 @@ def tune(
             if high < low:
                 continue
             scores = []
-            for case, prob in cases:
-                labels, _ = lesion_labels(hysteresis(prob, low, high), case.suv)
+            for case, prob, torso in cases:
+                mask = inside_torso(hysteresis(prob, low, high), case.ct, torso)
+                labels, _ = lesion_labels(without_symmetric_fat(mask, case.suv, case.ct, torso), case.suv)
                 scores.append(score_scan(labels, case.lesions, case.organs, case.suv))
             table.append(
                 {
