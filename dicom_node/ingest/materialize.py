@@ -340,16 +340,19 @@ class Materializer:
                         self._note_failure(retry, exc)
                         return
                     continue
+                self._note_recovery()  # before the backlog can read idle (flush() returns on that)
                 self.backlog.paid(sum(disk_bytes(rec.length) for rec in chunk))  # their files are written
                 self._supersede(chunk)
-            if self._failures:
-                log.warning("journaled instances materialized again after %d failed attempt(s)", self._failures)
-                log_event(
-                    self.writer, "materialize_recovered", f"materialized after {self._failures} failed attempt(s)"
-                )
-                self._failures = 0
+            self._note_recovery()  # every chunk went through _isolate
         finally:
             self.backlog.done(len(batch), sum(rec.length for rec in batch))
+
+    def _note_recovery(self) -> None:
+        """After failed attempts, the first success: logged and recorded as an event, once."""
+        if self._failures:
+            log.warning("journaled instances materialized again after %d failed attempt(s)", self._failures)
+            log_event(self.writer, "materialize_recovered", f"materialized after {self._failures} failed attempt(s)")
+            self._failures = 0
 
     def _note_failure(self, chunk: list[Record], exc: Exception) -> None:
         self._failures += 1
