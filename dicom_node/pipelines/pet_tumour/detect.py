@@ -1,6 +1,6 @@
 """From SUV (and CT) on the PET grid to a tumour label volume, by the network or a baseline method.
 
-The network's regions go through one anatomical rule when a CT is paired: a region lying mostly outside the
+The network's regions go through two anatomical rules when a CT is paired. A region lying mostly outside the
 torso (the largest body outline of its axial CT slice, lungs included) is dropped. The arms lie outside it, and
 with them the injection site in the antecubital vein, the most frequent physiological call after brown fat;
 an arm that touches the torso on the CT is part of the outline, so the rule then keeps what it would have
@@ -114,13 +114,23 @@ def without_symmetric_fat(
     return np.asarray(keep[labels])
 
 
+def anatomy_rules(
+    mask: np.ndarray, ct: np.ndarray | None, suv: np.ndarray | None = None, torso: np.ndarray | None = None
+) -> np.ndarray:
+    """``mask`` after the rules (with a CT): the torso rule and, given ``suv``, the symmetric brown fat rule;
+    ``torso`` the CT's :func:`torso_mask` when already computed (it is computed once for both otherwise)."""
+    if ct is not None and torso is None:
+        torso = torso_mask(ct)
+    mask = inside_torso(mask, ct, torso)
+    return mask if suv is None else without_symmetric_fat(mask, suv, ct, torso)
+
+
 def network_regions(
     prob: np.ndarray, ct: np.ndarray | None, net: TumourNet, suv: np.ndarray | None = None
 ) -> np.ndarray:
-    """The network's tumour mask from its probabilities: hysteresis at the bundle's thresholds, then (with a CT)
-    the torso rule and, given ``suv``, the symmetric brown fat rule."""
-    mask = inside_torso(hysteresis(prob, net.threshold, net.seed_threshold), ct)
-    return mask if suv is None else without_symmetric_fat(mask, suv, ct)
+    """The network's tumour mask from its probabilities: hysteresis at the bundle's thresholds, then
+    :func:`anatomy_rules`."""
+    return anatomy_rules(hysteresis(prob, net.threshold, net.seed_threshold), ct, suv)
 
 
 def network_mask(

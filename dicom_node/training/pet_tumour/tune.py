@@ -13,12 +13,11 @@ from typing import Any
 import numpy as np
 
 from dicom_node.pipelines.pet_tumour.detect import (
+    anatomy_rules,
     hysteresis,
-    inside_torso,
     lesion_labels,
     network_probabilities,
     torso_mask,
-    without_symmetric_fat,
 )
 from dicom_node.pipelines.pet_tumour.model import load_net
 from dicom_node.training.pet_tumour.data import VALIDATION_SEEDS, load_case
@@ -48,8 +47,8 @@ def tune(
                 continue
             scores = []
             for case, prob, torso in cases:
-                mask = inside_torso(hysteresis(prob, low, high), case.ct, torso)
-                labels, _ = lesion_labels(without_symmetric_fat(mask, case.suv, case.ct, torso), case.suv)
+                mask = anatomy_rules(hysteresis(prob, low, high), case.ct, case.suv, torso)
+                labels, _ = lesion_labels(mask, case.suv)
                 scores.append(score_scan(labels, case.lesions, case.organs, case.suv))
             table.append(
                 {
