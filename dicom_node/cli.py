@@ -78,7 +78,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     if config.peers:
         for peer in config.peers:
-            print(f"peer      {peer.ae_title}" + (f" from {peer.host}" if peer.host else " from any host"))
+            bound = f", TLS certificate {peer.certificate_name!r} only" if peer.certificate_name else ""
+            print(f"peer      {peer.ae_title}" + (f" from {peer.host}" if peer.host else " from any host") + bound)
     else:
         print(
             "peer      (none: "

@@ -89,10 +89,16 @@ class NodeSection(_Model):
 
 
 class Peer(_Model):
-    """A calling AE allowed to send to the node, optionally pinned to a host or IP."""
+    """A calling AE allowed to send to the node, optionally pinned to a host or IP and to a TLS certificate.
+
+    With ``certificate_name`` the AE title is accepted only over DICOM TLS from a caller whose verified
+    client certificate names it (subject common name or a DNS subject alternative name): another trusted
+    certificate cannot use this AE title, and neither can a plain association.
+    """
 
     ae_title: str
     host: str | None = None
+    certificate_name: str | None = Field(None, min_length=1)
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
 
@@ -326,6 +332,17 @@ class NodeConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _certificates(self) -> NodeConfig:
+        # A peer bound to a certificate can only call over TLS: without a listener it could never send.
+        for i, peer in enumerate(self.peers):
+            if peer.certificate_name is not None and self.tls is None:
+                raise ValueError(
+                    f"peers[{i}]: certificate_name: {peer.ae_title!r} may only call over DICOM TLS, "
+                    "and there is no [tls] section"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _references(self) -> NodeConfig:
         # Pipeline names and options are checked against the registry by dicom_node.intake.routing_check.
         names = [d.name for d in self.destinations]
@@ -410,9 +427,9 @@ def config_error(text: str, path: Path, loc: tuple[str | int, ...], msg: str, *,
 def _loc_from_message(err: Any) -> tuple[str | int, ...]:
     """Location of a pydantic error; model validators put theirs at the start of the message."""
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"function-after"})))
-    m = re.match(r"(?:Value error, )?(\w+)\[(\d+)\]: ", err["msg"])
+    m = re.match(r"(?:Value error, )?(\w+)\[(\d+)\]: (?:(\w+): )?", err["msg"])  # "table[i]: [key: ]..."
     if m:
-        loc = (*loc, m.group(1), int(m.group(2)))
+        loc = (*loc, m.group(1), int(m.group(2)), *([m.group(3)] if m.group(3) else []))
         err["msg"] = err["msg"][m.end() :]
     m = re.match(r"(?:Value error, )?(\w+)\.(\w+): ", err["msg"])  # "section.key: ..."
     if m:

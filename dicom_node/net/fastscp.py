@@ -358,8 +358,9 @@ class _Association:
     def _negotiate(self, request: ul.AssociateRequest) -> bool:
         self.calling_ae, self.called_ae = request.calling_ae, request.called_ae
         policy = self.server.policy
+        names = tls.peer_names(self.conn)
         decision = self.server._admit(
-            self, lambda others: policy.decide(request.called_ae, request.calling_ae, self.address, others)
+            self, lambda others: policy.decide(request.called_ae, request.calling_ae, self.address, others, names)
         )
         if not decision.accept:
             assert decision.reject is not None

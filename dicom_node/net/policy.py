@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from functools import lru_cache
 
-from dicom_node.config import NodeConfig
+from dicom_node.config import NodeConfig, Peer
 from dicom_node.net import ul
 
 log = logging.getLogger(__name__)
@@ -48,29 +48,50 @@ class AssociationPolicy:
         self.ae_title = config.node.ae_title
         self.max_associations = config.node.max_associations
         self.open_door = config.node.accept_unknown_callers
-        self.peers: dict[str, list[str | None]] = {}
+        self.peers: dict[str, list[Peer]] = {}
         for peer in config.peers:
-            self.peers.setdefault(peer.ae_title, []).append(peer.host)
+            self.peers.setdefault(peer.ae_title, []).append(peer)
 
-    def decide(self, called_ae: str, calling_ae: str, address: str, active: int) -> Decision:
-        """Check one request; ``active`` counts the associations already open (this one excluded)."""
+    def decide(
+        self,
+        called_ae: str,
+        calling_ae: str,
+        address: str,
+        active: int,
+        certificate_names: frozenset[str] | None = None,
+    ) -> Decision:
+        """Check one request; ``active`` counts the associations already open (this one excluded).
+
+        ``certificate_names`` are the names of the caller's verified TLS client certificate (see
+        :func:`dicom_node.net.tls.peer_names`): empty over TLS without a certificate, None on the plain port.
+        """
         called_ae, calling_ae = called_ae.strip(), calling_ae.strip()
         if called_ae != self.ae_title:
             return Decision(False, REJECT_CALLED_AE, f"called AE {called_ae!r} is not this node ({self.ae_title!r})")
-        hosts = self.peers.get(calling_ae)
-        if hosts is None and not self.open_door:
+        entries = self.peers.get(calling_ae)
+        if entries is None and not self.open_door:
             return Decision(False, REJECT_CALLING_AE, f"calling AE {calling_ae!r} is not in the peers list")
-        if hosts is not None and None not in hosts:
-            addr = _normalise(address)
-            if not any(addr in _addresses(h) for h in hosts if h is not None):
-                return Decision(
-                    False,
-                    REJECT_CALLING_AE,
-                    f"calling AE {calling_ae!r} is not allowed from address {address}",
-                )
+        if entries is not None:
+            refusal = _refusal(entries, calling_ae, _normalise(address), certificate_names)
+            if refusal:
+                return Decision(False, REJECT_CALLING_AE, refusal)
         if active >= self.max_associations:
             return Decision(False, REJECT_BUSY, f"{active} associations open, the maximum is {self.max_associations}")
         return Decision(True)
+
+
+def _refusal(entries: list[Peer], calling_ae: str, address: str, names: frozenset[str] | None) -> str:
+    """Why no peer entry of ``calling_ae`` admits this caller ("" when one does)."""
+    from_host = [p for p in entries if p.host is None or address in _addresses(p.host)]
+    if not from_host:
+        return f"calling AE {calling_ae!r} is not allowed from address {address}"
+    if any(p.certificate_name is None or (names is not None and p.certificate_name in names) for p in from_host):
+        return ""
+    wanted = ", ".join(sorted(repr(p.certificate_name) for p in from_host))
+    if names is None:
+        return f"calling AE {calling_ae!r} must call over DICOM TLS with the certificate {wanted}"
+    shown = ", ".join(sorted(repr(n) for n in names)) or "none"
+    return f"calling AE {calling_ae!r} needs the certificate {wanted}; the caller's certificate names {shown}"
 
 
 def _normalise(address: str) -> str:

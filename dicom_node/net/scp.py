@@ -191,8 +191,10 @@ class Receiver:
         primitive = assoc.requestor.primitive
         address = str(assoc.requestor.address)
         policy = self.policy
+        names = tls.peer_names(assoc.dul.socket.socket if assoc.dul.socket is not None else None)
         decision = self.admission.admit(
-            assoc, lambda active: policy.decide(primitive.called_ae_title, primitive.calling_ae_title, address, active)
+            assoc,
+            lambda active: policy.decide(primitive.called_ae_title, primitive.calling_ae_title, address, active, names),
         )
         if decision.accept:
             return

@@ -201,6 +201,18 @@ def refusal_reason(exc: BaseException) -> str:
     return f"{hint or 'TLS handshake failed'}: {reason}{detail}"
 
 
+def peer_names(conn: Any) -> frozenset[str] | None:
+    """The names of a TLS caller's verified client certificate: subject common name(s) and DNS subject
+    alternative names. Empty over TLS without a certificate; None for a plain connection."""
+    getpeercert = getattr(conn, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    cert = getpeercert() or {}
+    names = {str(value) for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"}
+    names.update(str(value) for kind, value in cert.get("subjectAltName", ()) if kind == "DNS")
+    return frozenset(names)
+
+
 def peer_identity(conn: Any) -> str:
     """The subject common name of a TLS peer's verified certificate, or ``""`` (plain, or none sent)."""
     getpeercert = getattr(conn, "getpeercert", None)

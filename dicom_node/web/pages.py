@@ -281,7 +281,10 @@ def _config_page(ctx: WebContext, request: Request, session: Session) -> str:
         }
         for d in config.destinations
     ]
-    peers = [{"ae_title": p.ae_title, "host": p.host or "(any host)"} for p in config.peers]
+    peers = [
+        {"ae_title": p.ae_title, "host": p.host or "(any host)", "certificate": p.certificate_name or "(any)"}
+        for p in config.peers
+    ]
 
     def echo(row: dict[str, Any]) -> str:
         return button(f"/ui/destinations/{quote(row['name'])}/echo", "Echo", session.csrf, "/config")
@@ -298,7 +301,7 @@ def _config_page(ctx: WebContext, request: Request, session: Session) -> str:
         + "<h2>Destinations</h2>"
         + table(dests, ["name", "ae_title", "address", "outputs", "retry_for_hours"], echo)
         + "<h2>Peers (calling AEs allowed)</h2>"
-        + (table(peers, ["ae_title", "host"]) if peers or not config.node.accept_unknown_callers else "")
+        + (table(peers, ["ae_title", "host", "certificate"]) if peers or not config.node.accept_unknown_callers else "")
         + ("<p>any calling AE is accepted</p>" if config.node.accept_unknown_callers else "")
     )
 

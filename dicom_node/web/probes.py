@@ -119,6 +119,7 @@ REJECTION_REASONS = (  # the association policy's refusal messages, as metric la
     ("is not this node", "rejected: called AE"),
     ("is not in the peers list", "rejected: unknown calling AE"),
     ("is not allowed from address", "rejected: calling AE from a wrong host"),
+    ("certificate", "rejected: calling AE without its TLS certificate"),
     ("associations open", "rejected: busy"),
 )
 

@@ -54,9 +54,11 @@ ca_certificates = "{pki.ca}"
 class Running:
     """A receiver with ``[tls]`` in this process, over SQLite."""
 
-    def __init__(self, tmp_path: Path, pki: Pki, receiver: str, *, port: int | None = None, node: str = "") -> None:
+    def __init__(
+        self, tmp_path: Path, pki: Pki, receiver: str, *, port: int | None = None, node: str = "", extra: str = ""
+    ) -> None:
         text = node_config_text(tmp_path / "storage", port=port, extra_node=f'receiver = "{receiver}"\n{node}')
-        self.config = parse_config(text + tls_section(pki))
+        self.config = parse_config(text + tls_section(pki) + extra)
         self.engine = connect(self.config.node.database_url())
         self.receiver = make_receiver(self.config, self.engine, Store(self.config.node.storage))
         self.receiver.start()
@@ -124,6 +126,41 @@ def test_refused_clients_are_logged_and_the_node_keeps_serving(node: Running, pk
     sent = dcmtk("storescu", node.tls_port, *trusted(pki), files=ct_files[:1])
     assert sent.returncode == 0, sent.stderr
     assert node.count() == 1
+
+
+BOUND_PEERS = """
+[[peers]]
+ae_title = "BOUNDSCU"
+certificate_name = "STORESCU"
+[[peers]]
+ae_title = "SANSCU"
+certificate_name = "modality-b.example.org"
+"""
+
+
+@pytest.mark.parametrize("receiver", ["native", "pynetdicom"])
+def test_an_ae_title_bound_to_a_certificate_is_refused_to_any_other_caller(
+    tmp_path: Path, pki: Pki, ct_files: list[Path], receiver: str
+) -> None:
+    node = Running(tmp_path, pki, receiver, extra=BOUND_PEERS)
+    try:
+        other = ("+tls", pki.other_key, pki.other_cert, "+cf", pki.ca)
+        assert dcmtk("storescu", node.tls_port, *trusted(pki), aet="BOUNDSCU", files=ct_files[:1]).returncode == 0
+        assert dcmtk("storescu", node.tls_port, *other, aet="SANSCU", files=ct_files[1:2]).returncode == 0
+        # Another trusted certificate, and the plain port, cannot use the bound AE titles.
+        assert dcmtk("storescu", node.tls_port, *other, aet="BOUNDSCU", files=ct_files[2:3]).returncode != 0
+        assert dcmtk("storescu", node.tls_port, *trusted(pki), aet="SANSCU", files=ct_files[2:3]).returncode != 0
+        assert dcmtk("storescu", node.port, aet="BOUNDSCU", files=ct_files[2:3]).returncode != 0
+        assert node.count() == 2
+        refused = wait_for(lambda: (r := node.events("association_rejected")) and len(r) >= 3 and r, 10, what="3")
+        text = "\n".join(refused) if isinstance(refused, list) else ""
+        assert "needs the certificate 'STORESCU'; the caller's certificate names 'modality-b'" in text, text
+        assert "must call over DICOM TLS with the certificate 'STORESCU'" in text, text
+        # Unbound peers keep working on both ports.
+        assert dcmtk("echoscu", node.port, aet="ECHOSCU").returncode == 0
+        assert dcmtk("echoscu", node.tls_port, *other, aet="ECHOSCU").returncode == 0
+    finally:
+        node.stop()
 
 
 def test_tls_1_1_is_refused(node: Running, pki: Pki) -> None:

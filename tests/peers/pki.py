@@ -1,7 +1,8 @@
 """A throwaway certificate authority for TLS tests, made with the ``openssl`` command line.
 
 :func:`make_pki` writes, into one folder: a CA, a server certificate for ``localhost`` / ``127.0.0.1``
-signed by it, a client certificate signed by it, and a second ("rogue") CA with a client certificate
+signed by it, two client certificates signed by it (``STORESCU``; ``modality-b`` with the DNS name
+``modality-b.example.org``), and a second ("rogue") CA with a client certificate
 of its own, which the node must not trust. Keys are unencrypted PEM (RSA 2048), as the node needs them.
 """
 
@@ -24,6 +25,8 @@ class Pki:
     server_key: Path
     client_cert: Path
     client_key: Path
+    other_cert: Path
+    other_key: Path
     rogue_ca: Path
     rogue_cert: Path
     rogue_key: Path
@@ -57,6 +60,7 @@ def make_pki(folder: Path) -> Pki:
     ca = _ca(folder, "test-ca")
     server = _leaf(folder, "node-server", ca, "serverAuth", "DNS:localhost,IP:127.0.0.1")
     client = _leaf(folder, "STORESCU", ca, "clientAuth")
+    other = _leaf(folder, "modality-b", ca, "clientAuth", "DNS:modality-b.example.org")
     rogue_ca = _ca(folder, "rogue-ca")
     rogue = _leaf(folder, "ROGUE", rogue_ca, "clientAuth")
-    return Pki(ca[0], *server, *client, rogue_ca[0], *rogue)
+    return Pki(ca[0], *server, *client, *other, rogue_ca[0], *rogue)
