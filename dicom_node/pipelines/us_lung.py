@@ -9,7 +9,8 @@ part in that gate: a lung clip whose pattern it is unsure of is analysed, and it
 look like lung, the result is ``not_applicable`` with the reasons, and no findings are invented.
 The pleural line and rib shadows reported are the network's labels corrected by the anatomy
 (:mod:`dicom_node.pipelines.us_pleura`: one pleural line where the rib shadows begin, not fascia above
-it nor A-lines below it; no rib label on the sector's dark edges); the gate reads the network's own.
+it nor A-lines below it; no rib label on the sector's dark edges; rib shadows the network missed added along
+the probe's beams, :mod:`dicom_node.pipelines.us_ribs`); the gate reads the network's own.
 """
 
 from __future__ import annotations
@@ -148,6 +149,50 @@ def pleura_geometry(labels: np.ndarray, confidence: np.ndarray, field: np.ndarra
     conf = float(confidence[mask].mean())
     span = field_span(field, int(np.median(centre)))
     return PleuraGeometry(cols.astype(float), centre.astype(float), min(1.0, cols.size / max(span, 1)), conf)
+
+
+MIN_RIB_SHARE = 0.002
+"""A rib region smaller than this share of the frame's pixels is not counted as a rib (a speck of rib label)."""
+
+
+def rib_finding(
+    labels: np.ndarray, network_labels: np.ndarray, confidence: np.ndarray, ok: np.ndarray
+) -> tuple[Finding, str] | None:
+    """The rib finding of a cine (ribs with their acoustic shadows, as anatomy) and a sentence about it.
+
+    ``labels`` are the anatomy-corrected labels (rib shadows the network missed added along the probe's
+    beams, :mod:`dicom_node.pipelines.us_ribs`), ``network_labels`` the network's own. The count is the
+    number of rib regions of at least :data:`MIN_RIB_SHARE` of the frame in the frame with the most rib
+    pixels; the score is the network's confidence on the rib pixels it labelled rib itself, pixels added
+    by the anatomy counting 0 (the network gave another label there), so it never claims more than the
+    network said. ``None`` when no frame that looks like lung has a rib region that large.
+    """
+    rib = (labels == RIB) & ok[:, None, None]
+    if not rib.any():
+        return None
+    key = int(np.argmax(rib.reshape(len(rib), -1).sum(axis=1)))
+    comps, n = ndimage.label(rib[key])
+    sizes = np.asarray(ndimage.sum(rib[key], comps, np.arange(1, n + 1)))
+    big = np.flatnonzero(sizes >= MIN_RIB_SHARE * rib[key].size) + 1
+    if big.size == 0:
+        return None
+    by_network = sum(bool((network_labels[key][comps == k] == RIB).any()) for k in big)
+    own = rib & (network_labels == RIB)
+    score = float(np.where(own, confidence, 0.0)[rib].mean())
+    finding = Finding(
+        category=Category.RIB,
+        mask=rib,
+        label="rib with acoustic shadow",
+        measurements=[Measurement(Quantity.COUNT, float(big.size))],
+        score=score,
+        key_slice=key,
+    )
+    text = (
+        f"Ribs with acoustic shadow (anatomy, not a finding): {big.size} in the frame with the most rib pixels "
+        f"({len(big) - by_network} of them found along the probe's beams below an interrupted pleural line, "
+        "not labelled by the network)."
+    )
+    return finding, text
 
 
 @dataclass
@@ -301,7 +346,7 @@ class UsLungPipeline:
         probs = pred.classes[ok].mean(axis=0)
         result.classification = {name: float(p) for name, p in zip(CLASS_NAMES, probs, strict=True)}
         result.classification["abnormal"] = float(1.0 - probs[0])
-        self._segment_findings(volume, labels, pred.confidence, ok, result)
+        self._segment_findings(volume, labels, pred.labels, pred.confidence, ok, result)
         self._b_lines(volume, labels, pred.classes, ok, result)
         top = clinical_result(result.classification) or "normal"
         p_top = result.classification["abnormal"] if top == "abnormal" else result.classification[top]
@@ -320,24 +365,20 @@ class UsLungPipeline:
         return result
 
     def _segment_findings(
-        self, volume: Volume, labels: np.ndarray, confidence: np.ndarray, ok: np.ndarray, result: Findings
+        self,
+        volume: Volume,
+        labels: np.ndarray,
+        network_labels: np.ndarray,
+        confidence: np.ndarray,
+        ok: np.ndarray,
+        result: Findings,
     ) -> None:
         frames_ok = ok[:, None, None]
-        rib = (labels == RIB) & frames_ok
         pleura = (labels == PLEURA) & frames_ok
-        if rib.any():
-            key = int(np.argmax(rib.reshape(len(rib), -1).sum(axis=1)))
-            ribs_in_key = int(ndimage.label(rib[key])[1])
-            result.findings.append(
-                Finding(
-                    category=Category.RIB,
-                    mask=rib,
-                    label="rib with acoustic shadow",
-                    measurements=[Measurement(Quantity.COUNT, float(ribs_in_key))],
-                    score=float(confidence[rib].mean()),
-                    key_slice=key,
-                )
-            )
+        rib = rib_finding(labels, network_labels, confidence, ok)
+        if rib is not None:
+            result.findings.append(rib[0])
+            result.conclusions.append(rib[1])
         if not pleura.any():
             result.conclusions.append("No pleural line segmented.")
             return
@@ -395,10 +436,18 @@ class UsLungPipeline:
         def frame_no(i: int) -> int:
             return numbers[i]
 
-        result.conclusions.append(
-            f"B-lines: at most {most} in one frame (frame {frame_no(worst)}); "
-            f"most abnormal-looking frame: {frame_no(worst_abnormal)}."
-        )
+        if most == 0 and clinical_result(result.classification or {}) == "b_lines":
+            # The classifier reads the pattern of whole frames; the count needs single lines traced from the
+            # pleura downwards, which confluent or faint B-lines ("white lung") do not give.
+            result.conclusions.append(
+                "B-lines: a B-line pattern by the frame classifier, but no single B-line traced to count "
+                f"(confluent or faint lines are not counted); most abnormal-looking frame: {frame_no(worst_abnormal)}."
+            )
+        else:
+            result.conclusions.append(
+                f"B-lines: at most {most} in one frame (frame {frame_no(worst)}); "
+                f"most abnormal-looking frame: {frame_no(worst_abnormal)}."
+            )
         if len(ok) > 1:
             shown = [f"{frame_no(i)}:{c}" for i, c in enumerate(counts) if ok[i]][:60]
             result.conclusions.append("B-lines per frame (frame:count): " + ", ".join(shown) + ".")

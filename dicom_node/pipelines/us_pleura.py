@@ -21,9 +21,10 @@ This module chooses among the network's lines the way the sonographer does:
 
 :func:`refine_labels` then keeps only that line as the pleural line, follows its ridge into columns
 the network missed (:func:`follow_ridge`), and drops network rib regions that are not shadows
-(:func:`refine_ribs`: outside the sector, dim chest wall above them, or a dark area deep in the lung).
-The weights were set on the hand-checked depths of TRAIN-part frames
-(``dicom_node/training/us_pleura_refs.csv``, ``us_rib_refs.csv``), never on the check part.
+(:func:`refine_ribs`: outside the sector, dim chest wall above them, or a dark area deep in the lung),
+and adds the rib shadows the network missed, found along the probe's beams below the interrupted line
+(:func:`dicom_node.pipelines.us_ribs.add_rib_shadows`). The weights were set on the hand-checked depths of
+TRAIN-part frames (``dicom_node/training/us_pleura_refs.csv``, ``us_rib_refs.csv``), never on the check part.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from dicom_node.pipelines.us_ribs import add_rib_shadows, apex_of
 
 WORK = 128
 """Rows (and columns) of the working image."""
@@ -354,7 +357,8 @@ def locate_pleura(
 
 
 def refine_labels(frame: np.ndarray, labels: np.ndarray, confidence: np.ndarray, field: np.ndarray) -> np.ndarray:
-    """The network's label map of one frame with only the located pleural line (see the module docstring).
+    """The network's label map of one frame with only the located pleural line, its rib labels checked and the
+    rib shadows it missed added (see the module docstring); ``field`` is the cine's sector (:func:`sector_mask`).
 
     Frames where the network found no pleural line are returned as they are (the lung-US gate decides).
     """
@@ -371,7 +375,8 @@ def refine_labels(frame: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
     half = max(1, round(0.01 * rows))
     draw = (np.abs(offset) <= half) & line.followed[None, :] & field & (out != B_LINE)
     out[draw] = PLEURA
-    return refine_ribs(out, labels == RIB, line, field, frame)
+    out = refine_ribs(out, labels == RIB, line, field, frame)
+    return add_rib_shadows(out, frame, field, line.rows, apex_of(field))
 
 
 def refine_ribs(out: np.ndarray, rib: np.ndarray, line: PleuraLine, field: np.ndarray, frame: np.ndarray) -> np.ndarray:

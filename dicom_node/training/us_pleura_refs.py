@@ -8,7 +8,8 @@ pipeline reports (:func:`dicom_node.pipelines.us_lung.pleura_geometry`) at the r
 fraction of the depth: median |error| and the fraction of frames within 5 % of the depth. A frame
 whose reported line does not reach within 10 % of the width of the reference column counts as an
 error of 1.0 (missed). Rib shadows likewise against ``us_rib_refs.csv`` (:func:`rib_agreement`: hand
-shadows covered by the rib label, and the share of rib-labelled columns outside every hand shadow).
+shadows covered by the rib label, and the share of rib-labelled columns outside every hand shadow, over all
+reference frames and over those with a shadow; frames marked without a shadow count whole when labelled).
 ``--synthetic`` adds the synthetic Dice with and without the correction
 (:func:`synthetic_dice`: the correction must not cost the synthetic skills).
 """
@@ -162,6 +163,9 @@ def measure(bundle: Path = DEFAULT_BUNDLE, dicom_dir: Path | None = None) -> dic
             "shadows_hit": sum(h for h, _, _ in v),
             "shadows": sum(n for _, n, _ in v),
             "false_rib_column_share": float(np.mean([f for _, _, f in v])) if v else float("nan"),
+            "false_rib_column_share_with_shadows": _mean([f for _, n, f in v if n]),
+            "frames_without_shadow_with_rib_label": sum(bool(f > 0) for _, n, f in v if not n),
+            "frames_without_shadow": sum(not n for _, n, _ in v),
         }
         for k, v in ribs.items()
     }
@@ -170,6 +174,10 @@ def measure(bundle: Path = DEFAULT_BUNDLE, dicom_dir: Path | None = None) -> dic
         "summary": {k: summary(v) for k, v in errors.items()},
         "ribs": rib_summary,
     }
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
 
 
 def summary(errors: list[float]) -> dict[str, float]:

@@ -7,7 +7,8 @@ network's input size:
    shipped network's lines (rib-shadow anchors in the sector, texture below, A-line copies rejected).
 2. A convex probe's beams, and so its rib shadows, are radial from the probe's apex: the apex is where
    the straight left and right edges of the imaged sector meet (:func:`apex_of`, fitted on the
-   cine's sector, :func:`dicom_node.pipelines.us_pleura.sector_mask`); a linear probe (vertical edges)
+   cine's sector, :func:`dicom_node.pipelines.us_pleura.sector_mask`; both now in
+   :mod:`dicom_node.pipelines.us_ribs`); a linear probe (vertical edges)
    has parallel beams, one per column.
 3. The sector below the pleura is split into beams (angle bins about the apex, or columns); a beam is a
    rib shadow when its field below the pleura is dark compared with lit beams on BOTH sides, already
@@ -27,6 +28,8 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_node.pipelines.us_pleura import PleuraLine, locate_pleura
+from dicom_node.pipelines.us_ribs import apex_of as apex_of  # re-exported for us_rib_adapt
+from dicom_node.pipelines.us_ribs import beam_map as beam_map
 from dicom_node.training.us_pseudo import BACKGROUND, IGNORE, PLEURA, RIB
 
 SHADOW_RATIO = 0.62
@@ -35,52 +38,6 @@ LIT_RATIO = 0.8
 """A lit beam's mean below the line is at least this fraction of its neighbourhood's brightest beams."""
 RUN = (0.03, 0.25)
 """A shadow's width as a fraction of the sector's beams."""
-
-
-def apex_of(sector: np.ndarray) -> tuple[float, float] | None:
-    """(row, col) of the point the sector's straight side edges meet (above the image), or ``None`` when the
-    edges are about vertical (a linear probe) or cannot be fitted."""
-    rows, cols = sector.shape
-    has = np.asarray(sector.any(axis=1), dtype=bool)
-    r = np.flatnonzero(has)
-    if r.size < 0.3 * rows:
-        return None
-    first = np.argmax(sector, axis=1).astype(float)
-    last = (cols - 1 - np.argmax(sector[:, ::-1], axis=1)).astype(float)
-    lo, hi = r[0] + int(0.1 * r.size), r[0] + int(0.6 * r.size)
-    fits: list[tuple[float, float] | None] = []
-    for edge, border in ((first, 0.0), (last, cols - 1.0)):
-        rr = np.arange(lo, hi)
-        keep = has[rr] & (np.abs(edge[rr] - border) > 1.5)
-        if keep.sum() < 0.5 * rr.size:
-            fits.append(None)
-            continue
-        slope, icpt = np.polyfit(rr[keep], edge[rr][keep], 1)
-        fits.append((float(slope), float(icpt)))
-    left, right = fits
-    if left is None or right is None:
-        return None
-    if left[0] > -0.15 or right[0] < 0.15:  # edges not spreading: linear probe (or a cropped sector)
-        return None
-    row = (right[1] - left[1]) / (left[0] - right[0])
-    col = left[0] * row + left[1]
-    if row > 0.2 * rows or row < -3.0 * rows:
-        return None
-    return float(row), float(col)
-
-
-def beam_map(sector: np.ndarray, apex: tuple[float, float] | None, n_beams: int) -> np.ndarray:
-    """Beam index (0..n_beams-1) of every pixel of the sector (-1 outside): angle bins about ``apex``, or columns."""
-    rows, cols = sector.shape
-    rr, cc = np.indices((rows, cols), dtype=float)
-    if apex is None:
-        angle = cc
-    else:
-        angle = np.arctan2(cc - apex[1], rr - apex[0])
-    inside = angle[sector]
-    lo, hi = float(inside.min()), float(inside.max())
-    beams = np.floor((angle - lo) / max(hi - lo, 1e-9) * n_beams).astype(int).clip(0, n_beams - 1)
-    return np.where(sector, beams, -1)
 
 
 def _beam_means(image: np.ndarray, beams: np.ndarray, mask: np.ndarray, n: int, least: int = 4) -> np.ndarray:

@@ -14,7 +14,14 @@ from dicom_node.outputs.codes import clinical_result_code
 from dicom_node.synth.us_lung import generate
 from dicom_node.training.us_adapt import NO_LABEL, clip_targets
 from dicom_node.training.us_pseudo import IGNORE, PLEURA, pseudo_label
-from dicom_node.training.us_real_data import REAL_LUNG_US, SPLIT_FILE, clip_dataset, clip_frames, read_clips
+from dicom_node.training.us_real_data import (
+    REAL_LUNG_US,
+    SPLIT_FILE,
+    clip_dataset,
+    clip_frames,
+    read_clips,
+    write_clip,
+)
 from dicom_node.training.us_real_eval import ClipResult, summarise
 
 HAVE_REAL = (REAL_LUNG_US / "labels.csv").is_file()
@@ -193,6 +200,25 @@ def test_a_textbook_normal_check_clip_is_analysed_with_a_pleural_line(tmp_path: 
     assert result.analysed, result.reason
     assert result.pleura_fraction >= 0.9
     assert result.abnormal_pred is False and result.b_lines_pred is False
+
+
+@pytest.mark.slow  # decodes a clip and runs the pipeline (a few seconds)
+def test_a_b_line_pattern_without_a_countable_line_is_not_reported_as_zero_b_lines(tmp_path: Path) -> None:
+    pytest.importorskip("av", reason="PyAV (the real-us extra) decodes the clips")
+    from dicom_node.findings import Category
+    from dicom_node.outputs.codes import clinical_result
+    from dicom_node.pipelines.us_lung import UsLungPipeline
+
+    clip = next(c for c in read_clips() if c.name == "Vir_whitelung_h1n1.mp4")  # diffuse white lung
+    assert clip.findings["b_lines"] == 1
+    result = UsLungPipeline().run(load_us([write_clip(clip, tmp_path, 16)]), "cpu")
+    assert result.not_applicable is None and clinical_result(result.classification or {}) == "b_lines"
+    text = " ".join(result.conclusions)
+    counted = [f for f in result.findings if f.category == Category.B_LINE]
+    if not counted:  # the classifier's pattern, no single line traced: say so, never "at most 0"
+        assert "no single B-line traced to count" in text and "at most 0" not in text, text
+    else:
+        assert f"at most {int(counted[0].measurements[0].value)} in one frame" in text, text
 
 
 def test_a_wrapped_clip_carries_the_type_2_attributes_the_encoders_copy(tmp_path: Path) -> None:
