@@ -139,14 +139,15 @@ def beam_map(sector: np.ndarray, apex: tuple[float, float] | None, n_beams: int)
     return np.where(sector, beams, -1)
 
 
-def _beam_means(image: np.ndarray, beams: np.ndarray, mask: np.ndarray, n: int, least: int = 4) -> np.ndarray:
+def beam_means(image: np.ndarray, beams: np.ndarray, mask: np.ndarray, n: int, least: int = 4) -> np.ndarray:
+    """Per beam: the mean of ``image`` over the beam's pixels in ``mask`` (nan with fewer than ``least``)."""
     sel = mask & (beams >= 0)
     count = np.bincount(beams[sel], minlength=n)
     total = np.bincount(beams[sel], weights=image[sel], minlength=n)
     return np.where(count >= least, total / np.maximum(count, 1), np.nan)
 
 
-def _side_max(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+def side_max(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Per beam: the brightest value within ``width`` beams on the left and on the right (-1 where none)."""
     v = np.where(np.isfinite(values), values, -1.0)
     n = len(v)
@@ -169,17 +170,17 @@ def shadow_beams(
     offset = np.arange(rows)[:, None] - line_rows[None, :]
 
     def band(lo: float, hi: float) -> np.ndarray:
-        return _beam_means(image, beams, (offset >= lo * rows) & (offset <= hi * rows), n)
+        return beam_means(image, beams, (offset >= lo * rows) & (offset <= hi * rows), n)
 
     below, near, above = band(*BELOW), band(*NEAR), band(*ABOVE)
     if comet is not None and comet.any():
-        share = _beam_means(comet.astype(np.float32), beams, (offset >= BELOW[0] * rows), n)
+        share = beam_means(comet.astype(np.float32), beams, (offset >= BELOW[0] * rows), n)
         guard = np.asarray(ndimage.binary_dilation(np.nan_to_num(share) > 0.05, np.ones(2 * int(COMET_GUARD * n) + 1)))
         below, near = np.where(guard, np.nan, below), np.where(guard, np.nan, near)
     width = max(3, int(SIDE * n))
-    left, right = _side_max(below, width)
+    left, right = side_max(below, width)
     lit_side = np.minimum(left, right)
-    near_left, near_right = _side_max(near, width)
+    near_left, near_right = side_max(near, width)
     dark = np.isfinite(below) & (lit_side >= MIN_LIT)
     shadow = (
         dark

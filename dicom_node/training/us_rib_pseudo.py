@@ -30,6 +30,7 @@ from scipy import ndimage
 from dicom_node.pipelines.us_pleura import PleuraLine, locate_pleura
 from dicom_node.pipelines.us_ribs import apex_of as apex_of  # re-exported for us_rib_adapt
 from dicom_node.pipelines.us_ribs import beam_map as beam_map
+from dicom_node.pipelines.us_ribs import beam_means, side_max
 from dicom_node.training.us_pseudo import BACKGROUND, IGNORE, PLEURA, RIB
 
 SHADOW_RATIO = 0.62
@@ -40,21 +41,6 @@ RUN = (0.03, 0.25)
 """A shadow's width as a fraction of the sector's beams."""
 
 
-def _beam_means(image: np.ndarray, beams: np.ndarray, mask: np.ndarray, n: int, least: int = 4) -> np.ndarray:
-    sel = mask & (beams >= 0)
-    count = np.bincount(beams[sel], minlength=n)
-    total = np.bincount(beams[sel], weights=image[sel], minlength=n)
-    return np.where(count >= least, total / np.maximum(count, 1), np.nan)
-
-
-def _side_max(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    n = len(values)
-    v = np.where(np.isfinite(values), values, -1.0)
-    left = np.array([v[max(0, i - width) : i].max() if i > 0 else -1.0 for i in range(n)])
-    right = np.array([v[i + 1 : i + 1 + width].max() if i < n - 1 else -1.0 for i in range(n)])
-    return left, right
-
-
 def beam_classes(
     image: np.ndarray, sector: np.ndarray, line_rows: np.ndarray, beams: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -62,15 +48,15 @@ def beam_classes(
     rows = image.shape[0]
     r = np.arange(rows)[:, None]
     offset = r - line_rows[None, :]
-    below = _beam_means(image, beams, (offset >= 0.03 * rows) & (offset <= 0.3 * rows), n)
-    near = _beam_means(image, beams, (offset >= 0.02 * rows) & (offset <= 0.08 * rows), n)
-    above = _beam_means(image, beams, (offset >= -0.12 * rows) & (offset <= -0.03 * rows), n)
+    below = beam_means(image, beams, (offset >= 0.03 * rows) & (offset <= 0.3 * rows), n)
+    near = beam_means(image, beams, (offset >= 0.02 * rows) & (offset <= 0.08 * rows), n)
+    above = beam_means(image, beams, (offset >= -0.12 * rows) & (offset <= -0.03 * rows), n)
     width = max(3, int(0.2 * n))
-    left, right = _side_max(below, width)
+    left, right = side_max(below, width)
     lit_side = np.minimum(left, right)
     b = np.nan_to_num(below, nan=1.0)
     shadow = np.isfinite(below) & (b < SHADOW_RATIO * lit_side) & (lit_side > 0.05)
-    nl, nr = _side_max(near, width)
+    nl, nr = side_max(near, width)
     near_dark = np.nan_to_num(near, nan=1.0) < 0.75 * np.minimum(nl, nr)
     wall_lit = ~np.isfinite(above) | (np.nan_to_num(above, nan=0.0) >= 1.1 * np.nan_to_num(near, nan=1.0))
     shadow = np.asarray(ndimage.binary_opening(shadow & near_dark & wall_lit, np.ones(2)))
