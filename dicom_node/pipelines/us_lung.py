@@ -10,7 +10,9 @@ look like lung, the result is ``not_applicable`` with the reasons, and no findin
 The pleural line and rib shadows reported are the network's labels corrected by the anatomy
 (:mod:`dicom_node.pipelines.us_pleura`: one pleural line where the rib shadows begin, not fascia above
 it nor A-lines below it; no rib label on the sector's dark edges; rib shadows the network missed added along
-the probe's beams, :mod:`dicom_node.pipelines.us_ribs`); the gate reads the network's own.
+the probe's beams, :mod:`dicom_node.pipelines.us_ribs`); the gate reads the network's own, except that
+the reported pleural line at a plausible depth clears the depth check (the network may take the skin line
+for the pleura).
 """
 
 from __future__ import annotations
@@ -214,12 +216,17 @@ def wall_echo(frame: np.ndarray, geo: PleuraGeometry) -> float:
     return float(np.median(above)) if above.size else 0.0
 
 
-def check_lung(volume: Volume, labels: np.ndarray, confidence: np.ndarray) -> Plausibility:
+def check_lung(
+    volume: Volume, labels: np.ndarray, confidence: np.ndarray, reported: np.ndarray | None = None
+) -> Plausibility:
     """Frame-wise plausibility; the volume is lung-like when at least half of its frames are.
 
     Only the image and the segmentation decide (pleural line, its depth and shape, ribs and pleura
     across the width, a chest wall above the line); the frame classifier does not: a lung whose
     pattern the classifier is unsure of is still lung, and is reported with an uncertain type.
+    ``labels`` are the network's (the checks are calibrated on them); ``reported``, the corrected labels
+    the findings come from, may clear the depth check when the network took the skin line for the pleura
+    but the reported pleural line lies at a plausible depth.
     """
     n = labels.shape[0]
     field = imaged_field(volume.pixels)
@@ -227,12 +234,20 @@ def check_lung(volume: Volume, labels: np.ndarray, confidence: np.ndarray) -> Pl
     tally: dict[str, int] = {}
     for i in range(n):
         why = _frame_reasons(volume, i, labels[i], confidence[i], field)
+        if reported is not None and _plausible_depth(reported[i]):
+            why = [reason for reason in why if not reason.endswith("of the depth")]
         oks.append(not why)
         for reason in why:
             tally[reason] = tally.get(reason, 0) + 1
     plausible = sum(oks) >= max(1, math.ceil(n / 2))
     reasons = [f"{reason} ({count}/{n} frames)" for reason, count in sorted(tally.items(), key=lambda kv: -kv[1])]
     return Plausibility(plausible, reasons, oks)
+
+
+def _plausible_depth(labels: np.ndarray) -> bool:
+    """Does the pleural line of a label map lie within :data:`DEPTH_RANGE` of the depth?"""
+    rows = np.nonzero(labels == PLEURA)[0]
+    return bool(rows.size) and DEPTH_RANGE[0] <= float(np.median(rows)) / labels.shape[0] <= DEPTH_RANGE[1]
 
 
 def _frame_reasons(
@@ -336,7 +351,7 @@ class UsLungPipeline:
         result = Findings(pipeline=self.name, version=self.version)
         pred, labels = self.segment(volume.pixels, device)
         result.timings["inference_s"] = time.perf_counter() - start
-        check = check_lung(volume, pred.labels, pred.confidence)
+        check = check_lung(volume, pred.labels, pred.confidence, labels)
         if not check.plausible:
             result.not_applicable = "image does not look like lung ultrasound (" + "; ".join(check.reasons[:3]) + ")"
             result.timings["total_s"] = time.perf_counter() - start

@@ -155,6 +155,35 @@ def test_gate_refuses_a_line_with_nothing_above_it_and_ignores_the_classifier() 
     assert refused.reasons == ["no tissue imaged above the pleural line (probe in air or no chest wall) (4/4 frames)"]
 
 
+def test_the_reported_pleural_line_clears_the_depth_check_when_the_network_took_the_skin_line() -> None:
+    from pydicom.dataset import Dataset
+
+    from dicom_node.imaging.volume import Volume
+    from dicom_node.pipelines.us_lung import check_lung
+
+    rng = np.random.default_rng(1)
+    network = np.zeros((4, 200, 128), dtype=np.uint8)
+    network[:, 3:5, 8:120] = PLEURA  # the skin line, at 2 % of the depth
+    reported = np.zeros_like(network)
+    reported[:, 30:34, 8:120] = PLEURA  # the line the anatomy picks (us_pleura)
+    confidence = np.full(network.shape, 0.9, dtype=np.float32)
+    header = Dataset()
+    header.Modality = "US"
+    volume = Volume(
+        rng.uniform(0.15, 0.6, network.shape).astype(np.float32),
+        (0.0, math.nan, math.nan),
+        "US",
+        [header],
+        frame_numbers=[1, 2, 3, 4],
+    )
+    refused = check_lung(volume, network, confidence)
+    assert refused.reasons == ["pleural line at 2% of the depth (4/4 frames)"]
+    assert check_lung(volume, network, confidence, reported).plausible
+    too_deep = np.zeros_like(network)
+    too_deep[:, 150:154, 8:120] = PLEURA  # 76 % of the depth: no excuse for the network's line
+    assert not check_lung(volume, network, confidence, too_deep).plausible
+
+
 def _result(part: str, analysed: bool, abnormal: bool | None, pred: bool | None, pleura: float) -> ClipResult:
     return ClipResult(
         name="c.mp4",
