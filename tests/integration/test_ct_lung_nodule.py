@@ -129,3 +129,25 @@ def test_a_noisier_real_chest_is_smoothed_into_range_and_an_enhanced_one_refused
     very_noisy = dataclasses.replace(scan.volume, pixels=(hu + 320.0 * noise).astype(np.float32))
     result = pipe.run(very_noisy, "cpu")
     assert not result.findings and result.not_applicable and "noise" in result.not_applicable
+
+
+def test_a_real_chest_with_darker_lungs_is_brought_to_the_training_level() -> None:
+    """The real 5 mm whole chest with every HU 30 lower (as a more inflated lung or another scanner's
+    calibration reads): without the lung-level harmonisation (1.8.0) two hilar vessels came out as a nodule
+    and a mass; now its parenchyma is mapped to the phantoms' level first (and the SR says so), the tumour
+    is found as a mass and at most one false positive remains."""
+    import dataclasses
+
+    from dicom_node.training.ct_lung_nodule.real import real_scans, score_scan
+
+    scan = next((s for s in real_scans(REAL) if s.name.startswith("A0001")), None)
+    if scan is None:
+        pytest.skip(f"no real whole-chest CT at {REAL}")
+    pipe = create("ct_lung_nodule")
+    darker = dataclasses.replace(scan.volume, pixels=(scan.volume.pixels - 30.0).astype(np.float32))
+    result = pipe.run(darker, "cpu")
+    entry = score_scan(scan, result, 0.0)
+    assert entry["lesion_found"] and entry["false_positives"] <= 1, entry
+    assert [f["label"].split()[0] for f in entry["findings"] if f["on_lesion"]] == ["mass"]
+    assert entry["share_in_box"] >= 0.55, entry
+    assert any("Lung parenchyma" in c and "mapped to -847 HU" in c for c in result.conclusions), result.conclusions

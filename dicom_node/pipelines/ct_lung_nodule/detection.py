@@ -9,6 +9,7 @@ import numpy as np
 
 from dicom_node.imaging.series import normalize_hu, resample_inplane, resize_to
 from dicom_node.pipelines.ct_lung_nodule.candidates import WORK_MM, Candidate, search_region
+from dicom_node.pipelines.ct_lung_nodule.level import PHANTOM_LUNG_HU, harmonise_level
 from dicom_node.pipelines.ct_lung_nodule.model import NoduleModel
 from dicom_node.pipelines.ct_lung_nodule.noise import TARGET_NOISE_HU, harmonise
 from dicom_node.pipelines.ct_lung_nodule.scope import inside_lungs, inside_lungs_local
@@ -35,11 +36,16 @@ def detect_in_volume(
     min_score: float = 0.0,
     lung_rule: bool = True,
     noise_target: float | None = TARGET_NOISE_HU,
+    level_target: float | None = PHANTOM_LUNG_HU,
+    lung_level: float | None = None,
 ) -> list[Detection]:
     """Run ``model`` on an HU volume with its lung mask.
 
-    On the working grid, a series noisier than ``noise_target`` is first smoothed in-plane down to it
-    (:func:`~dicom_node.pipelines.ct_lung_nodule.noise.harmonise`; None leaves it as it is).
+    On the working grid, the lung parenchyma is first brought to ``level_target``
+    (:func:`~dicom_node.pipelines.ct_lung_nodule.level.harmonise_level`, from the measured ``lung_level``, by
+    default measured there; None leaves the HU as they are), then a series noisier than ``noise_target`` is
+    smoothed in-plane down to it (:func:`~dicom_node.pipelines.ct_lung_nodule.noise.harmonise`; None leaves
+    it as it is).
     Masks of the candidates scoring at least ``min_score`` come back on the volume's grid; with ``lung_rule``
     a candidate that is not inside the lungs (:func:`~dicom_node.pipelines.ct_lung_nodule.scope.inside_lungs`)
     is dropped.
@@ -63,6 +69,8 @@ def detect_in_volume(
         crop.shape[2] * spacing[2] / work.shape[2],
     )
     lung_w = resample_inplane(lung[z0:z1, y0:y1, x0:x1].astype(np.float32), zoom, order=1) >= 0.5
+    if level_target is not None:
+        work, _ = harmonise_level(work, lung_w, level_target, lung_level)
     if noise_target is not None:
         work, _ = harmonise(work, lung_w, noise_target)
     keep = None

@@ -18,6 +18,7 @@ from dicom_node.pipelines.ct_lung_field import LungFields, ct_applies_to, segmen
 from dicom_node.pipelines.ct_lung_nodule.candidates import WORK_MM, long_short_axes
 from dicom_node.pipelines.ct_lung_nodule.contrast import vessel_core_hu
 from dicom_node.pipelines.ct_lung_nodule.detection import Detection, detect_in_volume, malignancy_key
+from dicom_node.pipelines.ct_lung_nodule.level import PHANTOM_LUNG_HU, REPORT_SHIFT_HU, level_shift, lung_level_at
 from dicom_node.pipelines.ct_lung_nodule.mass import grow_mass
 from dicom_node.pipelines.ct_lung_nodule.model import DEFAULT_BUNDLE, NoduleModel, load_model
 from dicom_node.pipelines.ct_lung_nodule.noise import TARGET_NOISE_HU, lung_noise_at
@@ -105,11 +106,19 @@ class CtLungNodule:
         )
         if result.not_applicable:
             return result
+        level = lung_level_at(volume.pixels, fields.both, volume.spacing, WORK_MM)
         min_score = self._min_score
         if min_score is None:
             min_score = float(getattr(model, "min_score", 0.5))
         detections = detect_in_volume(
-            model, volume.pixels, volume.spacing, fields.both, fields.left, fields.right, min_score=min_score
+            model,
+            volume.pixels,
+            volume.spacing,
+            fields.both,
+            fields.left,
+            fields.right,
+            min_score=min_score,
+            lung_level=level,
         )
         result.timings["detect_s"] = time.perf_counter() - t1
         kept = [d for d in detections if d.candidate.score >= min_score]
@@ -127,6 +136,13 @@ class CtLungNodule:
             result.conclusions.append(f"{nodules} lung nodule candidate{'s' if nodules > 1 else ''} detected.")
         if not result.findings:
             result.conclusions.append("No lung nodule or mass detected.")
+        shift = level_shift(level)
+        if level is not None and abs(shift) >= REPORT_SHIFT_HU:
+            result.conclusions.append(
+                f"Lung parenchyma {level:.0f} HU (median of the aerated lung): mapped to "
+                f"{level + shift:.0f} HU before detection ({PHANTOM_LUNG_HU:.0f} HU is the level the model was "
+                "trained on; air, soft tissue and the reported HU unchanged)."
+            )
         if noise is not None and noise > TARGET_NOISE_HU:
             result.conclusions.append(
                 f"Image noise in the lungs {noise:.0f} HU: smoothed to {TARGET_NOISE_HU:.0f} HU before detection "
