@@ -59,6 +59,11 @@ class Volume:
         src = self.sources[0]
         return (self.shape[0], int(src.Rows), int(src.Columns))
 
+    def paired_volumes(self) -> list[Volume]:
+        """Other series of the same Frame of Reference that the findings are also encoded on (a SEG each, the
+        masks carried over through both geometries): the CT of a PET/CT. Empty for a plain volume."""
+        return []
+
     def uncrop(self, mask: np.ndarray) -> np.ndarray:
         """Place a mask of ``shape`` into the full stored image grid."""
         if self.crop is None:
@@ -67,3 +72,18 @@ class Volume:
         full = np.zeros(self.full_shape, dtype=mask.dtype)
         full[:, r0:r1, c0:c1] = mask
         return full
+
+
+def geometry_only(volume: Volume) -> Volume:
+    """``volume`` without its pixels: the same sources, spacing, frames and shape, the pixels a read-only
+    zero-stride array (no memory). For a grid kept only to write results on, such as a PET/CT's CT."""
+    empty = np.broadcast_to(np.zeros((), dtype=np.float32), volume.shape)
+    return Volume(
+        pixels=empty,
+        spacing=volume.spacing,
+        modality=volume.modality,
+        sources=volume.sources,
+        frame_numbers=volume.frame_numbers,
+        crop=volume.crop,
+        notes=list(volume.notes),
+    )

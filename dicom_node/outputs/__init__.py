@@ -61,8 +61,10 @@ def encode(
         options: Manufacturer, node name, institution, SEG type and so on.
 
     Returns:
-        The objects in the order SEG, SR, GSPS, overlay images (kinds not asked for are left out;
-        no SEG when no finding has a mask pixel). Each has ``file_meta`` and can be saved or sent.
+        The objects in the order SEG, the SEG on each of ``volume.paired_volumes()`` (the CT of a PET/CT:
+        the same segments carried onto its grid), SR, GSPS, overlay images (kinds not asked for are left out;
+        no SEG when no finding has a mask pixel). Each has ``file_meta`` and can be saved or sent. The SR
+        references the SEG on ``volume``, where its measurements were made.
 
     Raises:
         ValueError: an unknown kind, or findings that do not fit the volume.
@@ -70,7 +72,7 @@ def encode(
     from dicom_node.outputs.common import complete_type2
     from dicom_node.outputs.gsps import build_gsps
     from dicom_node.outputs.overlay import build_overlays
-    from dicom_node.outputs.seg import build_seg
+    from dicom_node.outputs.seg import build_paired_seg, build_seg
     from dicom_node.outputs.sr import build_sr
     from dicom_node.outputs.uids import UidFactory
 
@@ -90,6 +92,15 @@ def encode(
         seg = build_seg(findings, volume, uids, opts)
         if seg is not None:
             out.append(seg.dataset)
+            for j, paired in enumerate(volume.paired_volumes()):
+                complete_type2(paired.sources)
+                try:
+                    on_paired = build_paired_seg(findings, seg, volume, paired, uids, opts, j)
+                except Exception:  # a copy for viewing on the paired series: the main results still go out
+                    logger.exception("SEG on the paired %s series not written", paired.modality)
+                    continue
+                if on_paired is not None:
+                    out.append(on_paired.dataset)
     if "sr" in wanted:
         out.append(build_sr(findings, volume, uids, opts, seg))
     if "gsps" in wanted:

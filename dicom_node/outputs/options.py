@@ -9,7 +9,9 @@ from dicom_node import __version__ as NODE_VERSION
 KINDS: tuple[str, ...] = ("seg", "sr", "gsps", "overlay")
 """Object kinds :func:`dicom_node.outputs.encode` can produce, in the order they are built."""
 
-SERIES_OFFSETS: dict[str, int] = {"seg": 0, "sr": 1, "gsps": 2, "overlay": 3}
+SERIES_OFFSETS: dict[str, int] = {"seg": 0, "sr": 1, "gsps": 2, "overlay": 3, "paired_seg": 4}
+"""Series Number of each result series after :attr:`EncodeOptions.series_number`; ``paired_seg`` is the SEG on
+a paired series (the CT of a PET/CT), the next ones for further paired series."""
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,8 @@ class EncodeOptions:
     """Who made the result objects and how they are labelled.
 
     Attributes:
-        series_number: Series Number of the SEG; SR, GSPS and overlay take the next numbers.
+        series_number: Series Number of the SEG; SR, GSPS, overlay and the SEG on a paired series (the CT of a
+            PET/CT) take the next numbers.
         manufacturer: Manufacturer of the results (General Equipment module).
         node_name: Name of this node: device observer name in SR, device serial number.
         institution_name: Institution Name written into the results, if any.
@@ -35,7 +38,7 @@ class EncodeOptions:
     def __post_init__(self) -> None:
         if self.seg_type not in ("BINARY", "LABELMAP"):
             raise ValueError(f"seg_type must be BINARY or LABELMAP, got {self.seg_type!r}")
-        if not 0 < self.series_number < 2**31 - 4:
+        if not 0 < self.series_number < 2**31 - 16:
             raise ValueError(f"series_number out of range: {self.series_number}")
 
     @property

@@ -4,6 +4,10 @@ One segment per finding with a non-empty mask, coded with the category's standar
 pipeline as algorithm. Frames without any mask pixel are omitted by highdicom without shifting the
 references of the others (each frame keeps its own source reference and position).
 
+:func:`build_paired_seg` writes the same segments on another series of the Frame of Reference (the CT of a
+PET/CT): each mask is carried onto that series' grid through both geometries, and numbers, labels, codes and
+tracking identifiers stay those of the first SEG, so a viewer showing either series shows the same findings.
+
 Ultrasound multi-frame sources have no Frame of Reference and highdicom 0.28 refuses them. For those
 this module builds the SEG with highdicom for a single-frame view of the source (so every module,
 segment description and reference is written by highdicom), then assembles the multi-frame pixel data
@@ -58,6 +62,50 @@ def algorithm_identification(findings: Findings) -> hd.AlgorithmIdentificationSe
     )
 
 
+def _description(
+    findings: Findings, index: int, number: int, uids: UidFactory, algorithm: hd.AlgorithmIdentificationSequence
+) -> hd.seg.SegmentDescription:
+    """Segment ``number`` holding finding ``index``: its codes, label, colour and tracking identifiers."""
+    finding = findings.findings[index]
+    category, prop_type = codes.category_codes(finding.category)
+    anatomic = [codes.LUNG] if prop_type != codes.LUNG and finding.category not in codes.NON_LUNG else None
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=finding.label[:64],
+        segmented_property_category=category,
+        segmented_property_type=prop_type,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        tracking_uid=uids.tracking(index),
+        tracking_id=tracking_id(finding.label, index),
+        anatomic_regions=anatomic,
+        display_color=hd.color.CIELabColor.from_rgb(*COLORS[finding.category]),
+    )
+
+
+def _seg_kwargs(
+    findings: Findings,
+    descriptions: list[hd.seg.SegmentDescription],
+    uids: UidFactory,
+    options: EncodeOptions,
+    role: str,
+    series_number: int,
+) -> dict[str, Any]:
+    """The highdicom Segmentation arguments shared by the SEG on the volume and those on paired series."""
+    return dict(
+        segmentation_type=options.seg_type,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids.series(role),
+        series_number=series_number,
+        sop_instance_uid=uids.instance(role),
+        instance_number=1,
+        **options.equipment(findings.pipeline, findings.version),
+        content_label="AI_SEG",
+        content_description=f"{findings.pipeline} {findings.version}"[:64],
+        omit_empty_frames=True,
+    )
+
+
 def build_seg(findings: Findings, volume: Volume, uids: UidFactory, options: EncodeOptions) -> SegResult | None:
     """Build the SEG of ``findings`` on ``volume``'s source instances.
 
@@ -74,22 +122,7 @@ def build_seg(findings: Findings, volume: Volume, uids: UidFactory, options: Enc
             logger.info("finding %d (%s) has an empty mask; no segment", i, finding.category.value)
             continue
         number = len(descriptions) + 1
-        category, prop_type = codes.category_codes(finding.category)
-        anatomic = [codes.LUNG] if prop_type != codes.LUNG and finding.category not in codes.NON_LUNG else None
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=finding.label[:64],
-                segmented_property_category=category,
-                segmented_property_type=prop_type,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm,
-                tracking_uid=uids.tracking(i),
-                tracking_id=tracking_id(finding.label, i),
-                anatomic_regions=anatomic,
-                display_color=hd.color.CIELabColor.from_rgb(*COLORS[finding.category]),
-            )
-        )
+        descriptions.append(_description(findings, i, number, uids, algorithm))
         masks.append(mask)
         segment_of[i] = number
     if not descriptions:
@@ -98,18 +131,7 @@ def build_seg(findings: Findings, volume: Volume, uids: UidFactory, options: Enc
     if options.seg_type == "LABELMAP" and (pixels.sum(axis=-1) > 1).any():
         raise ValueError("LABELMAP segmentation needs non-overlapping masks; use BINARY for overlapping findings")
     source = volume.sources[0]
-    kwargs: dict[str, Any] = dict(
-        segmentation_type=options.seg_type,
-        segment_descriptions=descriptions,
-        series_instance_uid=uids.series("seg"),
-        series_number=options.series_number_of("seg"),
-        sop_instance_uid=uids.instance("seg"),
-        instance_number=1,
-        **options.equipment(findings.pipeline, findings.version),
-        content_label="AI_SEG",
-        content_description=f"{findings.pipeline} {findings.version}"[:64],
-        omit_empty_frames=True,
-    )
+    kwargs = _seg_kwargs(findings, descriptions, uids, options, "seg", options.series_number_of("seg"))
     needs_assembly = volume.is_multiframe and "FrameOfReferenceUID" not in source
     if needs_assembly:
         if options.seg_type != "BINARY":
@@ -125,6 +147,72 @@ def build_seg(findings: Findings, volume: Volume, uids: UidFactory, options: Enc
     finish_identity(seg, source, f"AI segmentation ({findings.pipeline})", options.institution_name)
     logger.debug("SEG built: %d segments, %d frames", len(descriptions), int(seg.NumberOfFrames))
     return SegResult(seg, segment_of)
+
+
+def build_paired_seg(
+    findings: Findings,
+    seg: SegResult,
+    volume: Volume,
+    paired: Volume,
+    uids: UidFactory,
+    options: EncodeOptions,
+    index: int = 0,
+) -> SegResult | None:
+    """The SEG of ``seg``'s segments on ``paired``, another series of ``volume``'s Frame of Reference (the CT
+    of a PET/CT), so that a viewer showing that series shows the same findings.
+
+    Each segment's mask goes from ``volume``'s grid onto ``paired``'s through both real geometries, nearest
+    neighbour (:func:`dicom_node.imaging.pet.labels_onto`: every voxel of ``paired`` whose centre lies in a
+    voxel of the mask). The segments keep ``seg``'s numbers, labels, codes and tracking identifiers; a segment
+    that falls outside ``paired`` keeps its description without frames.
+
+    Returns:
+        The SEG, or None when no segment has a voxel on ``paired``.
+
+    Raises:
+        ValueError: ``paired`` has no Frame of Reference, or not ``volume``'s, or is a crop.
+    """
+    from dicom_node.imaging.pet import labels_onto
+
+    source = paired.sources[0]
+    frame = str(source.get("FrameOfReferenceUID", ""))
+    if not frame or frame != str(volume.sources[0].get("FrameOfReferenceUID", "")) or paired.crop is not None:
+        raise ValueError("a paired SEG needs an uncropped series of the volume's Frame of Reference")
+    algorithm = algorithm_identification(findings)
+    numbers = sorted(seg.segment_of.items(), key=lambda item: item[1])
+    descriptions = [_description(findings, i, number, uids, algorithm) for i, number in numbers]
+    masks = [(number, full_mask(findings.findings[i], volume)) for i, number in numbers]
+    overlapping = int(sum(m.sum(dtype=np.int64) for _, m in masks)) != int(
+        np.logical_or.reduce([m for _, m in masks]).sum()
+    )
+    dtype = np.uint8 if len(masks) < 256 else np.uint16
+    carried = [(number, labels_onto(m.astype(dtype), volume, paired) > 0) for number, m in masks]
+    empty = [number for number, m in carried if not m.any()]
+    if len(empty) == len(carried):
+        logger.info("no segment has a voxel on the paired %s series; no SEG on it", paired.modality)
+        return None
+    if empty:
+        logger.info("segments %s lie outside the paired %s series: described without frames", empty, paired.modality)
+    if overlapping:  # stacked segments (each its own plane); the findings of one PET/CT never overlap
+        pixels = np.stack([m for _, m in carried], axis=-1)
+    else:
+        pixels = np.zeros(paired.shape, dtype=dtype)  # label map: one array, whatever the number of segments
+        for number, m in carried:
+            pixels[m] = number
+    del carried
+    if paired.frame_numbers is not None:  # frames in stored order, as highdicom pairs them with the source's
+        stored = np.zeros((int(source.NumberOfFrames), *pixels.shape[1:]), dtype=pixels.dtype)
+        stored[[n - 1 for n in paired.frame_numbers]] = pixels
+        pixels = stored
+    role = f"seg-paired-{index}"
+    kwargs = _seg_kwargs(findings, descriptions, uids, options, role, options.series_number_of("paired_seg") + index)
+    out = hd.seg.Segmentation(source_images=paired.sources, pixel_array=pixels, **kwargs)
+    _stable_dimension_organization(out, str(uids.instance(f"{role}-dimension-organization")))
+    finish_identity(
+        out, source, f"AI segmentation ({findings.pipeline}) on {paired.modality}", options.institution_name
+    )
+    logger.debug("paired SEG on %s: %d segments, %d frames", paired.modality, len(descriptions), out.NumberOfFrames)
+    return SegResult(out, dict(seg.segment_of))
 
 
 def _stable_dimension_organization(seg: Dataset, uid: str) -> None:

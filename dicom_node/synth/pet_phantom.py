@@ -5,7 +5,8 @@ same scene is evaluated on the CT grid (about 2 mm in-plane, 3 mm slices) and on
 offset from the CT). Torso from the pelvis (bladder) to the neck, with the base of the skull and the brain at
 the top when the field of view reaches it; lungs, liver, spleen, kidneys with collecting systems and ureters,
 bladder, heart (myocardium and cavity), aorta, spine, bowel loops, arms along the body (one with the injection
-site), occasional brown fat in the neck and paravertebral fat.
+site), occasional brown fat: supraclavicular (above the lung apices) and paravertebral (beside the thoracic
+spine), never in a lung, bone or the brain (:data:`VERSION` 2; version 1 painted most foci over the lung apices).
 
 FDG uptake (SUVbw, literature ranges, e.g. Paquet et al. 2004, Wahl et al. 2009 PERCIST): liver 1.8-2.8,
 blood pool 1.4-2.0, spleen 1.6-2.4, myocardium 2-15 (fasting state varies), brain 6-10, renal cortex 2.5-5
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+VERSION = 2  # of the generator: a seed's phantom changes with it (caches key on it)
 SITES = ("lung", "liver", "node")
 FINE_FACTOR = 2  # activity drawn at PET voxel / FINE_FACTOR
 
@@ -212,6 +214,43 @@ def _lesion_site(
     return (_u(rng, -25, 25), _u(rng, -10, 20), dia + _u(rng, 60, 100))  # subcarinal / paracardiac
 
 
+def _overlaps(center: tuple[float, float, float], radii: tuple[float, float, float], other: _Shape) -> bool:
+    """Whether the ellipsoid (``center``, ``radii``) reaches into the shape ``other`` (tested on its centre and
+    26 points of its surface)."""
+    for d in np.argwhere(np.ones((3, 3, 3), dtype=bool)) - 1:
+        n = float(np.linalg.norm(d))
+        p = [c + (r * v / n if n else 0.0) for c, r, v in zip(center, radii, d, strict=True)]
+        q = [(x - c) / r for x, c, r in zip(p, other.center, other.radii, strict=True)]
+        inside = (
+            q[0] ** 2 + q[1] ** 2 <= 1.0 and abs(q[2]) <= 1.0 if other.kind == "zcyl" else sum(v * v for v in q) <= 1.0
+        )
+        if inside:
+            return True
+    return False
+
+
+def _brown_fat_focus(
+    rng: np.random.Generator, side: float, supraclavicular: bool, dia: float, shapes: list[_Shape]
+) -> _Shape:
+    """One brown fat focus on ``side``: supraclavicular (just above the lung apex, lateral to the skull base) or
+    paravertebral (beside the thoracic spine, behind the lung), moved outwards until clear of the lungs, bone,
+    marrow and brain, since brown fat is fat between them."""
+    radii = (_u(rng, 5, 10), _u(rng, 5, 9), _u(rng, 6, 14))
+    a, b, c = _u(rng, 0, 1), _u(rng, 0, 1), _u(rng, 0, 1)
+    keep_out = [sh for sh in shapes if sh.organ in ("lung", "bone", "marrow", "brain")]
+    lungs = [sh for sh in keep_out if sh.organ == "lung"]
+    if supraclavicular:
+        apex = max(sh.center[2] + sh.radii[2] for sh in lungs)
+        center = [side * (45 + 25 * a), -10 + 40 * b, apex + radii[2] + 20 * c]
+    else:
+        center = [side * (22 + 8 * a), 70 + 12 * b, dia + 40 + 140 * c]
+    for _ in range(40):
+        if not any(_overlaps((center[0], center[1], center[2]), radii, sh) for sh in keep_out):
+            break
+        center[0] += side * 2.0
+    return _Shape("brown_fat", (center[0], center[1], center[2]), radii)
+
+
 def _scene(rng: np.random.Generator, z_top: float, n_lesions: int | None) -> _Scene:
     shapes, body, dia = _anatomy(rng, z_top)
     uptake = {
@@ -224,10 +263,10 @@ def _scene(rng: np.random.Generator, z_top: float, n_lesions: int | None) -> _Sc
     }  # fmt: skip
     neck_z = dia + 180
     if rng.random() < 0.3:  # brown fat: bilateral supraclavicular and paravertebral foci
+        anatomy = list(shapes)
         for side in (-1, 1):
-            for _ in range(int(rng.integers(1, 4))):
-                c = (side * _u(rng, 35, 60), _u(rng, -10, 40), neck_z + _u(rng, -20, 30))
-                shapes.append(_Shape("brown_fat", c, (_u(rng, 5, 10), _u(rng, 5, 9), _u(rng, 6, 14))))
+            for j in range(int(rng.integers(1, 4))):
+                shapes.append(_brown_fat_focus(rng, side, j == 0, dia, anatomy))
     arm = float(rng.choice([-1.0, 1.0]))  # injection site in an antecubital vein
     shapes.append(_Shape("injection", (arm * (body[0] + 38), _u(rng, -20, 0), _u(rng, 250, 420)), (5, 5, 9)))
     count = int(rng.integers(2, 7)) if n_lesions is None else n_lesions

@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from sqlalchemy import create_engine, select
 
 from dicom_node.db import deliveries, instances, jobs, results
@@ -256,9 +258,9 @@ def test_pet_ct_study_comes_back_as_pet_seg_and_sr_with_the_ct_paired(tmp_path: 
         assert _storescu(port, [*ct, *pt]).returncode == 0
         study_uid = str(dcmread(pt[0], stop_before_pixels=True).StudyInstanceUID)
         wait_for(
-            lambda: {s["MainDicomTags"].get("Modality") for s in pacs.series_of_study(study_uid)} >= {"SEG", "SR"},
+            lambda: _modalities(pacs, study_uid) == ["SEG", "SEG", "SR"],
             timeout=300,
-            what=f"SEG and SR of the PET/CT in Orthanc\n{node.log_tail()}",
+            what=f"two SEGs (PET, CT) and the SR of the PET/CT in Orthanc\n{node.log_tail()}",
         )
         engine = create_engine(db_url)
         with engine.connect() as conn:
@@ -267,14 +269,60 @@ def test_pet_ct_study_comes_back_as_pet_seg_and_sr_with_the_ct_paired(tmp_path: 
         assert [(r.pipeline, r.state) for r in rows] == [("pet_tumour", "succeeded")], rows
         assert "tumour" in rows[0].summary, rows[0].summary
         objects = [dcmread(tmp_path / "storage" / p) for p in paths]
-        seg = next(ds for ds in objects if ds.Modality == "SEG")
+        segs = [ds for ds in objects if ds.Modality == "SEG"]
+        assert len(segs) == 2
         pet_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in pt}
-        refs = {
-            str(i.ReferencedSOPInstanceUID)
-            for f in seg.PerFrameFunctionalGroupsSequence
-            for d in f.DerivationImageSequence
-            for i in d.SourceImageSequence
-        }
-        assert refs and refs <= pet_uids  # the SEG lies on the PET
+        ct_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in ct}
+        refs = sorted((_frame_references(seg) for seg in segs), key=lambda r: bool(r & ct_uids))
+        assert refs[0] and refs[0] <= pet_uids  # one SEG lies on the PET
+        assert refs[1] and refs[1] <= ct_uids  # and one, with the same segments, on the CT
+        assert [s.TrackingUID for s in segs[0].SegmentSequence] == [s.TrackingUID for s in segs[1].SegmentSequence]
     finally:
         node.stop()
+
+
+def _modalities(pacs: OrthancPeer, study_uid: str) -> list[str]:
+    """Sorted modalities of the study's series in the PACS, one entry per series."""
+    return sorted(str(s["MainDicomTags"].get("Modality")) for s in pacs.series_of_study(study_uid))
+
+
+def _frame_references(seg: Dataset) -> set[str]:
+    """The source instances of a SEG's frames."""
+    return {
+        str(i.ReferencedSOPInstanceUID)
+        for f in seg.PerFrameFunctionalGroupsSequence
+        for d in f.DerivationImageSequence
+        for i in d.SourceImageSequence
+    }
+
+
+def test_pet_ct_written_by_other_code_comes_back_with_every_tumour_and_its_suvmax(
+    tmp_path: Path, pacs: OrthancPeer
+) -> None:
+    """The issue's acceptance, checked on a PET/CT from an independent phantom and DICOM writer
+    (:mod:`tests.peers.petct_independent`: head first, slices written head to foot, Decay Correction ADMIN,
+    signed pixels, other grids and a hot myocardium) pushed with storescu; the results are read back from
+    Orthanc: a PET SEG with one segment per tumour, none on the myocardium, the same segments on the CT, and
+    an SR whose SUVmax of each tumour is within 10 % of the truth."""
+    from dicom_node.pipelines.pet_tumour.model import DEFAULT_BUNDLE
+    from tests.peers.petct_independent import evaluate, write_study
+
+    if not (DEFAULT_BUNDLE / "models" / "model.pt").exists():
+        pytest.skip("no shipped pet_tumour bundle")
+    study = write_study(tmp_path / "independent", seed=5101)
+    node, port, _ = _start_node(tmp_path, pacs, pipelines='["pet_tumour"]\nwait_for = "study"', match='Modality = "PT"')
+    try:
+        assert _storescu(port, [*study.ct_paths, *study.pt_paths]).returncode == 0
+        wait_for(
+            lambda: _modalities(pacs, study.study_uid) == ["SEG", "SEG", "SR"],
+            timeout=300,
+            what=f"two SEGs (PET, CT) and the SR in Orthanc\n{node.log_tail()}",
+        )
+        objects = [
+            dcmread(BytesIO(pacs.get_bytes(f"/instances/{oid}/file")))
+            for series in pacs.series_of_study(study.study_uid)
+            for oid in series["Instances"]
+        ]
+    finally:
+        node.stop()
+    assert evaluate(study, objects).failures() == []

@@ -11,7 +11,8 @@ import pytest
 
 from dicom_node.findings import Category, Quantity
 from dicom_node.imaging.ct import load_ct_series
-from dicom_node.imaging.pet import load_pet_series, resample_onto
+from dicom_node.imaging.pet import index_to_patient, labels_onto, load_pet_series, resample_onto
+from dicom_node.imaging.volume import Volume, geometry_only
 from dicom_node.pipelines import create
 from dicom_node.pipelines.pet_tumour.baselines import liver_reference, percent40, percist, suv25
 from dicom_node.pipelines.pet_tumour.detect import lesion_labels
@@ -51,6 +52,64 @@ def test_ct_and_pet_share_the_frame_but_not_the_grid_and_resample_by_geometry(st
         inner = inside & np.roll(inside, 2, axis=1) & np.roll(inside, -2, axis=1)  # away from the edges
         assert inner.any(), organ
         assert lo < float(np.median(on_pet[inner])) < hi, organ
+
+
+def _axial(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], origin: tuple[float, ...], iop: list[float]
+) -> Volume:
+    """A single-frame stack whose slices step along the normal of ``iop`` (headers only)."""
+    normal = np.cross(iop[:3], iop[3:])
+    sources = []
+    for k in range(shape[0]):
+        ds = pydicom.Dataset()
+        ds.ImagePositionPatient = list(np.asarray(origin) + k * spacing[0] * normal)
+        ds.ImageOrientationPatient = iop
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        sources.append(ds)
+    return Volume(np.zeros(shape, dtype=np.float32), spacing, "CT", sources)
+
+
+def test_labels_go_onto_another_grid_voxel_by_voxel_through_both_geometries() -> None:
+    pet = _axial((12, 16, 16), (4.0, 4.0, 4.0), (-30.0, -30.0, 100.0), [1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    # a CT of finer voxels, offset, and turned by 90 degrees in the plane (rows along -x, columns along +y)
+    ct = geometry_only(_axial((30, 40, 36), (1.5, 1.2, 1.1), (10.3, -28.1, 97.2), [0.0, 1.0, 0.0, -1.0, 0.0, 0.0]))
+    labels = np.zeros(pet.shape, dtype=np.uint8)
+    labels[3:6, 4:8, 5:9] = 1
+    labels[7, 10, 2] = 2  # one voxel
+    on_ct = labels_onto(labels, pet, ct)
+    assert on_ct.shape == ct.shape and set(np.unique(on_ct)) == {0, 1, 2}
+    to_pet = np.linalg.inv(index_to_patient(pet)) @ index_to_patient(ct)
+    idx = np.indices(ct.shape).reshape(3, -1)
+    at = np.rint((to_pet[:3, :3] @ idx + to_pet[:3, 3:4]).T).astype(int)  # the PET voxel each CT centre lies in
+    inside = np.all((at >= 0) & (at < np.asarray(pet.shape)), axis=1)
+    expected = np.zeros(idx.shape[1], dtype=np.uint8)
+    expected[inside] = labels[tuple(at[inside].T)]
+    assert np.array_equal(on_ct.reshape(-1), expected)
+    # a region keeps its physical volume (up to the CT's sampling of the PET voxel faces)
+    pet_mm3, ct_mm3 = (labels == 1).sum() * 64.0, (on_ct == 1).sum() * 1.5 * 1.2 * 1.1
+    assert abs(ct_mm3 - pet_mm3) < 0.15 * pet_mm3
+    assert not labels_onto(np.zeros(pet.shape, dtype=np.uint8), pet, ct).any()
+
+
+def test_index_to_patient_of_an_enhanced_multiframe_reads_the_frame_positions() -> None:
+    ds = pydicom.Dataset()
+    ds.NumberOfFrames = 3
+    shared = pydicom.Dataset()
+    orientation = pydicom.Dataset()
+    orientation.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    shared.PlaneOrientationSequence = [orientation]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for z in (20.0, 10.0, 15.0):  # stored out of order
+        item, position = pydicom.Dataset(), pydicom.Dataset()
+        position.ImagePositionPatient = [-5.0, 7.0, z]
+        item.PlanePositionSequence = [position]
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    volume = Volume(np.zeros((3, 4, 4), dtype=np.float32), (5.0, 0.5, 0.7), "CT", [ds], frame_numbers=[2, 3, 1])
+    affine = index_to_patient(volume)
+    assert np.allclose(affine @ [0, 0, 0, 1], [-5.0, 7.0, 10.0, 1])
+    assert np.allclose(affine @ [2, 1, 3, 1], [-5.0 + 3 * 0.7, 7.0 + 0.5, 20.0, 1])
 
 
 def test_measures_of_a_uniform_sphere_are_exact() -> None:

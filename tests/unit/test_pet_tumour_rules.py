@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
-from dicom_node.pipelines.pet_tumour.detect import inside_torso, torso_mask, without_symmetric_fat
-from dicom_node.synth.pet_phantom import ORGAN
+from dicom_node.pipelines.pet_tumour.detect import inside_torso, refine_boundaries, torso_mask, without_symmetric_fat
+from dicom_node.synth.pet_phantom import ORGAN, Grid, _paint, _scene
 from dicom_node.training.pet_tumour.data import HELDOUT_SEEDS, VALIDATION_SEEDS, parse_seeds, seed_ranges
 from dicom_node.training.pet_tumour.metrics import detectable_ids, score_scan
 from dicom_node.training.pet_tumour.train import _hot_by_tissue
@@ -100,3 +101,110 @@ def test_bilateral_hot_fat_is_brown_fat_and_a_one_sided_or_lung_focus_is_kept() 
     assert not kept[5, 16, 32] and not kept[5, 16, 48]
     assert kept[5, 48, 20] and kept[5, 32, 52]
     assert without_symmetric_fat(mask, suv, None) is mask
+
+
+def _blurred_sphere(radius_mm: float, suv: float, background: float) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform sphere in a uniform background on a 4 mm grid, blurred as the PET blurs (6 mm FWHM): SUV and
+    the truth (voxel centres inside the sphere)."""
+    zz, yy, xx = np.ogrid[:24, :24, :24]
+    truth = ((zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 10) ** 2) * 16.0 <= radius_mm**2
+    activity = np.where(truth, suv, background).astype(np.float32)
+    return ndi.gaussian_filter(activity, 6.0 / 2.3548 / 4.0), truth
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_refinement_grows_an_under_segmented_lesion_and_trims_an_over_segmented_one() -> None:
+    suv, truth = _blurred_sphere(14.0, 6.0, 1.0)
+    core = ndi.binary_erosion(truth, iterations=1)  # the network drew the hot core only
+    refined = refine_boundaries(core, suv, (4.0, 4.0, 4.0), 0.4)
+    assert _dice(core, truth) < 0.75 and _dice(refined, truth) > 0.9
+    wide = ndi.binary_dilation(truth, iterations=1)  # or the lesion with a rim of blur
+    assert _dice(refine_boundaries(wide, suv, (4.0, 4.0, 4.0), 0.4), truth) > _dice(wide, truth) + 0.1
+    assert refine_boundaries(core, suv, (4.0, 4.0, 4.0), 0.0) is core  # fraction 0: the network's regions
+
+
+def test_refinement_does_not_absorb_a_hot_physiological_neighbour() -> None:
+    suv, truth = _blurred_sphere(10.0, 5.0, 1.0)
+    organ = np.zeros(suv.shape, dtype=bool)
+    organ[:, :, 13:] = True  # myocardium-like uptake hotter than the tumour, touching its edge
+    suv = np.maximum(suv, ndi.gaussian_filter(np.where(organ, 9.0, 0.0), 6.0 / 2.3548 / 4.0)).astype(np.float32)
+    cool = np.zeros(suv.shape, dtype=bool)
+    cool[:, 5:10, 4:13] = True  # a cooler physiological region above the level, touching the tumour
+    suv[cool & ~truth] = 3.5
+    mask = truth & (suv >= 4.0)  # the network's region over the tumour
+    refined = refine_boundaries(mask, suv, (4.0, 4.0, 4.0), 0.35)
+    assert not (refined & organ).any()  # hotter than the lesion: never part of it
+    assert not (refined & ~ndi.binary_dilation(mask)).any()  # at most one voxel (4 mm) beyond the region
+    assert _dice(refined, truth) >= _dice(mask, truth)
+
+
+def test_refinement_keeps_the_network_region_when_a_hot_neighbour_sets_its_contour() -> None:
+    suv, truth = _blurred_sphere(14.0, 6.0, 0.5)  # a lung tumour
+    heart = np.zeros(suv.shape, dtype=bool)
+    heart[:, 9:, 14:] = True  # the myocardium wraps around it, hotter than the tumour
+    heart[:, 16:, :] = True
+    heart[16:, :, :] = True
+    suv = np.maximum(suv, ndi.gaussian_filter(np.where(heart, 10.0, 0.0), 6.0 / 2.3548 / 4.0)).astype(np.float32)
+    mask = truth | (heart & ndi.binary_dilation(truth, iterations=1))  # the network took a rim of the heart along
+    refined = refine_boundaries(mask, suv, (4.0, 4.0, 4.0), 0.35)
+    assert (refined & truth).sum() >= 0.9 * truth.sum()  # the contour would have held the heart's edge only
+
+
+def test_brown_fat_is_drawn_outside_the_lungs_bone_and_brain() -> None:
+    grid = Grid((75, 64, 64), (8.0, 8.0, 8.0), (-252.0, -252.0, 4.0))
+    drawn = 0
+    for seed in range(0, 40):
+        scene = _scene(np.random.default_rng(seed), 600.0, None)
+        fat = np.zeros(grid.shape, dtype=np.uint8)
+        other = np.zeros(grid.shape, dtype=np.uint8)
+        for shape in scene.shapes:
+            if shape.organ == "brown_fat":
+                _paint(fat, grid.axes(), shape, 1)
+            elif shape.organ in ("lung", "bone", "brain"):
+                _paint(other, grid.axes(), shape, 1)
+        drawn += int(fat.any())
+        assert not (fat.astype(bool) & other.astype(bool)).any(), seed
+    assert drawn >= 5  # brown fat is drawn in about 30% of the phantoms
+
+
+def test_lymph_nodes_are_drawn_inside_the_torso_not_in_the_arms() -> None:
+    nodes = 0
+    for seed in range(0, 60):
+        scene = _scene(np.random.default_rng(seed), 600.0, None)
+        bx, by = scene.body
+        arms = [s for s in scene.shapes if s.organ == "arm"]
+        for lesion in scene.lesions:
+            if lesion.site != "node":
+                continue
+            nodes += 1
+            x, y, _ = lesion.center
+            r = max(lesion.radii)
+            assert ((abs(x) + r) / bx) ** 2 + (y / by) ** 2 <= 1.0, (seed, lesion.center)
+            for arm in arms:  # the ellipse of the arm grown by the node's radius
+                ax, ay = arm.radii[0] + r, arm.radii[1] + r
+                assert ((x - arm.center[0]) / ax) ** 2 + ((y - arm.center[1]) / ay) ** 2 > 1.0
+    assert nodes >= 30
+
+
+def test_a_confident_focus_under_the_seed_threshold_is_kept_only_when_it_stands_out_on_the_suv() -> None:
+    from dicom_node.pipelines.pet_tumour.detect import hysteresis
+
+    suv = np.full((12, 40, 60), 2.5, dtype=np.float32)  # a liver-like background
+    prob = np.zeros(suv.shape, dtype=np.float32)
+    foci = {"lesion": (slice(4, 7), slice(8, 11), slice(8, 11)), "blood": (slice(4, 7), slice(8, 11), slice(28, 31))}
+    foci["sure"] = (slice(4, 7), slice(8, 11), slice(48, 51))
+    suv[foci["lesion"]] = 6.5  # 2.6 x its surroundings
+    suv[foci["blood"]] = 4.0  # 1.6 x: blood pool, bowel, myocardium look like this
+    suv[foci["sure"]] = 3.0
+    for name, peak in (("lesion", 0.87), ("blood", 0.87), ("sure", 0.99)):
+        prob[foci[name]] = 0.5
+        centre = tuple(slice(s.start + 1, s.start + 2) for s in foci[name])
+        prob[centre] = peak
+    without = hysteresis(prob, 0.2, 0.98)
+    with_suv = hysteresis(prob, 0.2, 0.98, suv)
+    assert without[5, 9, 49] and with_suv[5, 9, 49]  # over the seed threshold: kept either way
+    assert not without[5, 9, 9] and with_suv[5, 9, 9]  # under it, but 2.6 x its surroundings
+    assert not without[5, 9, 29] and not with_suv[5, 9, 29]  # under it and only 1.6 x

@@ -83,6 +83,7 @@ class TumourNet:
     threshold: float
     device: str
     seed_threshold: float = 0.0
+    refine_fraction: float = 0.0
 
     def probabilities(self, suv: np.ndarray, ct: np.ndarray, batch: int = 16) -> np.ndarray:
         """Tumour probability on the given (work) grid."""
@@ -108,4 +109,5 @@ def load_net(bundle: str | Path, device: str) -> TumourNet:
         raise ValueError(f"{bundle}: the bundle has no 'unet' network")
     threshold = float(loaded.metadata.get("threshold", 0.5))
     seed_threshold = float(loaded.metadata.get("seed_threshold", threshold))
-    return TumourNet(net, loaded.version, threshold, device, seed_threshold)
+    refine = float(loaded.metadata.get("refine_fraction", 0.0))
+    return TumourNet(net, loaded.version, threshold, device, seed_threshold, refine)

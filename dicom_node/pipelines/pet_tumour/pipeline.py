@@ -3,11 +3,12 @@
 A route with ``wait_for = "study"`` sends the PT series; the worker adds the study's CT series (the
 pipeline's :attr:`PetTumour.companions`). ``load`` reads the PT series as SUVbw
 (:mod:`dicom_node.imaging.pet`, QIBA rules, a missing field refused with its name) and resamples the CT of
-the same Frame of Reference onto the PET grid through both real geometries; a PT series without such a CT
-runs as PET only (noted in the report). ``run`` segments tumours (the network of the bundle, or a threshold
-baseline when the route's option ``method`` says so), one finding per connected lesion with SUVmax, SUVmean,
-SUVpeak (1 ml sphere), MTV and TLG, and as its score the network's highest tumour probability in it (1.0 for a
-threshold baseline); the study's total MTV and TLG go into the conclusions.
+the same Frame of Reference onto the PET grid through both real geometries, keeping the CT's own grid so that
+the SEG is also written on the CT; a PT series without such a CT runs as PET only (noted in the report).
+``run`` segments tumours (the network of the bundle, or a threshold baseline when the route's option
+``method`` says so), one finding per connected lesion with SUVmax, SUVmean, SUVpeak (1 ml sphere), MTV and TLG,
+and as its score the network's highest tumour probability in it (1.0 for a threshold baseline); the study's
+total MTV and TLG go into the conclusions.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pydicom.dataset import Dataset
 from dicom_node.findings import Category, Finding, Findings, Measurement, Quantity
 from dicom_node.imaging.pet import is_pet, load_pet_series, resample_onto, same_frame
 from dicom_node.imaging.suv import PetHeader, SuvError, suv_factors
-from dicom_node.imaging.volume import Volume
+from dicom_node.imaging.volume import Volume, geometry_only
 from dicom_node.pipelines.base import register
 from dicom_node.pipelines.pet_tumour.baselines import METHODS
 from dicom_node.pipelines.pet_tumour.detect import lesion_labels, method_mask, network_probabilities, network_regions
@@ -37,10 +38,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PetCtVolume(Volume):
-    """The PET volume (SUVbw) with, where paired, the CT (HU) resampled onto its grid."""
+    """The PET volume (SUVbw) with, where paired, the CT (HU) resampled onto its grid (``ct``) and the CT
+    series' own grid (``ct_volume``: its sources and geometry, for a SEG on the CT; its pixels are not kept)."""
 
     ct: np.ndarray | None = None
     refusal: str | None = None
+    ct_volume: Volume | None = None
+
+    def paired_volumes(self) -> list[Volume]:
+        """The CT's grid when a CT is paired: the findings' SEG is written on it too."""
+        return [self.ct_volume] if self.ct_volume is not None else []
 
 
 @register("pet_tumour")
@@ -100,6 +107,7 @@ class PetTumour:
 
             ct = load_ct_series(ct_paths)
             out.ct = resample_onto(ct, pet, fill=-1000.0)
+            out.ct_volume = geometry_only(ct)
             out.notes.append(f"CT of the same frame of reference resampled onto the PET grid ({len(ct_paths)} slices)")
         else:
             out.notes.append("PET only: no CT of the same frame of reference in the study")
@@ -120,7 +128,7 @@ class PetTumour:
         prob: np.ndarray | None = None
         if self.method == "network" and self._net is not None:
             prob = network_probabilities(self._net, volume.pixels, ct, volume.spacing)
-            mask = network_regions(prob, ct, self._net, volume.pixels)
+            mask = network_regions(prob, ct, self._net, volume.pixels, volume.spacing)
         else:
             mask = method_mask(self.method, volume.pixels, ct, volume.spacing, self._net)
         labels, count = lesion_labels(mask, volume.pixels)

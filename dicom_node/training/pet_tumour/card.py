@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dicom_node.pipelines.pet_tumour.detect import CONTRAST_RATIO, CONTRAST_SEED
 from dicom_node.training.pet_tumour.data import seed_ranges
 
 NAMES = {
@@ -48,7 +49,7 @@ def _earlier(metrics: dict[str, Any]) -> str:
     if not earlier:
         return ""
     rows = [
-        "\n\nEarlier versions of the network, for comparison (same seeds unless said):\n",
+        "\n\nEarlier versions of the network, for comparison (same seeds and phantoms unless said):\n",
         "| version | Dice (mean / min) | lesions found | Dice, detectable only | detectable found "
         "| false calls per scan | false calls by tissue | SUVmax error (median) |",
         "|---|---|---|---|---|---|---|---|",
@@ -56,6 +57,9 @@ def _earlier(metrics: dict[str, Any]) -> str:
     for e in earlier:
         seeds = e.get("heldout_seeds") or []
         note = "" if seeds == metrics.get("heldout_seeds") else f" (seeds {seed_ranges(seeds)})"
+        generator = e.get("phantom_version", 1)
+        if generator != metrics.get("phantom_version", 1):
+            note += f" (phantom generator version {generator}: other phantoms)"
         rows.append(f"| {e.get('version')}{note} | " + _row(e["network"]))
     return "\n".join(rows)
 
@@ -101,6 +105,20 @@ def _verdict(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _refinement(meta: dict[str, Any]) -> str:
+    """The sentence on the boundary refinement (empty when the bundle has none)."""
+    fraction = float(meta.get("refine_fraction", 0.0))
+    if fraction <= 0.0:
+        return ""
+    return (
+        "Each remaining region's boundary is then redrawn on the SUV: the voxels connected to it, at most 4 mm "
+        "beyond it and not hotter than its SUVmax, whose SUV reaches the local background (median of a shell "
+        f"around it) plus {fraction:g} of the way up to its SUVmax (the fraction chosen on the validation seeds "
+        "with the thresholds); where that contour would keep less than half of the region (a hotter neighbour "
+        "giving both the SUVmax and most of the background), the network's region stays as it was."
+    )
+
+
 def render_card(meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     """The card's Markdown."""
     t = meta.get("training", {})
@@ -108,7 +126,7 @@ def render_card(meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     seeds_text = seeds if isinstance(seeds, str) else f"{seeds[0]}-{seeds[-1]}"
     tuned = meta.get("tuning")
     tuning = (
-        "both chosen on validation seeds {}, never trained on: the best mean Dice with at most 0.5 false calls "
+        "chosen on validation seeds {}, never trained on: the best mean Dice with at most 0.5 false calls "
         "per scan, Dice {} and {} false calls per scan there".format(
             seed_ranges(tuned["validation_seeds"]),
             tuned["chosen"]["dice"],
@@ -146,11 +164,14 @@ FDG PET/CT in, tumours out, physiological uptake left out. The PT series is read
 Reference is resampled onto the PET grid through both series' geometry, both go to 4 mm voxels, and a
 2.5-D MONAI U-Net ({meta.get("inputs", "")}) gives a tumour probability per voxel; regions at probability
 >= {meta.get("threshold", 0.5)} that reach {meta.get("seed_threshold", meta.get("threshold", 0.5))} somewhere are the
-lesions ({tuning}); with a CT, a region lying mostly outside the torso (the largest body outline of its axial CT
-slice: the arms, and the injection site in them, lie outside) is dropped, and so is brown fat: a region whose
-hottest voxel sits in fat on the CT (at least 6 of the 27 voxels around it between -150 and -30 HU) and whose
-mirror image across the midline also holds fat with SUV >= 2.5 (the bilateral pattern of activated brown fat;
-on training and validation phantoms it dropped 56 of 68 brown fat foci and none of 170 tumours). Per lesion:
+lesions ({tuning}), and since 1.3.0 also those that reach {CONTRAST_SEED} with an SUVmax {CONTRAST_RATIO:g}
+times the median of the 2 voxels around them (chosen on the validation phantoms: 4 more tumours found, 4 more
+calls on focal soft-tissue uptake, of 60 scans); with a CT, a region lying mostly outside the torso (the largest
+body outline of its axial CT slice: the arms, and the injection site in them, lie outside) is dropped, and so is
+brown fat: a region whose hottest voxel sits in fat on the CT (at least 6 of the 27 voxels around it between
+-150 and -30 HU) and whose mirror image across the midline also holds fat with SUV >= 2.5 (the bilateral pattern
+of activated brown fat; on the training and validation phantoms of generator version 2 it dropped 65 of 86 hot
+brown fat foci and none of 177 tumours). {_refinement(meta)} Per lesion:
 SUVmax, SUVmean, SUVpeak (1 ml sphere), MTV (ml) and TLG (g); per study the total MTV and TLG. Without a CT
 it runs on the PET alone (CT channels empty, no rule), which it was not trained for. The route option
 `method = "suv25"` or `"percent40"` runs a threshold baseline instead (the report says so).
@@ -160,10 +181,12 @@ it runs on the PET alone (CT channels empty, no rule), which it was not trained 
 - Synthetic PET/CT phantoms from `dicom_node/synth/pet_phantom.py`, seeds {seeds_text}:
   torso from the bladder to the base of the brain, lungs, liver, spleen, kidneys with urine and ureters,
   bladder, myocardium and blood pool, aorta, spine and marrow, bowel loops, arms with the injection site,
-  brown fat in some; uptake from literature SUV ranges (liver 1.8-2.8, myocardium 2-15, brain 6-10, urine
-  8-40, bowel 1.5-3.5, brown fat 3-10, injection site 10-60); 2-6 tumours of 5-40 mm, SUV 3-20, in the lungs,
-  the liver and lymph nodes; respiratory blur up to 12 mm near the diaphragm, PET resolution 5-7 mm FWHM,
-  4 mm voxels, signal-dependent correlated noise; CT on its own 2 x 2 x 3 mm grid.
+  brown fat in some (supraclavicular above the lung apices and paravertebral; generator version 2 from 1.2.0:
+  version 1 painted most foci over the lung apices); uptake from literature SUV ranges (liver 1.8-2.8,
+  myocardium 2-15, brain 6-10, urine 8-40, bowel 1.5-3.5, brown fat 3-10, injection site 10-60); 2-6 tumours
+  of 5-40 mm, SUV 3-20, in the lungs, the liver and lymph nodes; respiratory blur up to 12 mm near the
+  diaphragm, PET resolution 5-7 mm FWHM, 4 mm voxels, signal-dependent correlated noise; CT on its own
+  2 x 2 x 3 mm grid.
 - {t.get("steps", "?")} steps x {t.get("batch", "?")} crops of {t.get("crop", "?")} x {t.get("crop", "?")} voxels
   (40% around tumours, 30% on physiological uptake of SUV >= 2.5, the rest anywhere in the body; from 1.1.0
   the tumour crops are drawn tumour by tumour and the physiological ones tissue by tissue), BCE + soft
@@ -192,10 +215,11 @@ python -m dicom_node.training.pet_tumour evaluate --bundle DIR      # writes doc
   detectable ones.
 - Without a CT (PET only) the network has no anatomy and was not trained that way.
 - Lesions in the arms are not reported: the torso rule drops regions outside the torso outline (where the
-  injection site is), and since 1.1.0 the network scores uptake there low too. A phantom "node" placed
-  lateral enough to lie in the arm's outline on the CT (seed 31, SUVmax 19.7, 44 mm from the torso) was
-  found by 1.0.0 and is not by 1.1.0. The rule leaves alone whatever lies inside the outline (the axilla
-  when the arm touches the chest wall on the CT); how the network does on real axillary nodes is unknown.
+  injection site is), and since 1.1.0 the network scores uptake there low too. The rule leaves alone
+  whatever lies inside the outline (the axilla when the arm touches the chest wall on the CT); the phantoms'
+  axillary nodes all lie inside it, and how the network does on real axillary nodes is unknown.
+- The boundary refinement follows the SUV: a lesion touching uptake at least as hot as itself, or cooler
+  uptake above its contour level, may gain or lose up to one voxel (4 mm) along that contact.
 - SUV is body-weight SUV; the measures are on the PET grid as stored.
 """
 

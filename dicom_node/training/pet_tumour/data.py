@@ -15,14 +15,16 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from dicom_node.pipelines.pet_tumour.model import to_work_grid
+from dicom_node.synth.pet_phantom import VERSION as PHANTOM_VERSION
 from dicom_node.synth.pet_phantom import Grid, make_pet_ct_phantom
 
 TRAIN_SEEDS = tuple(range(0, 24))
 BROWN_FAT_SEEDS = (32, 33, 38, 41, 42, 43, 44, 51, 52, 53)
 """Ten more training phantoms, the first seeds above 30 that draw brown fat (bundle 1.1.0 trained on these too)."""
-VALIDATION_SEEDS = (*range(24, 31), 61, 65, 67, 71, 73)
-"""Never trained on: where the thresholds are chosen. 24-30 hold no brown fat (it is drawn in 30% of the
-phantoms), so five phantoms that have it (61-73) are added."""
+VALIDATION_SEEDS = (*range(24, 31), 61, 65, 67, 71, 73, *range(100, 148))
+"""Never trained on: where the thresholds and the boundary refinement are chosen. 24-30 hold no brown fat (it is
+drawn in 30% of the phantoms), so five phantoms that have it (61-73) are added; 100-147 since 1.2.0 (twelve
+phantoms left the choice to a scan or two)."""
 HELDOUT_SEEDS = tuple(range(5000, 5012))  # never used in training nor in choosing anything
 
 
@@ -90,8 +92,8 @@ def grid_to_grid(values: np.ndarray, moving: Grid, fixed: Grid, fill: float, ord
 
 
 def load_case(seed: int) -> Case:
-    """The phantom of ``seed`` on the working grid (cached under :data:`CACHE`)."""
-    path = CACHE / f"petct-{seed}.npz"
+    """The phantom of ``seed`` on the working grid (cached under :data:`CACHE`, keyed by the generator's version)."""
+    path = CACHE / f"petct-v{PHANTOM_VERSION}-{seed}.npz"
     if path.exists():
         z = np.load(path)
         return Case(seed, z["suv"], z["ct"], z["lesions"], z["organs"], tuple(z["voi"]), tuple(z["spacing"]))  # type: ignore[arg-type]

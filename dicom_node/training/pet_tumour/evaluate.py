@@ -20,6 +20,7 @@ import numpy as np
 from dicom_node.pipelines.pet_tumour.baselines import liver_reference, percist
 from dicom_node.pipelines.pet_tumour.detect import lesion_labels, method_mask
 from dicom_node.pipelines.pet_tumour.model import load_net
+from dicom_node.synth.pet_phantom import VERSION as PHANTOM_VERSION
 from dicom_node.training.pet_tumour.data import HELDOUT_SEEDS, load_case
 from dicom_node.training.pet_tumour.metrics import ScanScore, score_scan, summarize
 
@@ -62,6 +63,7 @@ def evaluate(
         )
     metrics: dict[str, Any] = {
         "heldout_seeds": [int(s) for s in seeds],
+        "phantom_version": PHANTOM_VERSION,
         "methods": {m: summarize(s) for m, s in scores.items()},
         "per_scan_dice": {m: [round(x.dice, 4) for x in s] for m, s in scores.items()},
         "network_seconds_per_scan": round(float(np.mean(seconds)), 2),
@@ -85,6 +87,10 @@ def _previous(path: Path, version: str) -> list[dict[str, Any]]:
     old = json.loads(path.read_text())
     earlier: list[dict[str, Any]] = list(old.get("previous", []))
     if old.get("bundle_version") != version and "network" in old.get("methods", {}):
-        entry = {"version": old.get("bundle_version"), "heldout_seeds": old.get("heldout_seeds")}
+        entry = {
+            "version": old.get("bundle_version"),
+            "heldout_seeds": old.get("heldout_seeds"),
+            "phantom_version": old.get("phantom_version", 1),
+        }
         earlier.insert(0, {**entry, "network": old["methods"]["network"]})
     return earlier

@@ -55,8 +55,11 @@ class ScanScore:
     detectable: int = 0
 
 
-def score_scan(pred: np.ndarray, truth: np.ndarray, organs: np.ndarray, suv: np.ndarray) -> ScanScore:
-    """Score a predicted label volume (0 none, i lesion) against truth labels on the same grid."""
+def score_scan(
+    pred: np.ndarray, truth: np.ndarray, organs: np.ndarray, suv: np.ndarray, visible: set[int] | None = None
+) -> ScanScore:
+    """Score a predicted label volume (0 none, i lesion) against truth labels on the same grid; ``visible`` the
+    truth's :func:`detectable_ids` when already computed (they depend on the scan only)."""
     p, t = pred > 0, truth > 0
     denom = int(p.sum() + t.sum())
     dice = 1.0 if denom == 0 else 2.0 * float((p & t).sum()) / denom
@@ -78,7 +81,7 @@ def score_scan(pred: np.ndarray, truth: np.ndarray, organs: np.ndarray, suv: np.
             continue
         organ = ORGANS[int(np.bincount(organs[region].ravel()).argmax())]
         false_by[organ] = false_by.get(organ, 0) + 1
-    visible = detectable_ids(truth, suv)
+    visible = detectable_ids(truth, suv) if visible is None else visible
     hidden = np.isin(truth, [i for i in ids if i not in visible])
     over_hidden = [int(j) for j in np.unique(pred[hidden & p])]
     keep_p = p & ~np.isin(pred, over_hidden) & ~hidden
