@@ -253,6 +253,43 @@ def _vessel_segments(rng: np.random.Generator, lung: np.ndarray, g: _Grid, b: _B
     return segs, bronchi
 
 
+def _hilar_segments(rng: np.random.Generator, g: _Grid, b: _Body) -> tuple[list, list]:
+    """Large hilar vessels: per side 1-2 pulmonary artery / vein trunks (12-24 mm across) from the edge
+    of the mediastinum into the lung, each with 2-4 lobar branches (6-16 mm across) running in and
+    through the plane; returns (trunks and lobar branches, the ordinary vessel trees they go on as)."""
+    cav_ax = b.ax - b.fat - b.muscle
+    big: list = []
+    trees: list = []
+    for side in (-1.0, 1.0):
+        edge = g.c + side * cav_ax * (0.16 if side > 0 else 0.10)
+        for _ in range(int(rng.integers(1, 3))):
+            r = float(rng.uniform(6.0, 12.0))
+            p0 = np.array([rng.uniform(0.1, 0.9) * g.z[-1], b.cy + rng.uniform(-20, 15), edge - side * 0.5 * r])
+            d = np.array([rng.normal(scale=0.5), rng.normal(scale=0.4), side * rng.uniform(0.6, 1.0)])
+            d /= np.linalg.norm(d)
+            p1 = p0 + d * rng.uniform(12.0, 25.0)
+            big.append((p0, p1, r))
+            for _ in range(int(rng.integers(2, 5))):
+                br = r * float(rng.uniform(0.5, 0.7))
+                nd = np.array([rng.normal(scale=1.0), rng.normal(scale=0.7), side * rng.uniform(0.2, 1.0)])
+                nd /= np.linalg.norm(nd)
+                q = p1 + nd * rng.uniform(15.0, 30.0)
+                big.append((p1, q, br))
+                tree: list = []
+                _segments_tree(rng, q, nd, br * 0.72, tree)
+                trees.extend(tree[:40])
+    return big, trees
+
+
+def _draw_hilar(hu: np.ndarray, lung: np.ndarray, g: _Grid, big: list, value: float) -> None:
+    """Composite the hilar trunks and lobar branches (soft tissue ``value``) into the lungs and the soft
+    tissue of ``hu``, and take them out of ``lung`` (both in place)."""
+    occ = _draw_tubes(hu, g.z, g.y, g.x, big, value)
+    occ *= lung | ((hu > -150.0) & (hu < 120.0))
+    hu[:] = hu * (1 - occ) + value * occ
+    lung &= occ < 0.5
+
+
 def _draw_vessels(
     rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, g: _Grid, segs: list, bronchi: list
 ) -> None:
@@ -335,6 +372,7 @@ def make_phantom(
     size: int = 288,
     extent_mm: float = 64.0,
     min_diameter: float = 3.0,
+    hilar: bool = False,
 ) -> Phantom:
     """Generate one chest CT phantom.
 
@@ -345,6 +383,9 @@ def make_phantom(
         size: rows = columns at :data:`PIXEL_MM`.
         extent_mm: z extent in mm.
         min_diameter: smallest nodule diameter drawn.
+        hilar: also draw large hilar vessel trunks and lobar branches (:func:`_hilar_segments`); off by
+            default, so that the phantoms of a seed stay those the shipped bundles were trained and
+            evaluated on.
 
     Returns:
         A :class:`Phantom` (HU float32 (slices, size, size), lung mask, nodule labels, specs).
@@ -359,8 +400,15 @@ def make_phantom(
     tex = ndi.gaussian_filter(rng.normal(size=hu.shape).astype(np.float32), (1.5 / g.dz, 1.5, 1.5))
     tex *= rng.uniform(15.0, 35.0) / max(float(tex.std()), 1e-6)
     hu[lung] += tex[lung]
+    big: list = []
+    if hilar:
+        big, hilar_trees = _hilar_segments(rng, g, body)
+        _draw_hilar(hu, lung, g, big, float(rng.uniform(20.0, 60.0)))
     segs, bronchi = _vessel_segments(rng, lung, g, body)
+    if hilar:
+        segs += hilar_trees
     _draw_vessels(rng, hu, lung, g, segs, bronchi)
+    segs += big
     labels, specs = _add_nodules(rng, hu, lung, g, segs, n_nodules, min_diameter)
     hu, lung, labels = _acquire(rng, hu, lung, labels, len(specs), g)
     return Phantom(hu=hu, spacing=(g.t, PIXEL_MM, PIXEL_MM), lung=lung, labels=labels, nodules=specs, vessels=segs)

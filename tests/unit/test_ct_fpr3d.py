@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from dicom_node.imaging.series import normalize_hu
@@ -10,7 +11,13 @@ from dicom_node.networks.fpr3d import PATCH, build_fpr3d
 from dicom_node.pipelines.ct_lung_nodule import NoduleModel, extract_patch3d
 from dicom_node.training.ct_lung_nodule.bundle import FPR3D_KWARGS, save_networks
 from dicom_node.training.ct_lung_nodule.data import Case, NoduleTruth
-from dicom_node.training.ct_lung_nodule.fpr3d import _augment3d, fpr3d_samples, train_fpr3d, truth_candidate
+from dicom_node.training.ct_lung_nodule.fpr3d import (
+    _augment3d,
+    finetune_fpr3d,
+    fpr3d_samples,
+    train_fpr3d,
+    truth_candidate,
+)
 
 
 def _ball_mm(
@@ -98,6 +105,21 @@ def test_training_steps_run_and_augmentation_keeps_shapes() -> None:
     assert not net.training
     with torch.inference_mode():
         assert net(torch.from_numpy(x[:3].astype(np.float32))).shape == (3,)
+
+
+def test_finetune_draws_hard_negatives_and_moves_a_trained_network() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.random((8, 2, PATCH, PATCH, PATCH)).astype(np.float16)
+    y = np.array([1, 1, 0, 0, 0, 0, 0, 0])
+    hard = np.array([False, False, False, False, False, False, True, True])
+    torch.manual_seed(0)
+    net = build_fpr3d(**FPR3D_KWARGS).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out = finetune_fpr3d(net, x, y, hard, steps=2, batch=8, hard_share=2)
+    assert not out.training
+    assert any(not torch.equal(before[k], v) for k, v in out.state_dict().items())
+    with pytest.raises(ValueError, match="hard negatives"):
+        finetune_fpr3d(out, x, y, np.zeros(8, dtype=bool), steps=1, batch=8)
 
 
 def test_ensemble_averages_members_over_the_flips_of_the_cube(tmp_path) -> None:

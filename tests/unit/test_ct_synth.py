@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from dicom_node.pipelines.ct_lung_nodule import long_short_axes
 from dicom_node.synth.ct_nodule import random_spec, render_occupancy
@@ -58,3 +59,17 @@ def test_long_short_axes_of_an_ellipse() -> None:
     assert long_axis == pytest.approx(20.5, abs=0.6)  # 41 pixels x 0.5 mm
     assert short_axis == pytest.approx(10.5, abs=0.6)
     assert long_short_axes(np.zeros((4, 4), bool), (1.0, 1.0)) == (0.0, 0.0)
+
+
+def test_hilar_vessels_are_large_soft_tissue_tubes_taken_out_of_the_lung() -> None:
+    kw = {"n_nodules": 0, "thickness": 2.5, "size": 224, "extent_mm": 30.0}
+    plain = make_phantom(np.random.default_rng(7), **kw)
+    hilar = make_phantom(np.random.default_rng(7), hilar=True, **kw)
+    taken = plain.lung & ~hilar.lung  # same body and lungs up to the hilar draws
+    assert taken.sum() * 2.5 > 3000  # several ml of lung became hilar vessel
+    assert -100 < float(np.median(hilar.hu[taken])) < 120  # soft tissue, as the other vessels
+    assert not (hilar.lung & ~plain.lung).any()
+    radii = [r for _, _, r in hilar.vessels]
+    assert max(radii) >= 6.0 and max(r for _, _, r in plain.vessels) < 6.0
+    # A cross-section at least 12 mm across in some slice (an in-plane trunk or a through-plane branch).
+    assert max(float(ndi.distance_transform_edt(t).max()) for t in taken) >= 6.0

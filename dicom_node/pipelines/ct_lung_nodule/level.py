@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from dicom_node.imaging.series import resample_inplane
-from dicom_node.pipelines.ct_lung_nodule.noise import MIN_PARENCHYMA_PX, _parenchyma, _sample
+from dicom_node.pipelines.ct_lung_nodule.noise import (
+    MIN_PARENCHYMA_PX,
+    on_working_grid,
+    parenchyma_mask,
+    sampled_slices,
+)
 
 PHANTOM_LUNG_HU = -847.0  # median of the 12 validation phantoms of seed 777 (each -848.5..-845.5)
 AIR_HU = -1000.0
@@ -38,8 +42,8 @@ def lung_level(hu: np.ndarray, lung: np.ndarray) -> float | None:
     """Median HU of the aerated lung parenchyma (see the module's docstring), or None when no sampled
     slice has a quarter of :data:`MIN_PARENCHYMA_PX` pixels of it."""
     values = []
-    for k in _sample(lung):
-        parenchyma = _parenchyma(hu[k], lung[k])
+    for k in sampled_slices(lung):
+        parenchyma = parenchyma_mask(hu[k], lung[k])
         if parenchyma.sum() >= MIN_PARENCHYMA_PX // 4:
             values.append(hu[k][parenchyma])
     return float(np.median(np.concatenate(values))) if values else None
@@ -48,15 +52,9 @@ def lung_level(hu: np.ndarray, lung: np.ndarray) -> float | None:
 def lung_level_at(
     hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], pixel_mm: float
 ) -> float | None:
-    """:func:`lung_level` of ``hu`` resampled in-plane to ``pixel_mm`` pixels (the sampled slices alone), as
-    the networks' working grid shows it."""
-    slices = _sample(lung)
-    if not slices:
-        return None
-    zoom = (spacing[1] / pixel_mm, spacing[2] / pixel_mm)
-    work = resample_inplane(hu[slices], zoom, order=1)
-    lung_w = resample_inplane(lung[slices].astype(np.float32), zoom, order=1) >= 0.5
-    return lung_level(work, lung_w)
+    """:func:`lung_level` on the working grid (:func:`~dicom_node.pipelines.ct_lung_nodule.noise.on_working_grid`)."""
+    grid = on_working_grid(hu, lung, spacing, pixel_mm)
+    return lung_level(*grid) if grid is not None else None
 
 
 def level_shift(level: float | None, target: float = PHANTOM_LUNG_HU) -> float:

@@ -25,7 +25,7 @@ MIN_PARENCHYMA_PX = 2000
 _MAX_SIGMA_PX = 3.0
 
 
-def _sample(lung: np.ndarray) -> list[int]:
+def sampled_slices(lung: np.ndarray) -> list[int]:
     """Up to :data:`SAMPLE_SLICES` slices spread over those with the most lung field."""
     counts = lung.reshape(lung.shape[0], -1).sum(axis=1)
     usable = [int(k) for k in np.nonzero(counts >= MIN_PARENCHYMA_PX)[0]]
@@ -33,7 +33,7 @@ def _sample(lung: np.ndarray) -> list[int]:
     return usable[::step][:SAMPLE_SLICES]
 
 
-def _parenchyma(image: np.ndarray, lung: np.ndarray) -> np.ndarray:
+def parenchyma_mask(image: np.ndarray, lung: np.ndarray) -> np.ndarray:
     """Aerated parenchyma of one slice: lung field under -600 HU once smoothed (so that noise does not
     riddle it), eroded by 2 pixels."""
     aerated = ndi.gaussian_filter(image, 1.5) < -600
@@ -52,30 +52,37 @@ def _slice_noise(image: np.ndarray, parenchyma: np.ndarray) -> float:
 def lung_noise(hu: np.ndarray, lung: np.ndarray) -> float | None:
     """The lung parenchyma's noise in HU (see the module's docstring), or None when no slice has
     :data:`MIN_PARENCHYMA_PX` pixels of it."""
-    values = [_slice_noise(hu[k], _parenchyma(hu[k], lung[k])) for k in _sample(lung)]
+    values = [_slice_noise(hu[k], parenchyma_mask(hu[k], lung[k])) for k in sampled_slices(lung)]
     values = [v for v in values if np.isfinite(v)]
     return float(np.median(values)) if values else None
+
+
+def on_working_grid(
+    hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], pixel_mm: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The :func:`sampled_slices` of ``hu`` and ``lung`` resampled in-plane to ``pixel_mm`` pixels, as the
+    networks' working grid shows them (None when no slice holds lung)."""
+    slices = sampled_slices(lung)
+    if not slices:
+        return None
+    zoom = (spacing[1] / pixel_mm, spacing[2] / pixel_mm)
+    work = resample_inplane(hu[slices], zoom, order=1)
+    return work, resample_inplane(lung[slices].astype(np.float32), zoom, order=1) >= 0.5
 
 
 def lung_noise_at(
     hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], pixel_mm: float
 ) -> float | None:
-    """:func:`lung_noise` of ``hu`` resampled in-plane to ``pixel_mm`` pixels (the sampled slices alone), as
-    the networks' working grid shows it."""
-    slices = _sample(lung)
-    if not slices:
-        return None
-    zoom = (spacing[1] / pixel_mm, spacing[2] / pixel_mm)
-    work = resample_inplane(hu[slices], zoom, order=1)
-    lung_w = resample_inplane(lung[slices].astype(np.float32), zoom, order=1) >= 0.5
-    return lung_noise(work, lung_w)
+    """:func:`lung_noise` on the working grid (:func:`on_working_grid`)."""
+    grid = on_working_grid(hu, lung, spacing, pixel_mm)
+    return lung_noise(*grid) if grid is not None else None
 
 
 def smoothing_for(hu: np.ndarray, lung: np.ndarray, target: float = TARGET_NOISE_HU) -> float:
     """The in-plane Gaussian sigma (pixels) that brings :func:`lung_noise` down to ``target``; 0 when it
     is there already (found by bisection on the sampled slices alone, to 0.05 pixel)."""
-    slices = _sample(lung)
-    parenchyma = {k: _parenchyma(hu[k], lung[k]) for k in slices}
+    slices = sampled_slices(lung)
+    parenchyma = {k: parenchyma_mask(hu[k], lung[k]) for k in slices}
     slices = [k for k in slices if parenchyma[k].sum() >= MIN_PARENCHYMA_PX // 4]
     if not slices:
         return 0.0
