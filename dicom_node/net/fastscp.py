@@ -215,6 +215,7 @@ class _Association:
         self.address = address
         self.tls_context = tls_context
         self.calling_ae = ""
+        self.certificate_names: frozenset[str] | None = None  # of the verified TLS client certificate; None: plain
         self.called_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, transfer syntax)
         self.thread: threading.Thread | None = None
@@ -258,7 +259,10 @@ class _Association:
         except ssl.SSLError as exc:
             tls.log_refusal(self.server.engine, self.address, exc)
             return False
-        log.debug("TLS from %s: %s, certificate %r", self.address, secure.version(), tls.peer_identity(secure))
+        self.certificate_names = tls.peer_names(secure)
+        log.debug(
+            "TLS from %s: %s, certificate %s", self.address, secure.version(), sorted(self.certificate_names or ())
+        )
         return True
 
     def run(self) -> None:
@@ -358,7 +362,7 @@ class _Association:
     def _negotiate(self, request: ul.AssociateRequest) -> bool:
         self.calling_ae, self.called_ae = request.calling_ae, request.called_ae
         policy = self.server.policy
-        names = tls.peer_names(self.conn)
+        names = self.certificate_names
         decision = self.server._admit(
             self, lambda others: policy.decide(request.called_ae, request.calling_ae, self.address, others, names)
         )

@@ -211,16 +211,3 @@ def peer_names(conn: Any) -> frozenset[str] | None:
     names = {str(value) for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"}
     names.update(str(value) for kind, value in cert.get("subjectAltName", ()) if kind == "DNS")
     return frozenset(names)
-
-
-def peer_identity(conn: Any) -> str:
-    """The subject common name of a TLS peer's verified certificate, or ``""`` (plain, or none sent)."""
-    getpeercert = getattr(conn, "getpeercert", None)
-    if getpeercert is None:
-        return ""
-    cert = getpeercert() or {}
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return ""

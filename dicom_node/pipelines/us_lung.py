@@ -233,9 +233,8 @@ def check_lung(
     oks: list[bool] = []
     tally: dict[str, int] = {}
     for i in range(n):
-        why = _frame_reasons(volume, i, labels[i], confidence[i], field)
-        if reported is not None and _plausible_depth(reported[i]):
-            why = [reason for reason in why if not reason.endswith("of the depth")]
+        depth_ok = reported is not None and _plausible_depth(reported[i])
+        why = _frame_reasons(volume, i, labels[i], confidence[i], field, depth_ok)
         oks.append(not why)
         for reason in why:
             tally[reason] = tally.get(reason, 0) + 1
@@ -251,8 +250,10 @@ def _plausible_depth(labels: np.ndarray) -> bool:
 
 
 def _frame_reasons(
-    volume: Volume, index: int, labels: np.ndarray, confidence: np.ndarray, field: np.ndarray
+    volume: Volume, index: int, labels: np.ndarray, confidence: np.ndarray, field: np.ndarray, depth_ok: bool
 ) -> list[str]:
+    """Why one frame does not look like lung (empty when it does); ``depth_ok``: the reported pleural line lies
+    at a plausible depth, so the network's line is not judged on its depth."""
     rows = labels.shape[0]
     reasons: list[str] = []
     geo = pleura_geometry(labels, confidence, field)
@@ -265,7 +266,7 @@ def _frame_reasons(
     if explained < 0.6:
         reasons.append(f"pleura and ribs cover only {explained:.0%} of the width")
     depth_frac = float(np.median(geo.rows)) / rows
-    if not DEPTH_RANGE[0] <= depth_frac <= DEPTH_RANGE[1]:
+    if not depth_ok and not DEPTH_RANGE[0] <= depth_frac <= DEPTH_RANGE[1]:
         reasons.append(f"pleural line at {depth_frac:.0%} of the depth")
     spread = float(np.ptp(geo.rows)) / rows
     if spread > MAX_SPREAD:
@@ -362,8 +363,8 @@ class UsLungPipeline:
         result.classification = {name: float(p) for name, p in zip(CLASS_NAMES, probs, strict=True)}
         result.classification["abnormal"] = float(1.0 - probs[0])
         self._segment_findings(volume, labels, pred.labels, pred.confidence, ok, result)
-        self._b_lines(volume, labels, pred.classes, ok, result)
         top = clinical_result(result.classification) or "normal"
+        self._b_lines(volume, labels, pred.classes, ok, result, top)
         p_top = result.classification["abnormal"] if top == "abnormal" else result.classification[top]
         result.conclusions.append(
             f"Cine result: {_RESULT_TEXT[top]} (p={p_top:.2f}); abnormal p={1.0 - probs[0]:.2f} "
@@ -428,7 +429,7 @@ class UsLungPipeline:
         )
 
     def _b_lines(
-        self, volume: Volume, labels: np.ndarray, classes: np.ndarray, ok: np.ndarray, result: Findings
+        self, volume: Volume, labels: np.ndarray, classes: np.ndarray, ok: np.ndarray, result: Findings, top: str
     ) -> None:
         counts = [count_b_lines(labels[i]) if ok[i] else 0 for i in range(len(ok))]
         worst = int(np.argmax(counts))  # the first frame with the most B-lines
@@ -451,7 +452,7 @@ class UsLungPipeline:
         def frame_no(i: int) -> int:
             return numbers[i]
 
-        if most == 0 and clinical_result(result.classification or {}) == "b_lines":
+        if most == 0 and top == "b_lines":
             # The classifier reads the pattern of whole frames; the count needs single lines traced from the
             # pleura downwards, which confluent or faint B-lines ("white lung") do not give.
             result.conclusions.append(

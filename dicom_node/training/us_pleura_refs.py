@@ -22,6 +22,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -30,6 +31,9 @@ from dicom_node.imaging.us import load_us
 from dicom_node.pipelines.us_lung import DEFAULT_BUNDLE, UsLungPipeline, imaged_field, pleura_geometry
 from dicom_node.pipelines.us_pleura import refine_labels, sector_mask
 from dicom_node.training.us_real_data import read_clips, write_clip
+
+if TYPE_CHECKING:
+    from dicom_node.networks.us_infer import Prediction
 
 REFS_FILE = Path(__file__).with_name("us_pleura_refs.csv")
 RIB_REFS_FILE = Path(__file__).with_name("us_rib_refs.csv")
@@ -128,15 +132,23 @@ def measure(bundle: Path = DEFAULT_BUNDLE, dicom_dir: Path | None = None) -> dic
     assert isinstance(model, LungUsModel)
     folder = Path(dicom_dir) if dicom_dir else Path(tempfile.gettempdir()) / "dicom-node-us-real-16"
     clips = {c.file: c for c in read_clips()}
+    cines: dict[str, np.ndarray] = {}
+
+    def labelled(file: str, frame: int) -> tuple[np.ndarray, Prediction, np.ndarray]:
+        """A train-part frame's cine (read once per file), the network's prediction and the refined labels."""
+        if clips[file].part != "train":
+            raise ValueError(f"{file} is not in the train part: references are for the train part only")
+        if file not in cines:
+            cines[file] = load_us([write_clip(clips[file], folder, 16)]).pixels
+        pixels = cines[file]
+        pred = model.predict(pixels[frame : frame + 1])
+        refined = refine_labels(pixels[frame], pred.labels[0], pred.confidence[0], sector_mask(pixels))
+        return pixels, pred, refined
+
     rows: list[dict[str, object]] = []
     for ref in read_refs():
-        clip = clips[ref.file]
-        if clip.part != "train":
-            raise ValueError(f"{ref.file} is not in the train part: references are for the train part only")
-        pixels = load_us([write_clip(clip, folder, 16)]).pixels
-        pred = model.predict(pixels[ref.frame : ref.frame + 1])
+        pixels, pred, refined = labelled(ref.file, ref.frame)
         field = imaged_field(pixels)
-        refined = refine_labels(pixels[ref.frame], pred.labels[0], pred.confidence[0], sector_mask(pixels))
         rows.append(
             {
                 "file": Path(ref.file).name,
@@ -149,12 +161,7 @@ def measure(bundle: Path = DEFAULT_BUNDLE, dicom_dir: Path | None = None) -> dic
     errors = {k: [float(str(r[k])) for r in rows] for k in ("before", "after")}
     ribs: dict[str, list[tuple[int, int, float]]] = {"before": [], "after": []}
     for rib_ref in read_rib_refs():
-        clip = clips[rib_ref.file]
-        if clip.part != "train":
-            raise ValueError(f"{rib_ref.file} is not in the train part: references are for the train part only")
-        pixels = load_us([write_clip(clip, folder, 16)]).pixels
-        pred = model.predict(pixels[rib_ref.frame : rib_ref.frame + 1])
-        refined = refine_labels(pixels[rib_ref.frame], pred.labels[0], pred.confidence[0], sector_mask(pixels))
+        _, pred, refined = labelled(rib_ref.file, rib_ref.frame)
         ribs["before"].append(rib_agreement(pred.labels[0], rib_ref))
         ribs["after"].append(rib_agreement(refined, rib_ref))
     rib_summary = {

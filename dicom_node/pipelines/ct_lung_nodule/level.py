@@ -26,7 +26,6 @@ import numpy as np
 
 from dicom_node.pipelines.ct_lung_nodule.noise import (
     MIN_PARENCHYMA_PX,
-    on_working_grid,
     parenchyma_mask,
     sampled_slices,
 )
@@ -47,14 +46,6 @@ def lung_level(hu: np.ndarray, lung: np.ndarray) -> float | None:
         if parenchyma.sum() >= MIN_PARENCHYMA_PX // 4:
             values.append(hu[k][parenchyma])
     return float(np.median(np.concatenate(values))) if values else None
-
-
-def lung_level_at(
-    hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], pixel_mm: float
-) -> float | None:
-    """:func:`lung_level` on the working grid (:func:`~dicom_node.pipelines.ct_lung_nodule.noise.on_working_grid`)."""
-    grid = on_working_grid(hu, lung, spacing, pixel_mm)
-    return lung_level(*grid) if grid is not None else None
 
 
 def level_shift(level: float | None, target: float = PHANTOM_LUNG_HU) -> float:

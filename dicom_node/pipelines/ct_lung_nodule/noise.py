@@ -70,14 +70,6 @@ def on_working_grid(
     return work, resample_inplane(lung[slices].astype(np.float32), zoom, order=1) >= 0.5
 
 
-def lung_noise_at(
-    hu: np.ndarray, lung: np.ndarray, spacing: tuple[float, float, float], pixel_mm: float
-) -> float | None:
-    """:func:`lung_noise` on the working grid (:func:`on_working_grid`)."""
-    grid = on_working_grid(hu, lung, spacing, pixel_mm)
-    return lung_noise(*grid) if grid is not None else None
-
-
 def smoothing_for(hu: np.ndarray, lung: np.ndarray, target: float = TARGET_NOISE_HU) -> float:
     """The in-plane Gaussian sigma (pixels) that brings :func:`lung_noise` down to ``target``; 0 when it
     is there already (found by bisection on the sampled slices alone, to 0.05 pixel)."""

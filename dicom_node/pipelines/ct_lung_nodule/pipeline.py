@@ -18,10 +18,10 @@ from dicom_node.pipelines.ct_lung_field import LungFields, ct_applies_to, segmen
 from dicom_node.pipelines.ct_lung_nodule.candidates import WORK_MM, long_short_axes
 from dicom_node.pipelines.ct_lung_nodule.contrast import vessel_core_hu
 from dicom_node.pipelines.ct_lung_nodule.detection import Detection, detect_in_volume, malignancy_key
-from dicom_node.pipelines.ct_lung_nodule.level import PHANTOM_LUNG_HU, REPORT_SHIFT_HU, level_shift, lung_level_at
+from dicom_node.pipelines.ct_lung_nodule.level import PHANTOM_LUNG_HU, REPORT_SHIFT_HU, level_shift, lung_level
 from dicom_node.pipelines.ct_lung_nodule.mass import grow_mass
 from dicom_node.pipelines.ct_lung_nodule.model import DEFAULT_BUNDLE, NoduleModel, load_model
-from dicom_node.pipelines.ct_lung_nodule.noise import TARGET_NOISE_HU, lung_noise_at
+from dicom_node.pipelines.ct_lung_nodule.noise import TARGET_NOISE_HU, lung_noise, on_working_grid
 from dicom_node.pipelines.ct_lung_nodule.scope import (
     contrast_enhanced,
     is_mass,
@@ -100,13 +100,14 @@ class CtLungNodule:
         result.not_applicable = not_a_chest(fields.both, volume.spacing)
         if result.not_applicable:
             return result
-        noise = lung_noise_at(volume.pixels, fields.both, volume.spacing, WORK_MM)
+        sample = on_working_grid(volume.pixels, fields.both, volume.spacing, WORK_MM)  # noise and level read it
+        noise = lung_noise(*sample) if sample is not None else None
         result.not_applicable = too_noisy(noise) or contrast_enhanced(
             vessel_core_hu(volume.pixels, fields.both, volume.spacing)
         )
         if result.not_applicable:
             return result
-        level = lung_level_at(volume.pixels, fields.both, volume.spacing, WORK_MM)
+        level = lung_level(*sample) if sample is not None else None
         min_score = self._min_score
         if min_score is None:
             min_score = float(getattr(model, "min_score", 0.5))

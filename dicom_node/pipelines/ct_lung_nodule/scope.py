@@ -55,7 +55,8 @@ def out_of_range(volume: Volume) -> str | None:
 
 def too_noisy(noise_hu: float | None) -> str | None:
     """The reason a series whose lung noise (working grid, see
-    :func:`~dicom_node.pipelines.ct_lung_nodule.noise.lung_noise_at`) is ``noise_hu`` cannot be read, or None."""
+    :func:`~dicom_node.pipelines.ct_lung_nodule.noise.lung_noise` on
+    :func:`~dicom_node.pipelines.ct_lung_nodule.noise.on_working_grid`) is ``noise_hu`` cannot be read, or None."""
     if noise_hu is None or noise_hu <= MAX_NOISE_HU:
         return None
     return (

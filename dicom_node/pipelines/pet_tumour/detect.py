@@ -93,9 +93,7 @@ def inside_torso(mask: np.ndarray, ct: np.ndarray | None, torso: np.ndarray | No
     CT's :func:`torso_mask` when already computed."""
     if ct is None or not mask.any():
         return mask
-    labels, count = regions(mask)
-    if count == 0:
-        return mask
+    labels, count = regions(mask)  # count >= 1: the mask has a voxel
     torso = torso_mask(ct) if torso is None else torso
     inside = labels > 0
     voxels = np.bincount(labels[inside], minlength=count + 1)
@@ -122,9 +120,7 @@ def without_symmetric_fat(
     only are kept. Unchanged without a CT."""
     if ct is None or not mask.any():
         return mask
-    labels, count = regions(mask)
-    if count == 0:
-        return mask
+    labels, count = regions(mask)  # count >= 1: the mask has a voxel
     torso = torso_mask(ct) if torso is None else torso
     fat = (ct >= FAT_HU[0]) & (ct <= FAT_HU[1])
     hot_fat = fat & (suv >= HOT_SUV) & torso
