@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from sqlalchemy import create_engine, select
 
 from dicom_node.db import deliveries, instances, jobs, results
 from tests.nodes import ServeProcess, node_config_text, tcp_env, wait_for
 from tests.peers.dicomfiles import CT_LIDC_SLAB, require
 from tests.peers.orthanc import OrthancPeer, free_port
+from tests.peers.petct_independent import frame_sources
 
 pytestmark = pytest.mark.slow
 
@@ -273,7 +273,7 @@ def test_pet_ct_study_comes_back_as_pet_seg_and_sr_with_the_ct_paired(tmp_path: 
         assert len(segs) == 2
         pet_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in pt}
         ct_uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in ct}
-        refs = sorted((_frame_references(seg) for seg in segs), key=lambda r: bool(r & ct_uids))
+        refs = sorted((frame_sources(seg) for seg in segs), key=lambda r: bool(r & ct_uids))
         assert refs[0] and refs[0] <= pet_uids  # one SEG lies on the PET
         assert refs[1] and refs[1] <= ct_uids  # and one, with the same segments, on the CT
         assert [s.TrackingUID for s in segs[0].SegmentSequence] == [s.TrackingUID for s in segs[1].SegmentSequence]
@@ -284,16 +284,6 @@ def test_pet_ct_study_comes_back_as_pet_seg_and_sr_with_the_ct_paired(tmp_path: 
 def _modalities(pacs: OrthancPeer, study_uid: str) -> list[str]:
     """Sorted modalities of the study's series in the PACS, one entry per series."""
     return sorted(str(s["MainDicomTags"].get("Modality")) for s in pacs.series_of_study(study_uid))
-
-
-def _frame_references(seg: Dataset) -> set[str]:
-    """The source instances of a SEG's frames."""
-    return {
-        str(i.ReferencedSOPInstanceUID)
-        for f in seg.PerFrameFunctionalGroupsSequence
-        for d in f.DerivationImageSequence
-        for i in d.SourceImageSequence
-    }
 
 
 def test_pet_ct_written_by_other_code_comes_back_with_every_tumour_and_its_suvmax(

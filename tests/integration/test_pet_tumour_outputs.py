@@ -24,7 +24,7 @@ from dicom_node.pipelines.pet_tumour.model import DEFAULT_BUNDLE
 from dicom_node.synth.pet_dicom import write_pet_ct_study
 from dicom_node.synth.pet_phantom import PetCtPhantom, make_pet_ct_phantom
 from tests.peers.dicomcheck import dciodvfy, dsrdump
-from tests.peers.petct_independent import IndependentStudy, evaluate, write_study
+from tests.peers.petct_independent import IndependentStudy, evaluate, frame_sources, write_study
 
 ACCEPTED_WARNINGS = {
     r"attribute <Laterality>": "PR General Series Laterality (Type 2C) is empty = unknown: lesions anywhere",
@@ -67,7 +67,7 @@ def test_outputs_are_valid_and_carry_the_pet_codes(result: tuple[Findings, Volum
         assert verdict.errors == [], verdict.errors
         assert verdict.unexplained(ACCEPTED_WARNINGS) == [], verdict.warnings
     seg = hd.seg.segread(paths["SEG"])
-    assert _referenced_instances(seg) <= {str(ds.SOPInstanceUID) for ds in volume.sources}
+    assert frame_sources(seg) <= {str(ds.SOPInstanceUID) for ds in volume.sources}
     assert len(seg.SegmentSequence) == len(findings.findings)
     assert seg.FrameOfReferenceUID == volume.sources[0].FrameOfReferenceUID
     text = dsrdump(paths["SR"], "+Pc")
@@ -98,16 +98,6 @@ def test_no_lesion_and_not_applicable_reports(result: tuple[Findings, Volume], t
         sr.save_as(path, enforce_file_format=True)
         assert dciodvfy(path).errors == []
         assert needle.lower() in dsrdump(path).lower()
-
-
-def _referenced_instances(seg: Dataset) -> set[str]:
-    """The source instances the SEG's frames are derived from."""
-    return {
-        str(item.ReferencedSOPInstanceUID)
-        for frame in seg.PerFrameFunctionalGroupsSequence
-        for derivation in frame.DerivationImageSequence
-        for item in derivation.SourceImageSequence
-    }
 
 
 def _references(ds: Dataset) -> set[str]:
@@ -157,7 +147,7 @@ def test_the_ct_gets_a_seg_with_the_pet_segments_where_the_lesions_are(
     ct_uids = [str(ds.SOPInstanceUID) for ds in ct_headers]
     # the CT SEG references the CT (and only the CT), in its own series, same study and frame of reference
     assert str(ct_seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == str(ct_headers[0].SeriesInstanceUID)
-    assert _referenced_instances(ct_seg) <= set(ct_uids)
+    assert frame_sources(ct_seg) <= set(ct_uids)
     assert ct_seg.SeriesInstanceUID != pet_seg.SeriesInstanceUID
     assert ct_seg.StudyInstanceUID == ct_headers[0].StudyInstanceUID
     assert ct_seg.FrameOfReferenceUID == ct_headers[0].FrameOfReferenceUID
@@ -221,7 +211,7 @@ def test_a_pet_only_study_gets_no_ct_seg(study: tuple[list[Path], list[Path]]) -
     assert findings.findings
     objects = encode(findings, volume, ["seg", "sr"])
     assert [ds.Modality for ds in objects] == ["SEG", "SR"]
-    assert _referenced_instances(objects[0]) <= {str(ds.SOPInstanceUID) for ds in volume.sources}
+    assert frame_sources(objects[0]) <= {str(ds.SOPInstanceUID) for ds in volume.sources}
 
 
 def test_a_ct_whose_geometry_cannot_be_mapped_loses_its_seg_copy_and_nothing_else(

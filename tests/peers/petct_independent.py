@@ -445,6 +445,16 @@ def referenced_series(seg: Dataset) -> str:
     return str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
 
 
+def frame_sources(seg: Dataset) -> set[str]:
+    """The SOP Instance UIDs a SEG's frames were derived from."""
+    return {
+        str(item.ReferencedSOPInstanceUID)
+        for frame in seg.PerFrameFunctionalGroupsSequence
+        for derivation in frame.DerivationImageSequence
+        for item in derivation.SourceImageSequence
+    }
+
+
 def sr_suv_max(sr: Dataset) -> dict[str, float]:
     """SUVbw max (DCM 126401 with Derivation SCT 56851009 Maximum) of each TID 1500 measurement group of an SR,
     by the group's Tracking Unique Identifier."""
@@ -549,12 +559,7 @@ def evaluate(study: IndependentStudy, objects: Items[Dataset]) -> Evaluation:
         )
     heart = study.in_myocardium(pet_points)
     ct_uids = {str(ds.SOPInstanceUID) for ds in ct}
-    ct_refs = {
-        str(item.ReferencedSOPInstanceUID)
-        for frame in ct_seg.PerFrameFunctionalGroupsSequence
-        for derivation in frame.DerivationImageSequence
-        for item in derivation.SourceImageSequence
-    }
+    ct_refs = frame_sources(ct_seg)
     return Evaluation(
         verdicts,
         [uid for uid, m in pet_masks.items() if (m & heart).any()],
