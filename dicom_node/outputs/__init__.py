@@ -23,6 +23,7 @@ __all__ = ["KINDS", "EncodeOptions", "encode", "kind_of", "render_preview"]
 
 _KIND_BY_CLASS: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.66.4": "seg",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.66.7": "seg",  # Label Map Segmentation (seg_type LABELMAP)
     "1.2.840.10008.5.1.4.1.1.88.34": "sr",  # Comprehensive 3D SR
     "1.2.840.10008.5.1.4.1.1.11.1": "gsps",  # Grayscale Softcopy Presentation State
     "1.2.840.10008.5.1.4.1.1.11.2": "gsps",  # Color Softcopy Presentation State (colour sources)

@@ -139,6 +139,7 @@ def build_seg(findings: Findings, volume: Volume, uids: UidFactory, options: Enc
             kwargs["segmentation_type"] = "BINARY"
         seg = _multiframe_without_frame_of_reference(volume, pixels, kwargs)
     else:
+        pixels = _in_stored_order(pixels, volume)
         seg = hd.seg.Segmentation(source_images=volume.sources, pixel_array=pixels, **kwargs)
     if "ImageOrientationPatient" not in source and "PatientOrientation" not in seg:
         # General Image module: Patient Orientation is Type 2C when there is no plane orientation.
@@ -200,10 +201,7 @@ def build_paired_seg(
         for number, m in carried:
             pixels[m] = number
     del carried
-    if paired.frame_numbers is not None:  # frames in stored order, as highdicom pairs them with the source's
-        stored = np.zeros((int(source.NumberOfFrames), *pixels.shape[1:]), dtype=pixels.dtype)
-        stored[[n - 1 for n in paired.frame_numbers]] = pixels
-        pixels = stored
+    pixels = _in_stored_order(pixels, paired)
     role = f"seg-paired-{index}"
     kwargs = _seg_kwargs(findings, descriptions, uids, options, role, options.series_number_of("paired_seg") + index)
     out = hd.seg.Segmentation(source_images=paired.sources, pixel_array=pixels, **kwargs)
@@ -213,6 +211,17 @@ def build_paired_seg(
     )
     logger.debug("paired SEG on %s: %d segments, %d frames", paired.modality, len(descriptions), out.NumberOfFrames)
     return SegResult(out, dict(seg.segment_of))
+
+
+def _in_stored_order(pixels: np.ndarray, volume: Volume) -> np.ndarray:
+    """``pixels`` (in ``volume``'s slice order) in the stored frame order of its multi-frame source, as highdicom
+    pairs mask frame i with stored frame i + 1 (an Enhanced CT's frames are sorted by position when read, and
+    may be stored in any order); frames the volume does not show stay empty. Unchanged for single-frame series."""
+    if volume.frame_numbers is None:
+        return pixels
+    stored = np.zeros((int(volume.sources[0].NumberOfFrames), *pixels.shape[1:]), dtype=pixels.dtype)
+    stored[[n - 1 for n in volume.frame_numbers]] = pixels
+    return stored
 
 
 def _stable_dimension_organization(seg: Dataset, uid: str) -> None:

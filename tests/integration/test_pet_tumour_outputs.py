@@ -283,6 +283,29 @@ def test_a_pet_ct_written_by_other_code_reads_back_and_gets_its_ct_seg(independe
         assert lesion.on_ct, f"{lesion.name}: its segment on the CT misses its centre"
 
 
+def test_a_pet_ct_whose_ct_is_one_enhanced_ct_instance_gets_its_ct_seg_on_the_right_frames(
+    independent: IndependentStudy, tmp_path: Path
+) -> None:
+    """The same study with its CT written as one Enhanced CT instance (frames stored head to foot): paired by
+    its Frame of Reference, read in position order, and each lesion's segment on the CT SEG references the
+    stored frames at the lesion's position (SUV 2.5 baseline)."""
+    study = write_study(tmp_path / "enhanced", seed=2, ct="enhanced")
+    assert len(study.ct_paths) == 1
+    pipe = create("pet_tumour", method="suv25")
+    volume = pipe.load([str(p) for p in [*study.pt_paths, *study.ct_paths]])
+    assert isinstance(volume, PetCtVolume) and volume.ct_volume is not None and volume.ct is not None
+    assert volume.ct_volume.is_multiframe and volume.ct_volume.frame_numbers == list(range(study.ct_hu.shape[0], 0, -1))
+    single = pipe.load([str(p) for p in [*independent.pt_paths, *independent.ct_paths]])
+    assert isinstance(single, PetCtVolume) and single.ct is not None
+    assert np.array_equal(volume.ct, single.ct)  # the same CT on the PET grid as from one instance per slice
+    objects = encode(pipe.run(volume, "cpu"), volume, ["seg", "sr"])
+    verdict = evaluate(study, objects)
+    assert verdict.ct_seg_references_ct
+    for lesion in verdict.lesions:
+        assert lesion.segments, f"{lesion.name} missed by the SUV 2.5 baseline"
+        assert lesion.on_ct, f"{lesion.name}: its segment on the CT misses its centre"
+
+
 def test_a_pet_written_by_other_code_with_decay_correction_start_reads_back_as_written(tmp_path: Path) -> None:
     study = write_study(tmp_path / "start", seed=3, decay="START")
     volume = load_pet_series(study.pt_paths)

@@ -19,6 +19,7 @@ checks the node against conventions it was not built on, the way an independent 
   and 3.27 mm slices, a 256 x 256 CT of 1.953 mm pixels and 2.5 mm slices, the grids offset from each other;
   PatientWeight, and a Radiopharmaceutical Information Sequence with Radionuclide Total Dose, Half Life and
   Start DateTime (with a UTC offset) but no Start Time; CT in Implicit VR Little Endian, PET in Explicit VR.
+  With ``ct="enhanced"`` the CT is one Enhanced CT instance instead, its frames stored head to foot too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
     CTImageStorage,
+    EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     PositronEmissionTomographyImageStorage,
@@ -315,6 +317,67 @@ def _write_ct(folder: Path, study: dict[str, str], axes: _Axes, hu: np.ndarray) 
     return paths
 
 
+def _item(**values: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _write_ct_enhanced(folder: Path, study: dict[str, str], axes: _Axes, hu: np.ndarray) -> list[Path]:
+    """The CT as one Enhanced CT instance, frames head to foot (frame 1 at the top), geometry and rescale in the
+    functional groups only."""
+    ds = _common(study, EnhancedCTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    for keyword in ("ImageOrientationPatient",):  # in the functional groups, not the top level
+        delattr(ds, keyword)
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", generate_uid(), 202
+    ds.SeriesDescription, ds.ImageType = "CT WB 2.5mm enhanced", ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study["date"]
+    ds.SeriesTime, ds.ContentTime, ds.AcquisitionDateTime = "084512.000000", "084521.000000", study["date"] + "084520"
+    ds.InstanceNumber, ds.KVP, ds.ConvolutionKernel = 1, "120", "B30f"
+    ds.ContentQualification, ds.ImageComments = "PRODUCT", "independent writer"
+    ds.PresentationLUTShape, ds.BurnedInAnnotation, ds.LossyImageCompression = "IDENTITY", "NO", "00"
+    ds.AcquisitionNumber, ds.VolumetricProperties, ds.VolumeBasedCalculationTechnique = 1, "VOLUME", "NONE"
+    ds.PixelRepresentation = 1
+    n = axes.z.size
+    ds.NumberOfFrames, ds.Rows, ds.Columns = n, axes.y.size, axes.x.size
+    dimension = generate_uid()
+    ds.DimensionOrganizationSequence = Sequence([_item(DimensionOrganizationUID=dimension)])
+    ds.DimensionIndexSequence = Sequence(
+        [
+            _item(DimensionOrganizationUID=dimension, DimensionIndexPointer=0x00209057,
+                  FunctionalGroupPointer=0x00209111),  # In-Stack Position Number in the Frame Content
+        ]
+    )  # fmt: skip
+    spacing = [f"{axes.y[1] - axes.y[0]:.6f}", f"{axes.x[1] - axes.x[0]:.6f}"]
+    ds.SharedFunctionalGroupsSequence = Sequence(
+        [
+            _item(
+                PixelMeasuresSequence=Sequence([_item(PixelSpacing=spacing, SliceThickness=f"{CT_SLICE_MM:.3f}")]),
+                PlaneOrientationSequence=Sequence([_item(ImageOrientationPatient=["1", "0", "0", "0", "1", "0"])]),
+                PixelValueTransformationSequence=Sequence(
+                    [_item(RescaleIntercept="0", RescaleSlope="1", RescaleType="HU")]
+                ),
+                CTImageFrameTypeSequence=Sequence([_item(FrameType=["ORIGINAL", "PRIMARY", "AXIAL", "NONE"])]),
+            )
+        ]
+    )
+    frames = []
+    for k in range(n - 1, -1, -1):  # head to foot
+        position = [f"{axes.x[0]:.4f}", f"{axes.y[0]:.4f}", f"{axes.z[k]:.4f}"]
+        content = _item(StackID="1", InStackPositionNumber=k + 1, DimensionIndexValues=[k + 1])
+        frames.append(
+            _item(
+                FrameContentSequence=Sequence([content]),
+                PlanePositionSequence=Sequence([_item(ImagePositionPatient=position)]),
+            )
+        )
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    stored = np.clip(np.rint(hu[::-1]), -1024, 3071).astype(np.int16)
+    ds.PixelData = stored.tobytes()
+    return [_save(ds, folder)]
+
+
 def _radiopharmaceutical(injection: datetime.datetime) -> Dataset:
     radio = Dataset()
     radio.Radiopharmaceutical = "FDG -- fluorodeoxyglucose"
@@ -367,8 +430,9 @@ def _write_pt(
     return paths
 
 
-def write_study(folder: str | Path, *, seed: int = 0, decay: str = "ADMIN") -> IndependentStudy:
-    """Write the phantom's CT and PT series under ``folder/ct`` and ``folder/pt`` and return the truth."""
+def write_study(folder: str | Path, *, seed: int = 0, decay: str = "ADMIN", ct: str = "single") -> IndependentStudy:
+    """Write the phantom's CT and PT series under ``folder/ct`` and ``folder/pt`` and return the truth; ``ct``
+    "single" writes a CT Image per slice, "enhanced" one Enhanced CT instance."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     study = {
@@ -387,7 +451,8 @@ def write_study(folder: str | Path, *, seed: int = 0, decay: str = "ADMIN") -> I
     hu, _ = _tissue_map(ct_axes, TUMOURS)
     (folder / "ct").mkdir(parents=True, exist_ok=True)
     (folder / "pt").mkdir(parents=True, exist_ok=True)
-    ct_paths = _write_ct(folder / "ct", study, ct_axes, hu)
+    writers = {"single": _write_ct, "enhanced": _write_ct_enhanced}
+    ct_paths = writers[ct](folder / "ct", study, ct_axes, hu)
     pt_paths = _write_pt(folder / "pt", study, pet_axes, noisy, decay, injection)
     return IndependentStudy(ct_paths, pt_paths, truth, study["study"], noisy, hu)
 
@@ -396,11 +461,32 @@ def write_study(folder: str | Path, *, seed: int = 0, decay: str = "ADMIN") -> I
 
 
 def sorted_headers(paths: list[Path]) -> list[Dataset]:
-    """The headers of one axial series, feet to head (ascending z)."""
+    """The headers of one axial series, feet to head (ascending z). A multi-frame instance gives one header per
+    frame (its geometry from the functional groups, Referenced Frame Number the frame)."""
     from pydicom import dcmread
 
-    headers = [dcmread(p, stop_before_pixels=True) for p in paths]
+    headers: list[Dataset] = [dcmread(p, stop_before_pixels=True) for p in paths]
+    if len(headers) == 1 and int(headers[0].get("NumberOfFrames", 1)) > 1:
+        headers = _frame_headers(headers[0])
     return sorted(headers, key=lambda ds: float(ds.ImagePositionPatient[2]))
+
+
+def _frame_headers(ds: Dataset) -> list[Dataset]:
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    out = []
+    for number, frame in enumerate(ds.PerFrameFunctionalGroupsSequence, start=1):
+        header = _item(
+            SOPInstanceUID=ds.SOPInstanceUID,
+            SeriesInstanceUID=ds.SeriesInstanceUID,
+            Rows=ds.Rows,
+            Columns=ds.Columns,
+            ReferencedFrameNumber=number,
+            ImagePositionPatient=frame.PlanePositionSequence[0].ImagePositionPatient,
+            ImageOrientationPatient=shared.PlaneOrientationSequence[0].ImageOrientationPatient,
+            PixelSpacing=shared.PixelMeasuresSequence[0].PixelSpacing,
+        )
+        out.append(header)
+    return out
 
 
 def voxel_points(headers: Items[Dataset]) -> np.ndarray:
@@ -435,8 +521,13 @@ def segments_on(seg: Dataset, headers: Items[Dataset]) -> dict[str, np.ndarray]:
     import highdicom as hd
 
     reader = seg if isinstance(seg, hd.seg.Segmentation) else hd.seg.Segmentation.from_dataset(seg, copy=True)
-    uids = [str(ds.SOPInstanceUID) for ds in headers]
-    masks = reader.get_pixels_by_source_instance(uids, assert_missing_frames_are_empty=True)
+    if "ReferencedFrameNumber" in headers[0]:  # the frames of one multi-frame instance
+        frames = [int(ds.ReferencedFrameNumber) for ds in headers]
+        uid = str(headers[0].SOPInstanceUID)
+        masks = reader.get_pixels_by_source_frame(uid, frames, assert_missing_frames_are_empty=True)
+    else:
+        uids = [str(ds.SOPInstanceUID) for ds in headers]
+        masks = reader.get_pixels_by_source_instance(uids, assert_missing_frames_are_empty=True)
     return {str(item.TrackingUID): np.asarray(masks[..., n] > 0) for n, item in enumerate(reader.SegmentSequence)}
 
 

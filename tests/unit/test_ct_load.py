@@ -121,3 +121,30 @@ def test_nothing_usable_raises(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 300)
     with pytest.raises(ValueError):
         load_ct_series([junk])
+
+
+def test_a_seg_on_an_enhanced_ct_references_the_stored_frame_each_mask_slice_was_read_from() -> None:
+    """The reader sorts the frames by position (this file stores them head to foot: frames [2, 1]); the SEG's
+    frame for a mask on the first sorted slice must reference stored frame 2 at that slice's position."""
+    import highdicom as hd
+
+    from dicom_node.findings import Finding, Findings
+    from dicom_node.outputs import encode
+
+    vol = load_ct_series([ECT])
+    assert vol.frame_numbers == [2, 1]
+    mask = np.zeros(vol.shape, dtype=bool)
+    mask[0, 200:260, 200:260] = True
+    seg = encode(Findings("toy", "1.0", [Finding("nodule", mask)]), vol, ["seg"])[0]
+    assert int(seg.NumberOfFrames) == 1
+    frame = seg.PerFrameFunctionalGroupsSequence[0]
+    source = frame.DerivationImageSequence[0].SourceImageSequence[0]
+    assert int(source.ReferencedFrameNumber) == 2
+    stored = pydicom.dcmread(str(ECT), stop_before_pixels=True).PerFrameFunctionalGroupsSequence[1]
+    position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+    assert position == pytest.approx([float(v) for v in stored.PlanePositionSequence[0].ImagePositionPatient])
+    back = hd.seg.Segmentation.from_dataset(seg)
+    pixels = back.get_pixels_by_source_frame(
+        str(vol.sources[0].SOPInstanceUID), [2, 1], segment_numbers=[1], assert_missing_frames_are_empty=True
+    )
+    assert np.array_equal(pixels[..., 0].astype(bool), mask)

@@ -13,7 +13,7 @@ from pydicom.uid import UID
 
 from dicom_node.findings import Category, Evaluation, Finding, Findings, Laterality, Quantity
 from dicom_node.imaging.volume import Volume
-from dicom_node.outputs import EncodeOptions, codes, encode, render_preview
+from dicom_node.outputs import EncodeOptions, codes, encode, kind_of, render_preview
 from dicom_node.outputs.contours import outline
 from dicom_node.outputs.preview import COLORS
 from dicom_node.outputs.uids import derive_uid
@@ -124,6 +124,7 @@ def test_labelmap_option(ct: Volume) -> None:
     findings = two_findings(ct)
     seg = encode(findings, ct, ["seg"], options=EncodeOptions(seg_type="LABELMAP"))[0]
     assert seg.SegmentationType == "LABELMAP"
+    assert kind_of(seg) == "seg"  # the worker files it under its kind (Label Map Segmentation Storage)
     back = hd.seg.Segmentation.from_dataset(seg)
     uids = [str(s.SOPInstanceUID) for s in ct.sources]
     pixels = back.get_pixels_by_source_instance(uids, segment_numbers=[1, 2], assert_missing_frames_are_empty=True)
