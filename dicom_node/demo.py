@@ -106,7 +106,11 @@ def make_pet_study(folder: Path, seed: int) -> tuple[list[Path], list[str]]:
 
     phantom = make_pet_ct_phantom(seed, n_lesions=3, pet_slices=50, z_start_mm=250.0)
     ct, pt = write_pet_ct_study(phantom, folder, seed=seed)
-    truth = [f"{lesion.diameter_mm:.0f} mm {lesion.site} SUV {lesion.suv:.1f}" for lesion in phantom.lesions]
+    truth = [
+        f"{lesion.diameter_mm:.0f} mm {lesion.site} SUV {lesion.suv:.1f}"
+        for i, lesion in enumerate(phantom.lesions, start=1)
+        if (phantom.lesion_labels == i).any()  # a tumour drawn outside the scanned range is not in the study
+    ]
     return [*ct, *pt], truth
 
 

@@ -13,7 +13,10 @@ blood pool 1.4-2.0, spleen 1.6-2.4, myocardium 2-15 (fasting state varies), brai
 and urine 8-40, bowel 1.5-3.5, brown fat 3-10 (cold exposure, in some scans), marrow 1.2-2, muscle 0.6-1,
 fat 0.3, lung 0.4-0.6, injection site 10-60. Tumours: 2-6 per scan, 5-40 mm, SUV 3-20 (uniform activity,
 the measured SUVmax is lower in small ones: partial volume), in the lungs, the liver and lymph nodes
-(mediastinal, hilar, axillary, para-aortic, cervical).
+(mediastinal, paratracheal and subcarinal, axillary, para-aortic, cervical). A tumour lies in its site's tissue and
+the inner half of it in no other organ (:func:`_fits`: a node between the organs, never inside the aorta, the
+heart, the skull or a lung; a lung nodule never inside the heart); one drawn elsewhere is drawn again
+(:data:`VERSION` 3; version 2 left a third of the nodes in the blood pool, the myocardium or the skull base).
 
 The activity is drawn on a 2 mm grid, blurred in z over the respiratory amplitude near the diaphragm,
 blurred by the PET resolution (Gaussian, 5-7 mm FWHM), averaged to the 4 mm PET voxels and given
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-VERSION = 2  # of the generator: a seed's phantom changes with it (caches key on it)
+VERSION = 3  # of the generator: a seed's phantom changes with it (caches key on it)
 SITES = ("lung", "liver", "node")
 FINE_FACTOR = 2  # activity drawn at PET voxel / FINE_FACTOR
 
@@ -103,6 +106,13 @@ class _Shape:
     center: tuple[float, float, float]
     radii: tuple[float, float, float]
     kind: str = "ellipsoid"  # or "zcyl": cylinder along z (radii x, y; z half-length)
+
+    def covers(self, point: tuple[float, ...]) -> bool:
+        """Whether the patient point (x, y, z) lies inside."""
+        q = [(x - c) / r for x, c, r in zip(point, self.center, self.radii, strict=True)]
+        if self.kind == "zcyl":
+            return q[0] ** 2 + q[1] ** 2 <= 1.0 and abs(q[2]) <= 1.0
+        return sum(v * v for v in q) <= 1.0
 
 
 @dataclass
@@ -201,32 +211,68 @@ def _lesion_site(
     if site == "liver":
         return (_u(rng, -110, -25), _u(rng, -35, 35), dia - _u(rng, 25, 95))
     station = int(rng.integers(0, 5))
-    if station == 0:  # mediastinal / hilar
-        return (_u(rng, -22, 22), _u(rng, -5, 25), dia + _u(rng, 100, 160))
+    if station == 0:  # mediastinal: prevascular and paratracheal, around the aortic arch
+        return (_u(rng, -24, 24), _u(rng, -40, 25), dia + _u(rng, 110, 190))
     if station == 1:  # axillary
         side = float(rng.choice([-1.0, 1.0]))
         return (side * (body[0] - 30), _u(rng, -20, 20), dia + _u(rng, 120, 180))
     if station == 2:  # para-aortic
         return (_u(rng, -30, 30), _u(rng, 20, 40), dia - _u(rng, 110, 180))
-    if station == 3:  # cervical
+    if station == 3:  # cervical, below the skull base
         side = float(rng.choice([-1.0, 1.0]))
-        return (side * _u(rng, 25, 40), _u(rng, -15, 15), neck_z + _u(rng, 20, 90))
-    return (_u(rng, -25, 25), _u(rng, -10, 20), dia + _u(rng, 60, 100))  # subcarinal / paracardiac
+        return (side * _u(rng, 20, 40), _u(rng, -20, 15), neck_z + _u(rng, 5, 50))
+    return (_u(rng, -26, -4), _u(rng, -10, 25), dia + _u(rng, 95, 150))  # right paratracheal / subcarinal
+
+
+def _organ_at(point: tuple[float, ...], shapes: list[_Shape]) -> str:
+    """The organ a point is labelled with: the last of ``shapes`` (in painting order) that covers it."""
+    organ = "air"
+    for shape in shapes:
+        if shape.covers(point):
+            organ = shape.organ
+    return organ
+
+
+SITE_TISSUE = {"lung": ("lung",), "liver": ("liver",), "node": ("soft", "muscle", "fat")}
+"""The tissue a tumour's centre must lie in, by site: lymph nodes lie in the soft tissue and fat between organs."""
+SITE_KEEP_OUT = {
+    "lung": ("myocardium", "blood", "bone", "marrow", "liver", "spleen"),
+    "liver": ("kidney", "urine", "bone", "marrow", "lung", "blood", "myocardium"),
+    "node": (
+        "blood", "myocardium", "brain", "bone", "marrow", "lung", "liver", "spleen", "kidney", "urine", "bladder",
+        "bowel",
+    ),
+}  # fmt: skip
+"""What the inner half of a tumour (its radii halved) may not reach into, by site: a node is not drawn inside the
+aorta, the heart, the skull or an organ, a lung nodule not inside the heart."""
+PLACEMENT_TRIES = 200
+
+
+def _fits(
+    site: str, center: tuple[float, float, float], radii: tuple[float, float, float], shapes: list[_Shape]
+) -> bool:
+    """Whether a tumour of ``site`` can sit at ``center``: its centre in the site's tissue
+    (:data:`SITE_TISSUE`) and 26 points of its inner half's surface (radii halved) in none of the tissues of
+    :data:`SITE_KEEP_OUT`, as the organs are painted."""
+    if _organ_at(center, shapes) not in SITE_TISSUE[site]:
+        return False
+    inner = (radii[0] / 2, radii[1] / 2, radii[2] / 2)
+    return not any(_organ_at(p, shapes) in SITE_KEEP_OUT[site] for p in _probe_points(center, inner))
+
+
+def _probe_points(center: tuple[float, float, float], radii: tuple[float, float, float]) -> list[tuple[float, ...]]:
+    """The centre of the ellipsoid (``center``, ``radii``) and 26 points of its surface."""
+    points = []
+    for d in np.argwhere(np.ones((3, 3, 3), dtype=bool)) - 1:
+        n = float(np.linalg.norm(d))
+        points.append(tuple(c + (r * v / n if n else 0.0) for c, r, v in zip(center, radii, d, strict=True)))
+    return points
 
 
 def _overlaps(center: tuple[float, float, float], radii: tuple[float, float, float], other: _Shape) -> bool:
-    """Whether the ellipsoid (``center``, ``radii``) reaches into the shape ``other`` (tested on its centre and
-    26 points of its surface)."""
-    for d in np.argwhere(np.ones((3, 3, 3), dtype=bool)) - 1:
-        n = float(np.linalg.norm(d))
-        p = [c + (r * v / n if n else 0.0) for c, r, v in zip(center, radii, d, strict=True)]
-        q = [(x - c) / r for x, c, r in zip(p, other.center, other.radii, strict=True)]
-        inside = (
-            q[0] ** 2 + q[1] ** 2 <= 1.0 and abs(q[2]) <= 1.0 if other.kind == "zcyl" else sum(v * v for v in q) <= 1.0
-        )
-        if inside:
-            return True
-    return False
+    """Whether the ellipsoid (``center``, ``radii``) reaches into the shape ``other`` (tested on its
+    :func:`_probe_points`)."""
+    return any(other.covers(p) for p in _probe_points(center, radii))
 
 
 def _brown_fat_focus(
@@ -251,7 +297,14 @@ def _brown_fat_focus(
     return _Shape("brown_fat", (center[0], center[1], center[2]), radii)
 
 
-def _scene(rng: np.random.Generator, z_top: float, n_lesions: int | None) -> _Scene:
+def placement_rng(seed: int) -> np.random.Generator:
+    """The generator a seed's tumours are moved with when their first position does not fit (:func:`_fits`);
+    separate from the scene's, so that every other draw of the seed stays what it was."""
+    return np.random.default_rng([seed, 1])
+
+
+def _scene(rng: np.random.Generator, z_top: float, n_lesions: int | None, spare: np.random.Generator) -> _Scene:
+    """The scene of a phantom; ``spare`` (:func:`placement_rng`) redraws a tumour's position until it fits."""
     shapes, body, dia = _anatomy(rng, z_top)
     uptake = {
         "air": 0.0, "fat": 0.3, "soft": 0.8, "muscle": _u(rng, 0.6, 1.0), "lung": _u(rng, 0.4, 0.6),
@@ -281,7 +334,14 @@ def _scene(rng: np.random.Generator, z_top: float, n_lesions: int | None) -> _Sc
         suv = float(np.exp(rng.uniform(np.log(3.0), np.log(20.0))))
         if site == "liver":
             suv = max(suv, uptake["liver"] * 1.8)
-        lesions.append(Lesion(_lesion_site(rng, site, dia, body, neck_z), radii, suv, site))
+        center = _lesion_site(rng, site, dia, body, neck_z)
+        for _ in range(PLACEMENT_TRIES):
+            if _fits(site, center, radii, shapes):
+                break
+            center = _lesion_site(spare, site, dia, body, neck_z)
+        else:
+            raise RuntimeError(f"no place found for a {diameter:.0f} mm {site} tumour")
+        lesions.append(Lesion(center, radii, suv, site))
     voi = (-75.0, 0.0, dia - 55.0)
     return _Scene(shapes, uptake, lesions, body, (0.0, z_top), dia, _u(rng, 0, 12), voi)
 
@@ -373,7 +433,7 @@ def make_pet_ct_phantom(
     range on its own (offset) grid."""
     rng = np.random.default_rng(seed)
     z_top = 600.0
-    scene = _scene(rng, z_top, n_lesions)
+    scene = _scene(rng, z_top, n_lesions, placement_rng(seed))
     half = (pet_matrix - 1) * pet_mm / 2
     pet = Grid((pet_slices, pet_matrix, pet_matrix), (pet_mm, pet_mm, pet_mm), (-half, -half, z_start_mm + pet_mm / 2))
     ct_n = int(pet_slices * pet_mm // ct_slice_mm)

@@ -3,12 +3,24 @@ the scores on detectable tumours, the tissue-by-tissue hard negatives and the se
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
 from dicom_node.pipelines.pet_tumour.detect import inside_torso, refine_boundaries, torso_mask, without_symmetric_fat
-from dicom_node.synth.pet_phantom import ORGAN, Grid, _paint, _scene
+from dicom_node.synth.pet_phantom import (
+    ORGAN,
+    SITE_KEEP_OUT,
+    SITE_TISSUE,
+    Grid,
+    _organ_at,
+    _paint,
+    _scene,
+    placement_rng,
+)
 from dicom_node.training.pet_tumour.data import HELDOUT_SEEDS, VALIDATION_SEEDS, parse_seeds, seed_ranges
 from dicom_node.training.pet_tumour.metrics import detectable_ids, score_scan
 from dicom_node.training.pet_tumour.train import _hot_by_tissue
@@ -157,7 +169,7 @@ def test_brown_fat_is_drawn_outside_the_lungs_bone_and_brain() -> None:
     grid = Grid((75, 64, 64), (8.0, 8.0, 8.0), (-252.0, -252.0, 4.0))
     drawn = 0
     for seed in range(0, 40):
-        scene = _scene(np.random.default_rng(seed), 600.0, None)
+        scene = _scene(np.random.default_rng(seed), 600.0, None, placement_rng(seed))
         fat = np.zeros(grid.shape, dtype=np.uint8)
         other = np.zeros(grid.shape, dtype=np.uint8)
         for shape in scene.shapes:
@@ -173,7 +185,7 @@ def test_brown_fat_is_drawn_outside_the_lungs_bone_and_brain() -> None:
 def test_lymph_nodes_are_drawn_inside_the_torso_not_in_the_arms() -> None:
     nodes = 0
     for seed in range(0, 60):
-        scene = _scene(np.random.default_rng(seed), 600.0, None)
+        scene = _scene(np.random.default_rng(seed), 600.0, None, placement_rng(seed))
         bx, by = scene.body
         arms = [s for s in scene.shapes if s.organ == "arm"]
         for lesion in scene.lesions:
@@ -187,6 +199,21 @@ def test_lymph_nodes_are_drawn_inside_the_torso_not_in_the_arms() -> None:
                 ax, ay = arm.radii[0] + r, arm.radii[1] + r
                 assert ((x - arm.center[0]) / ax) ** 2 + ((y - arm.center[1]) / ay) ** 2 > 1.0
     assert nodes >= 30
+
+
+def test_tumours_lie_in_their_site_tissue_and_no_node_inside_the_blood_pool_heart_skull_or_an_organ() -> None:
+    sites: dict[str, int] = {}
+    for seed in (*range(0, 60), 5000, 5006):
+        scene = _scene(np.random.default_rng(seed), 600.0, None, placement_rng(seed))
+        for lesion in scene.lesions:
+            sites[lesion.site] = sites.get(lesion.site, 0) + 1
+            assert _organ_at(lesion.center, scene.shapes) in SITE_TISSUE[lesion.site], (seed, lesion)
+            for axis in range(3):  # the inner half's extent along each axis
+                for sign in (-1.0, 1.0):
+                    p = list(lesion.center)
+                    p[axis] += sign * lesion.radii[axis] / 2
+                    assert _organ_at((p[0], p[1], p[2]), scene.shapes) not in SITE_KEEP_OUT[lesion.site], (seed, p)
+    assert min(sites.values()) >= 40  # all three sites are drawn
 
 
 def test_a_confident_focus_under_the_seed_threshold_is_kept_only_when_it_stands_out_on_the_suv() -> None:
@@ -208,3 +235,20 @@ def test_a_confident_focus_under_the_seed_threshold_is_kept_only_when_it_stands_
     assert without[5, 9, 49] and with_suv[5, 9, 49]  # over the seed threshold: kept either way
     assert not without[5, 9, 9] and with_suv[5, 9, 9]  # under it, but 2.6 x its surroundings
     assert not without[5, 9, 29] and not with_suv[5, 9, 29]  # under it and only 1.6 x
+
+
+def test_the_card_keeps_the_numbers_of_the_same_version_on_another_held_out_set(tmp_path: Path) -> None:
+    from dicom_node.synth.pet_phantom import VERSION as PHANTOM_VERSION
+    from dicom_node.training.pet_tumour.evaluate import _previous
+
+    network = {"dice_mean": 0.7}
+    old = {"bundle_version": "1.3.0", "heldout_seeds": [5000, 5001], "phantom_version": PHANTOM_VERSION - 1}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({**old, "methods": {"network": network}, "previous": [{"version": "1.2.0"}]}))
+    earlier = _previous(path, "1.3.0", [5000, 5001, 5002])  # re-evaluated on other phantoms: the old set stays
+    assert [e["version"] for e in earlier] == ["1.3.0", "1.2.0"]
+    assert earlier[0]["phantom_version"] == PHANTOM_VERSION - 1 and earlier[0]["network"] == network
+    same = {**old, "phantom_version": PHANTOM_VERSION, "methods": {"network": network}}
+    path.write_text(json.dumps(same))
+    assert _previous(path, "1.3.0", [5000, 5001]) == []  # the same set again: replaced, not kept twice
+    assert [e["version"] for e in _previous(path, "1.4.0", [5000, 5001])] == ["1.3.0"]

@@ -26,12 +26,12 @@ def train(
 ) -> dict[str, Any]:
     """Train into ``out`` (from ``resume``'s weights when given), then choose the thresholds on the validation
     seeds; ``quick`` trains a few seconds on two phantoms and skips the tuning. Returns the bundle's metadata."""
-    from dicom_node.training.pet_tumour.data import BROWN_FAT_SEEDS, TRAIN_SEEDS
+    from dicom_node.training.pet_tumour.data import TRAIN_SEEDS
     from dicom_node.training.pet_tumour.train import train as train_bundle
     from dicom_node.training.pet_tumour.tune import tune
 
     say = _say(progress)
-    seeds = QUICK_SEEDS if quick else (*TRAIN_SEEDS, *BROWN_FAT_SEEDS)
+    seeds = QUICK_SEEDS if quick else TRAIN_SEEDS
     train_bundle(out, minutes=QUICK_MINUTES if quick else minutes, seeds=seeds, seed=seed, resume=resume, progress=say)
     if not quick:
         tune(out, progress=say)

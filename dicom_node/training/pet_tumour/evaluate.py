@@ -73,20 +73,22 @@ def evaluate(
     if not write:
         return metrics
     docs = Path(bundle) / "docs"
-    metrics["previous"] = _previous(docs / "metrics.json", net.version)
+    metrics["previous"] = _previous(docs / "metrics.json", net.version, seeds)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_card(Path(bundle))
     return metrics
 
 
-def _previous(path: Path, version: str) -> list[dict[str, Any]]:
-    """The network's numbers of the earlier bundle versions (kept in ``metrics.json`` for the card), newest first."""
+def _previous(path: Path, version: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """The network's numbers of the earlier bundle versions, and of this version on another held-out set or
+    generator version (kept in ``metrics.json`` for the card), newest first."""
     if not path.exists():
         return []
     old = json.loads(path.read_text())
     earlier: list[dict[str, Any]] = list(old.get("previous", []))
-    if old.get("bundle_version") != version and "network" in old.get("methods", {}):
+    same_set = old.get("heldout_seeds") == [int(s) for s in seeds] and old.get("phantom_version", 1) == PHANTOM_VERSION
+    if (old.get("bundle_version") != version or not same_set) and "network" in old.get("methods", {}):
         entry = {
             "version": old.get("bundle_version"),
             "heldout_seeds": old.get("heldout_seeds"),

@@ -29,7 +29,7 @@ CROP = 64
 LESION_SHARE = 0.4  # crops around a tumour
 HOT_SHARE = 0.3  # crops around physiological uptake (SUV >= HOT_SUV outside tumours); the rest anywhere in the body
 HOT_SUV = 2.5
-VERSION = "1.2.0"
+VERSION = "1.4.0"
 
 
 class _Pool:
