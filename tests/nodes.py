@@ -29,8 +29,11 @@ def node_config_text(
     pipelines: str = '["ct_lung_field"]',
     min_free_disk_mb: int = 0,
     match: str = 'Modality = "CT"',
+    more_peers: tuple[str, ...] = (),
 ) -> str:
-    """A complete config for tests: peers STORESCU/TESTSCU/ECHOSCU, one destination, one CT route."""
+    """A complete config for tests: peers STORESCU/TESTSCU/ECHOSCU (and the AE titles of ``more_peers`` from
+    127.0.0.1), one destination, one CT route."""
+    extra_peers = "".join(f'\n[[peers]]\nae_title = "{aet}"\nhost = "127.0.0.1"\n' for aet in more_peers)
     dest = ""
     dest_names = "[]"
     if dest_port is not None:
@@ -79,7 +82,7 @@ ae_title = "ECHOSCU"
 
 [[peers]]
 ae_title = "TESTSCU"
-{dest}
+{extra_peers}{dest}
 [[routes]]
 name = "chest-ct"
 pipelines = {pipelines}

@@ -286,33 +286,47 @@ def _modalities(pacs: OrthancPeer, study_uid: str) -> list[str]:
     return sorted(str(s["MainDicomTags"].get("Modality")) for s in pacs.series_of_study(study_uid))
 
 
-@pytest.mark.parametrize("ct", ["single", "enhanced"])
+@pytest.mark.parametrize(("ct", "sender"), [("single", "storescu"), ("enhanced", "orthanc")])
 def test_pet_ct_written_by_other_code_comes_back_with_every_tumour_and_its_suvmax(
-    tmp_path: Path, pacs: OrthancPeer, ct: str
+    tmp_path: Path, pacs: OrthancPeer, ct: str, sender: str
 ) -> None:
     """The issue's acceptance, checked on a PET/CT from an independent phantom and DICOM writer
     (:mod:`tests.peers.petct_independent`: head first, slices written head to foot, Decay Correction ADMIN,
-    signed pixels, other grids and a hot myocardium; the CT as one instance per slice or as one Enhanced CT
-    instance) pushed with storescu; the results are read back from Orthanc: a PET SEG with one segment per
-    tumour, none on the myocardium, the same segments on the CT, and an SR whose SUVmax of each tumour is
-    within 10 % of the truth."""
+    signed pixels, other grids and a hot myocardium), pushed with storescu (the CT one instance per slice) or by
+    Orthanc as a PACS pushes a study (the CT one Enhanced CT instance); the results are read back from Orthanc:
+    a PET SEG with one segment per tumour, none on the myocardium, the same segments on the CT, and an SR whose
+    SUVmax of each tumour is within 10 % of the truth."""
     from dicom_node.pipelines.pet_tumour.model import DEFAULT_BUNDLE
     from tests.peers.petct_independent import evaluate, write_study
 
     if not (DEFAULT_BUNDLE / "models" / "model.pt").exists():
         pytest.skip("no shipped pet_tumour bundle")
     study = write_study(tmp_path / "independent", seed=5101, ct=ct)
-    node, port, _ = _start_node(tmp_path, pacs, pipelines='["pet_tumour"]\nwait_for = "study"', match='Modality = "PT"')
+    node, port, _ = _start_node(
+        tmp_path,
+        pacs,
+        pipelines='["pet_tumour"]\nwait_for = "study"',
+        match='Modality = "PT"',
+        more_peers=(pacs.aet,),
+    )
     try:
-        assert _storescu(port, [*study.ct_paths, *study.pt_paths]).returncode == 0
+        files = [*study.ct_paths, *study.pt_paths]
+        if sender == "storescu":
+            assert _storescu(port, files).returncode == 0
+        else:
+            ids = [pacs.post("/instances", f.read_bytes())["ID"] for f in files]
+            pacs.post("/modalities/node", {"AET": "NODE", "Host": "127.0.0.1", "Port": port}, method="PUT")
+            answer = pacs.post("/modalities/node/store", {"Resources": ids, "Synchronous": True}, timeout=120)
+            assert answer["FailedInstancesCount"] == 0, answer
         wait_for(
-            lambda: _modalities(pacs, study.study_uid) == ["SEG", "SEG", "SR"],
+            lambda: [m for m in _modalities(pacs, study.study_uid) if m in ("SEG", "SR")] == ["SEG", "SEG", "SR"],
             timeout=300,
             what=f"two SEGs (PET, CT) and the SR in Orthanc\n{node.log_tail()}",
         )
         objects = [
             dcmread(BytesIO(pacs.get_bytes(f"/instances/{oid}/file")))
             for series in pacs.series_of_study(study.study_uid)
+            if series["MainDicomTags"].get("Modality") in ("SEG", "SR")
             for oid in series["Instances"]
         ]
     finally:

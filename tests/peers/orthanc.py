@@ -219,10 +219,10 @@ class OrthancPeer:
         with urllib.request.urlopen(self.base_url + path, timeout=timeout) as resp:
             return bytes(resp.read())
 
-    def post(self, path: str, body: Any, timeout: float = 30.0) -> Any:
-        """POST a JSON body (or raw bytes) and decode the JSON answer."""
+    def post(self, path: str, body: Any, timeout: float = 30.0, method: str = "POST") -> Any:
+        """POST (or ``method``: PUT) a JSON body (or raw bytes) and decode the JSON answer."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method="POST")
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
