@@ -225,6 +225,9 @@ python -m dicom_node.training.pet_tumour evaluate --bundle DIR      # writes doc
 - Tumours smaller than about twice the PET resolution are blurred below the background (partial volume)
   and are missed by every method; their truth is still counted in the first columns, and left out of the
   detectable ones.
+- The detectable tumours it misses are nearly all small: lymph nodes and lung nodules under about 12 mm, and
+  liver lesions that stand less than about twice above the liver's uptake after partial volume. A lesion
+  touching hotter uptake (a liver lesion against a hot bowel loop) may be outlined poorly.
 - Without a CT (PET only) the network has no anatomy and was not trained that way.
 - Lesions in the arms are not reported: the torso rule drops regions outside the torso outline (where the
   injection site is), and since 1.1.0 the network scores uptake there low too. The rule leaves alone
