@@ -264,6 +264,16 @@ def independent(tmp_path_factory: pytest.TempPathFactory) -> IndependentStudy:
     return write_study(tmp_path_factory.mktemp("independent"), seed=2)
 
 
+def _every_lesion_reaches_the_ct_seg(study: IndependentStudy, findings: Findings, volume: Volume) -> None:
+    """The independent evaluator on the SEGs and SR of ``findings``: each tumour has a PET segment, and its
+    segment on the CT SEG covers the tumour's centre."""
+    verdict = evaluate(study, encode(findings, volume, ["seg", "sr"]))
+    assert verdict.ct_seg_references_ct
+    for lesion in verdict.lesions:
+        assert lesion.segments, f"{lesion.name} missed by the SUV 2.5 baseline"
+        assert lesion.on_ct, f"{lesion.name}: its segment on the CT misses its centre"
+
+
 def test_a_pet_ct_written_by_other_code_reads_back_and_gets_its_ct_seg(independent: IndependentStudy) -> None:
     """SUV and HU read back as written, and the lesions' segments reach the CT SEG (SUV 2.5 baseline)."""
     study = independent
@@ -275,12 +285,7 @@ def test_a_pet_ct_written_by_other_code_reads_back_and_gets_its_ct_seg(independe
     assert volume.ct_volume.shape == study.ct_hu.shape
     first, last = (float(volume.ct_volume.sources[i].ImagePositionPatient[2]) for i in (0, -1))
     assert first < last  # sorted feet to head although written head to foot
-    objects = encode(pipe.run(volume, "cpu"), volume, ["seg", "sr"])
-    verdict = evaluate(study, objects)
-    assert verdict.ct_seg_references_ct
-    for lesion in verdict.lesions:
-        assert lesion.segments, f"{lesion.name} missed by the SUV 2.5 baseline"
-        assert lesion.on_ct, f"{lesion.name}: its segment on the CT misses its centre"
+    _every_lesion_reaches_the_ct_seg(study, pipe.run(volume, "cpu"), volume)
 
 
 def test_a_pet_ct_whose_ct_is_one_enhanced_ct_instance_gets_its_ct_seg_on_the_right_frames(
@@ -298,12 +303,7 @@ def test_a_pet_ct_whose_ct_is_one_enhanced_ct_instance_gets_its_ct_seg_on_the_ri
     single = pipe.load([str(p) for p in [*independent.pt_paths, *independent.ct_paths]])
     assert isinstance(single, PetCtVolume) and single.ct is not None
     assert np.array_equal(volume.ct, single.ct)  # the same CT on the PET grid as from one instance per slice
-    objects = encode(pipe.run(volume, "cpu"), volume, ["seg", "sr"])
-    verdict = evaluate(study, objects)
-    assert verdict.ct_seg_references_ct
-    for lesion in verdict.lesions:
-        assert lesion.segments, f"{lesion.name} missed by the SUV 2.5 baseline"
-        assert lesion.on_ct, f"{lesion.name}: its segment on the CT misses its centre"
+    _every_lesion_reaches_the_ct_seg(study, pipe.run(volume, "cpu"), volume)
 
 
 def test_a_pet_written_by_other_code_with_decay_correction_start_reads_back_as_written(tmp_path: Path) -> None:
