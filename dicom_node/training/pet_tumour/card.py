@@ -195,9 +195,9 @@ it runs on the PET alone (CT channels empty, no rule), which it was not trained 
   myocardium 2-15, brain 6-10, urine 8-40, bowel 1.5-3.5, brown fat 3-10, injection site 10-60); 2-6 tumours
   of 5-40 mm, SUV 3-20, in the lungs, the liver and lymph nodes (mediastinal, paratracheal and subcarinal,
   axillary, para-aortic, cervical; generator version 3 from 1.4.0 draws a tumour again until it lies in its
-  site's tissue with its inner half in no other organ: version 2 left about a third of the nodes in the blood
-  pool, the myocardium or the skull base, and some lung nodules in the heart); respiratory blur up to 12 mm near the
-  diaphragm, PET resolution 5-7 mm FWHM, 4 mm voxels, signal-dependent correlated noise; CT on its own
+  site's tissue with its inner half in no other organ: version 2 left 46 of 107 nodes in the blood pool,
+  the myocardium, bone, the brain or a lung, and 10 of 125 lung nodules in the heart); respiratory blur up
+  to 12 mm near the diaphragm, PET resolution 5-7 mm FWHM, 4 mm voxels, signal-dependent correlated noise; CT on its own
   2 x 2 x 3 mm grid.
 - {t.get("steps", "?")} steps x {t.get("batch", "?")} crops of {t.get("crop", "?")} x {t.get("crop", "?")} voxels
   (40% around tumours, 30% on physiological uptake of SUV >= 2.5, the rest anywhere in the body; from 1.1.0
