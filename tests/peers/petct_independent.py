@@ -19,7 +19,9 @@ checks the node against conventions it was not built on, the way an independent 
   and 3.27 mm slices, a 256 x 256 CT of 1.953 mm pixels and 2.5 mm slices, the grids offset from each other;
   PatientWeight, and a Radiopharmaceutical Information Sequence with Radionuclide Total Dose, Half Life and
   Start DateTime (with a UTC offset) but no Start Time; CT in Implicit VR Little Endian, PET in Explicit VR.
-  With ``ct="enhanced"`` the CT is one Enhanced CT instance instead, its frames stored head to foot too.
+  With ``ct="enhanced"`` the CT is one Enhanced CT instance instead, its frames stored head to foot too; it holds
+  the geometry, rescale and dimensions a reader needs, not every Type 1 CT acquisition macro (dciodvfy lists
+  those as missing; the node reads what it needs and ignores the rest).
 """
 
 from __future__ import annotations
@@ -328,8 +330,7 @@ def _write_ct_enhanced(folder: Path, study: dict[str, str], axes: _Axes, hu: np.
     """The CT as one Enhanced CT instance, frames head to foot (frame 1 at the top), geometry and rescale in the
     functional groups only."""
     ds = _common(study, EnhancedCTImageStorage, generate_uid(), ExplicitVRLittleEndian)
-    for keyword in ("ImageOrientationPatient",):  # in the functional groups, not the top level
-        delattr(ds, keyword)
+    del ds.ImageOrientationPatient  # in the functional groups, not at the top level
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", generate_uid(), 202
     ds.SeriesDescription, ds.ImageType = "CT WB 2.5mm enhanced", ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
     ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study["date"]
@@ -472,6 +473,7 @@ def sorted_headers(paths: list[Path]) -> list[Dataset]:
 
 
 def _frame_headers(ds: Dataset) -> list[Dataset]:
+    """One header per frame of a multi-frame instance, with the single-frame geometry attributes."""
     shared = ds.SharedFunctionalGroupsSequence[0]
     out = []
     for number, frame in enumerate(ds.PerFrameFunctionalGroupsSequence, start=1):
