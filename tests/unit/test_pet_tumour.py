@@ -156,6 +156,17 @@ def test_pipeline_refuses_without_pet_and_without_weight(study: tuple, tmp_path:
     assert findings.not_applicable is not None and "PatientWeight" in findings.not_applicable
 
 
+def test_a_single_real_pet_slice_is_not_applicable_with_the_reason() -> None:
+    real = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real" / "pet_suv_references" / "pet_slices"
+    if not real.is_dir():
+        pytest.skip("shared real data not present")
+    for method in ("network", "suv25"):
+        pipe = create("pet_tumour", method=method)
+        findings = pipe.run(pipe.load([str(real / "acrin_flt_breast_028.dcm")]), "cpu")
+        assert findings.not_applicable is not None and "1 PET slice(s)" in findings.not_applicable
+        assert not findings.findings
+
+
 def test_pipeline_baseline_pairs_the_ct_and_measures_every_lesion(study: tuple) -> None:
     phantom, ct, pt = study
     pipe = create("pet_tumour", method="percent40")

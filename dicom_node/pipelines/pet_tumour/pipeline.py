@@ -31,9 +31,10 @@ from dicom_node.pipelines.base import register
 from dicom_node.pipelines.pet_tumour.baselines import METHODS
 from dicom_node.pipelines.pet_tumour.detect import lesion_labels, method_mask, network_probabilities, network_regions
 from dicom_node.pipelines.pet_tumour.measures import lesion_stats
-from dicom_node.pipelines.pet_tumour.model import DEFAULT_BUNDLE, TumourNet, load_net
+from dicom_node.pipelines.pet_tumour.model import CONTEXT, DEFAULT_BUNDLE, TumourNet, load_net
 
 log = logging.getLogger(__name__)
+MIN_SLICES = 2 * CONTEXT + 1  # the slices the network reads around each one
 
 
 @dataclass
@@ -122,6 +123,12 @@ class PetTumour:
             return Findings(self.name, self.version, not_applicable=refusal)
         if volume.modality != "PT":
             return Findings(self.name, self.version, not_applicable=f"modality {volume.modality} is not PET")
+        if volume.shape[0] < MIN_SLICES:
+            reason = (
+                f"{volume.shape[0]} PET slice(s): a tumour survey needs a PET volume of at least {MIN_SLICES} adjacent "
+                "slices (a single slice or key image cannot be read for lesions)"
+            )
+            return Findings(self.name, self.version, not_applicable=reason)
         if self.method == "network":
             self.warm_up(device)
         t = time.perf_counter()
