@@ -32,6 +32,7 @@ from dicom_node.pipelines.pet_tumour.baselines import METHODS
 from dicom_node.pipelines.pet_tumour.detect import lesion_labels, method_mask, network_probabilities, network_regions
 from dicom_node.pipelines.pet_tumour.measures import lesion_stats
 from dicom_node.pipelines.pet_tumour.model import CONTEXT, DEFAULT_BUNDLE, TumourNet, load_net
+from dicom_node.pipelines.pet_tumour.tracer import tracer_note, tracer_refusal
 
 log = logging.getLogger(__name__)
 MIN_SLICES = 2 * CONTEXT + 1  # the slices the network reads around each one
@@ -129,6 +130,9 @@ class PetTumour:
                 "slices (a single slice or key image cannot be read for lesions)"
             )
             return Findings(self.name, self.version, not_applicable=reason)
+        tracer = tracer_refusal(volume.sources[0])
+        if tracer is not None and self.method == "network":  # a threshold baseline is the same on any tracer
+            return Findings(self.name, self.version, not_applicable=tracer)
         if self.method == "network":
             self.warm_up(device)
         t = time.perf_counter()
@@ -146,6 +150,9 @@ class PetTumour:
             score = float(np.clip(prob[region].max(), 0.0, 1.0)) if prob is not None else 1.0
             findings.append(_finding(volume, region, i, score))
         conclusions = _conclusions(findings, ct is not None, self.method)
+        note = tracer_note(volume.sources[0])
+        if note is not None:
+            conclusions.append(note)
         return Findings(self.name, self.version, findings=findings, conclusions=conclusions, timings=timings)
 
 

@@ -228,6 +228,9 @@ python -m dicom_node.training.pet_tumour evaluate --bundle DIR      # writes doc
 - The detectable tumours it misses are nearly all small: lymph nodes and lung nodules under about 12 mm, and
   liver lesions that stand less than about twice above the liver's uptake after partial volume. A lesion
   touching hotter uptake (a liver lesion against a hot bowel loop) may be outlined poorly.
+- FDG only: a series whose headers name another radiopharmaceutical, or carry a radionuclide other than F-18,
+  is reported "not applicable" (other tracers have other normal uptake); one that names none but carries F-18
+  is read as FDG, and the report says so. A PET of fewer than 5 slices is "not applicable" too.
 - Without a CT (PET only) the network has no anatomy and was not trained that way.
 - Lesions in the arms are not reported: the torso rule drops regions outside the torso outline (where the
   injection site is), and since 1.1.0 the network scores uptake there low too. The rule leaves alone
