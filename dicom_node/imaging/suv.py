@@ -29,6 +29,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+F18_HALF_LIFE_S = 6586.2
+"""Half-life of F-18 in seconds (109.77 min), as scanners write Radionuclide Half Life for FDG."""
 PHILIPS_SUV_SCALE = Tag(0x7053, 0x1000)
 PHILIPS_ACTIVITY_SCALE = Tag(0x7053, 0x1009)
 GE_POST_INJECTION_DATETIME = Tag(0x0009, 0x100D)

@@ -12,10 +12,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage
 
+from dicom_node.imaging.suv import F18_HALF_LIFE_S
 from dicom_node.synth.dicom_series import _uid
 from dicom_node.synth.pet_phantom import Grid, PetCtPhantom
-
-F18_HALF_LIFE_S = 6586.2
 
 
 def _base(

@@ -226,7 +226,7 @@ def network_regions(
     :func:`anatomy_rules`, then (given ``suv``, on a grid of ``spacing``, 4 mm when not given) each region's
     boundary by :func:`refine_boundaries` at the bundle's ``refine_fraction`` (none when it is 0)."""
     mask = anatomy_rules(hysteresis(prob, net.threshold, net.seed_threshold, suv), ct, suv)
-    if suv is None or net.refine_fraction <= 0.0:
+    if suv is None:
         return mask
     return refine_boundaries(mask, suv, spacing or (WORK_MM, WORK_MM, WORK_MM), net.refine_fraction)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-F18_HALF_LIFE_S = 6586.2
+from dicom_node.imaging.suv import F18_HALF_LIFE_S
+
 F18_CODES = {"C-111A1", "77004003"}  # SNOMED RT / CT: ^18^Fluorine
 FDG_WORDS = ("fdg", "fluorodeoxyglucose", "fludeoxyglucose", "deoxyglucose", "glucose")
 
@@ -28,6 +29,12 @@ def _code(item: Dataset, sequence: str) -> tuple[str, str]:
     return str(codes[0].get("CodeValue", "")), str(codes[0].get("CodeMeaning", ""))
 
 
+def _names(radio: Dataset) -> list[str]:
+    """The radiopharmaceutical's names in the headers: free text and code meaning, those present."""
+    names = [str(radio.get("Radiopharmaceutical", "")).strip(), _code(radio, "RadiopharmaceuticalCodeSequence")[1]]
+    return [n for n in names if n]
+
+
 def tracer_refusal(ds: Dataset) -> str | None:
     """Why the PET series of header ``ds`` is not an FDG PET, or None when it is (or reads as one)."""
     radio = _radiopharmaceutical(ds)
@@ -42,8 +49,7 @@ def tracer_refusal(ds: Dataset) -> str | None:
             f"radionuclide half-life {float(half_life):.0f} s is not F-18's ({F18_HALF_LIFE_S:.0f} s): the tumour "
             "model reads FDG (F-18) PET only"
         )
-    names = [str(radio.get("Radiopharmaceutical", "")).strip(), _code(radio, "RadiopharmaceuticalCodeSequence")[1]]
-    named = [n for n in names if n]
+    named = _names(radio)
     if named and not any(word in n.lower() for n in named for word in FDG_WORDS):
         return (
             f"radiopharmaceutical {named[0]!r}: the tumour model reads FDG PET only (another tracer has other normal "
@@ -55,8 +61,6 @@ def tracer_refusal(ds: Dataset) -> str | None:
 def tracer_note(ds: Dataset) -> str | None:
     """A note for the report when the series names no radiopharmaceutical (read as FDG), else None."""
     radio = _radiopharmaceutical(ds)
-    if radio is None:
-        return None
-    if str(radio.get("Radiopharmaceutical", "")).strip() or _code(radio, "RadiopharmaceuticalCodeSequence")[1]:
+    if radio is None or _names(radio):
         return None
     return "the series names no radiopharmaceutical: read as FDG (F-18)"

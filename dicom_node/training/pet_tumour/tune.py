@@ -58,8 +58,7 @@ def tune(
             for fraction in FRACTIONS:
                 scores = []
                 for (case, _, _), mask, seen in zip(cases, masks, visible, strict=True):
-                    refined = refine_boundaries(mask, case.suv, case.spacing, fraction) if fraction > 0 else mask
-                    labels, _ = lesion_labels(refined, case.suv)
+                    labels, _ = lesion_labels(refine_boundaries(mask, case.suv, case.spacing, fraction), case.suv)
                     scores.append(score_scan(labels, case.lesions, case.organs, case.suv, seen))
                 table.append(
                     {
